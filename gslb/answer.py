@@ -1,0 +1,511 @@
+"""bytes -> bytes | None: the answer to one DNS query, through a fast path or the general one.
+
+The general path parses the whole query, resolves it against the zones and the services,
+and encodes the reply. What it resolves is memoized as pre-encoded reply parts keyed by
+(lower-case question) and, for answers that depend on the client, by the geo network
+that decided. The fast path scans the header and question by hand, finds those parts,
+and splices the query's ID, flags and exact question bytes in. Both paths assemble the
+reply with the same rules, and a test holds them byte-identical.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdataset
+import dns.rdatatype
+
+from gslb.geo import Location
+from gslb.wire import (
+    AA,
+    CD,
+    CLASS_IN,
+    FORMERR,
+    NOERROR,
+    NOTIMP,
+    OPCODE_MASK,
+    QR,
+    RD,
+    REFUSED,
+    SERVFAIL,
+    TC,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_AXFR,
+    TYPE_IXFR,
+    TYPE_OPT,
+    BADVERS,
+    Drop,
+    Edns,
+    FormError,
+    Query,
+    opt_record,
+    parse_query,
+    udp_limit,
+)
+from gslb.zones import Resolution, ServiceAnswer
+
+from gslb.policy import Decision, choose
+
+if TYPE_CHECKING:
+    from gslb.health import HealthView
+    from gslb.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+Name = dns.name.Name
+CACHE_LIMIT = 200_000  # entries per cache; cleared whole when full (cheap, and rare)
+LOCATED = object()  # marks a question whose answer depends on the client's location
+UNCACHED = object()  # marks a question answered afresh every time (weighted services)
+_META_TYPES = range(128, 255)  # RFC 6895 §3.1: QTYPEs only; 255 (ANY) is answered
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The parts of a reply that do not depend on the query's ID, flags or case."""
+
+    flags: int  # QR, AA, RCODE
+    ancount: int
+    nscount: int
+    arcount: int  # without our OPT
+    body: bytes  # every section after the question, encoded for a question at offset 12
+    scope: int  # ECS scope prefix length to return (0: same answer for every client)
+    rcode: int
+    service: str | None = None  # the service that decided, for logs and metrics
+    datacenters: tuple[str, ...] = ()
+    # Precomputed: the header's four counts, without and with our OPT.
+    head: bytes = b""
+    head_opt: bytes = b""
+
+
+def _entry(flags: int, counts: tuple[int, int, int], body: bytes, scope: int, rcode: int,
+           service: str | None = None, datacenters: tuple[str, ...] = ()) -> Entry:
+    an, ns, ar = counts
+    return Entry(
+        flags, an, ns, ar, body, scope, rcode, service, datacenters,
+        head=struct.pack("!HHHH", 1, an, ns, ar),
+        head_opt=struct.pack("!HHHH", 1, an, ns, ar + 1),
+    )
+
+
+@dataclass
+class Counters:
+    """Plain counters the query path bumps; metrics read them (no locks on the hot path)."""
+
+    fast: int = 0
+    general: int = 0
+    dropped: int = 0
+    formerr: int = 0
+    servfail: int = 0
+    truncated: int = 0
+    refused: int = 0
+    by_key: dict[tuple[str, int, int], int] = field(default_factory=dict)  # (transport, qtype, rcode)
+    by_answer: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, datacenter)
+
+
+class State:
+    """What one snapshot and one health view answer, with caches that live exactly as long."""
+
+    __slots__ = ("by_resolver", "health", "located", "locations", "snapshot", "static")
+
+    def __init__(self, snapshot: Snapshot, health: HealthView):
+        self.snapshot = snapshot
+        self.by_resolver = snapshot.no_ecs == "resolver"
+        self.health = health
+        self.static: dict[bytes, Any] = {}  # question key -> Entry | LOCATED | UNCACHED
+        self.located: dict[tuple[bytes, Any], Entry] = {}  # (question key, network key) -> Entry
+        # ECS option bytes or a source address -> (Location, network key)
+        self.locations: dict[Any, tuple[Location, Any]] = {}
+
+
+OPT_PLAIN = opt_record(None)
+OPT_DO = opt_record(Edns(1232, 0, True, None))
+_ECS_HEAD = struct.Struct("!HHIH")
+
+
+class Answerer:
+    """Answers queries from the current snapshot and health view."""
+
+    def __init__(self, snapshot: Snapshot, health: HealthView, *, query_log: Callable[..., None] | None = None):
+        self.state = State(snapshot, health)
+        self.counters = Counters()
+        self.query_log = query_log
+
+    # -- what the rest of the program changes -------------------------------------------------
+
+    def set_snapshot(self, snapshot: Snapshot) -> None:
+        self.state = State(snapshot, self.state.health)
+
+    def set_health(self, health: HealthView) -> None:
+        # A new verdict drops every cached answer at once: the next query decides afresh.
+        self.state = State(self.state.snapshot, health)
+
+    # -- the query path ----------------------------------------------------------------------
+
+    def handle(self, wire: bytes, source: str | None, tcp: bool = False) -> bytes | None:
+        """The reply to one query from `source` (an address literal), or None to send nothing."""
+        try:
+            reply = self._fast(wire, source, tcp)
+            if reply is not None:
+                self.counters.fast += 1
+                return reply
+            self.counters.general += 1
+            return self._general(wire, source, tcp)
+        except Exception:
+            log.exception("unexpected error answering a query from %s", source)
+            self.counters.servfail += 1
+            return _servfail(wire)
+
+    def _fast(self, wire: bytes, source: str | None, tcp: bool) -> bytes | None:
+        """The common query, from cached parts; None sends it down the general path."""
+        n = len(wire)
+        # QR clear, opcode QUERY, one question, no answer or authority records.
+        if n < 17 or wire[2] & 0xF8 or wire[4:10] != b"\x00\x01\x00\x00\x00\x00" or wire[10]:
+            return None
+        i = 12
+        while True:
+            length = wire[i]
+            if length == 0:
+                break
+            if length > 63:
+                return None
+            i += length + 1
+            if i >= n:
+                return None
+        qend = i + 5
+        if qend > n or wire[qend - 2 : qend] != b"\x00\x01":
+            return None
+        key = wire[12:i].lower() + wire[i:qend]
+        st = self.state
+        entry = st.static.get(key)
+        if entry is None or entry is UNCACHED:
+            return None
+        arcount = wire[11]
+        if arcount == 0:
+            if qend != n:
+                return None
+            if entry is LOCATED:
+                if source is None:
+                    return None
+                found = st.locations.get(source if st.by_resolver else None)
+                if found is None:
+                    return None
+                entry = st.located.get((key, found[1]))
+                if entry is None:
+                    return None
+            reply = b"".join((wire[:2], _flags(entry.flags, wire), entry.head, wire[12:qend], entry.body))
+            if not tcp and len(reply) > 512:
+                return None
+            return reply
+        if arcount != 1 or n < qend + 11:
+            return None
+        # One OPT: root owner, type 41, version 0, and at most an ECS option.
+        if wire[qend : qend + 3] != b"\x00\x00\x29" or wire[qend + 6]:
+            return None
+        payload = wire[qend + 3] << 8 | wire[qend + 4]
+        do = wire[qend + 7] & 0x80
+        rdlen = wire[qend + 9] << 8 | wire[qend + 10]
+        opt_start = qend + 11
+        if opt_start + rdlen != n:
+            return None
+        if rdlen == 0:
+            ecs = None
+            if entry is LOCATED:
+                if source is None:
+                    return None
+                found = st.locations.get(source if st.by_resolver else None)
+                if found is None:
+                    return None
+                entry = st.located.get((key, found[1]))
+                if entry is None:
+                    return None
+            opt = OPT_DO if do else OPT_PLAIN
+        else:
+            # Exactly one option, ECS, already seen (so known to be well formed).
+            if wire[opt_start : opt_start + 2] != b"\x00\x08":
+                return None
+            ecs = wire[opt_start + 4 : n]
+            if (wire[opt_start + 2] << 8 | wire[opt_start + 3]) + 4 != rdlen:
+                return None
+            if entry is LOCATED:
+                # Seen before means validated before: the cache holds only well-formed options.
+                found = st.locations.get(ecs)
+                if found is None:
+                    return None
+                entry = st.located.get((key, found[1]))
+                if entry is None:
+                    return None
+            elif not _ecs_valid(ecs):
+                return None
+            scope = entry.scope
+            option = ecs[:3] + bytes((scope,)) + ecs[4:]
+            opt = b"".join((
+                b"\x00\x00\x29\x04\xd0\x00\x00",
+                b"\x80\x00" if do else b"\x00\x00",
+                struct.pack("!HHH", len(option) + 4, 8, len(option)),
+                option,
+            ))
+        reply = b"".join(
+            (wire[:2], _flags(entry.flags, wire), entry.head_opt, wire[12:qend], entry.body, opt)
+        )
+        if not tcp and len(reply) > min(max(payload, 512), 1232):
+            return None
+        return reply
+
+    def _general(self, wire: bytes, source: str | None, tcp: bool) -> bytes | None:
+        try:
+            query = parse_query(wire)
+        except Drop:
+            self.counters.dropped += 1
+            return None
+        except FormError as exc:
+            log.debug("FORMERR to %s: %s", source, exc)
+            self.counters.formerr += 1
+            return _formerr(wire)
+        edns = query.edns
+        if query.opcode != 0:
+            # RFC 1035 §4.1.1 / RFC 6895 §2.2: NOTIMP, the opcode and RD echoed, nothing else.
+            return _header_reply(query, NOTIMP, aa=False)
+        if edns is not None and edns.version > 0:
+            # RFC 6891 §6.1.3: BADVERS, with the highest version we do (0).
+            return _header_reply(query, BADVERS & 0xF, aa=False, extended_rcode=BADVERS >> 4)
+        if query.qtype == TYPE_OPT or (query.qtype in _META_TYPES and query.qtype not in (TYPE_AXFR, TYPE_IXFR)):
+            self.counters.formerr += 1
+            return _header_reply(query, FORMERR, aa=False)
+        if query.qclass != CLASS_IN or query.qtype in (TYPE_AXFR, TYPE_IXFR):
+            # Zone transfers are not offered; other classes are not served.
+            self.counters.refused += 1
+            return _header_reply(query, REFUSED, aa=False)
+        st = self.state
+        key = _question_key(query)
+        entry = st.static.get(key)
+        location: tuple[Location, Any] | None = None
+        if entry is LOCATED or entry is UNCACHED or entry is None:
+            entry, location = self._resolve(st, query, key, source, entry)
+        return self._assemble(query, entry, tcp)
+
+    def _resolve(self, st: State, query: Query, key: bytes, source: str | None,
+                 marker: Any) -> tuple[Entry, tuple[Location, Any] | None]:
+        """Resolve the question; cache what can be reused."""
+        found = self._locate(st, query, source)
+        if marker is LOCATED:
+            entry = st.located.get((key, found[1]))
+            if entry is not None:
+                return entry, found
+        qname = Name((*query.labels, b""))
+        resolution = st.snapshot.zones.lookup(qname, query.qtype)
+        decision = None
+        service = resolution.service
+        if service is not None:
+            decision = self.decide(st, service, found[0])
+        entry = _encode(resolution, decision, found[0], query.question)
+        if len(st.static) > CACHE_LIMIT:
+            st.static.clear()
+        if decision is None:
+            st.static[key] = entry
+        elif not decision.cacheable:
+            st.static[key] = UNCACHED
+        elif not decision.location_dependent:
+            st.static[key] = entry
+        else:
+            if len(st.located) > CACHE_LIMIT:
+                st.located.clear()
+            st.static[key] = LOCATED
+            st.located[(key, found[1])] = entry
+        return entry, found
+
+    def decide(self, st: State, service: ServiceAnswer, location: Location) -> Decision:
+        snapshot = st.snapshot
+        svc = snapshot.services[service.service]
+        family = 4 if service.qtype == TYPE_A else 6
+        return choose(svc, snapshot.config.datacenters, location, st.health, family)
+
+    def _locate(self, st: State, query: Query, source: str | None) -> tuple[Location, Any]:
+        """Where the client is, and the key of the network that decided; cached per network."""
+        edns = query.edns
+        snapshot = st.snapshot
+        if edns is not None and edns.client_subnet is not None:
+            subnet = edns.client_subnet
+            raw = struct.pack("!HBB", subnet.family, subnet.source_prefix, 0) + subnet.address
+            found = st.locations.get(raw)
+            if found is None:
+                if subnet.source_prefix == 0:
+                    # RFC 7871 §7.1.2: /0 asks for an answer that does not use the client's address.
+                    location = snapshot.locate(None)
+                else:
+                    location = snapshot.locate_network(subnet.network())
+                found = (location, _network_key(location))
+                _remember(st.locations, raw, found)
+            return found
+        if source is None or not st.by_resolver:
+            found = st.locations.get(None)
+            if found is None:
+                location = snapshot.locate(None)
+                found = (location, _network_key(location))
+                _remember(st.locations, None, found)
+            return found
+        found = st.locations.get(source)
+        if found is None:
+            location = snapshot.locate(ipaddress.ip_address(source.split("%")[0]))
+            found = (location, _network_key(location))
+            _remember(st.locations, source, found)
+        return found
+
+    def _assemble(self, query: Query, entry: Entry, tcp: bool) -> bytes:
+        """The reply bytes; the fast path builds the very same, inline."""
+        wire_flags = _flag_bytes(entry.flags, query.flags)
+        edns = query.edns
+        if edns is None:
+            head, opt = entry.head, b""
+        else:
+            head, opt = entry.head_opt, opt_record(edns, entry.scope if edns.client_subnet else None)
+        reply = b"".join((struct.pack("!H", query.id), wire_flags, head, query.question, entry.body, opt))
+        if not tcp and len(reply) > udp_limit(edns):
+            self.counters.truncated += 1
+            return _truncated(query, entry, udp_limit(edns), opt)
+        return reply
+
+
+def _flags(template: int, wire: bytes) -> bytes:
+    # RD and CD are copied from the query (RFC 1035 §4.1.1, RFC 6840 §5.9).
+    return bytes(((template >> 8) | (wire[2] & 0x01), (template & 0xFF) | (wire[3] & 0x10)))
+
+
+def _flag_bytes(template: int, query_flags: int) -> bytes:
+    return struct.pack("!H", template | (query_flags & (RD | CD)))
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) > CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+def _network_key(location: Location) -> Any:
+    network = location.network
+    if network is None:
+        return None
+    return (network.version, int(network.network_address), network.prefixlen)
+
+
+def _question_key(query: Query) -> bytes:
+    name = b"".join(bytes((len(label),)) + label for label in query.labels)
+    return name.lower() + query.question[len(name):]
+
+
+class _Writer:
+    """Encodes records after a question at offset 12, with name compression (RFC 1035 §4.1.4)."""
+
+    def __init__(self, question: bytes, qname: Name):
+        self.out = io.BytesIO()
+        self.out.write(bytes(12) + question)
+        self.compress: dict[Name, int] = {}
+        offset = 12
+        for i in range(len(qname) - 1):
+            self.compress[Name(qname.labels[i:])] = offset
+            offset += len(qname.labels[i]) + 1
+        self.start = self.out.tell()
+
+    def rrset(self, owner: Name, rdataset: dns.rdataset.Rdataset) -> int:
+        # want_shuffle=False: answers are cached and the same bytes served again; a resolver
+        # reorders anyway, and services do their own (weighted) drawing.
+        return int(rdataset.to_wire(owner, self.out, self.compress, None, want_shuffle=False))
+
+    def body(self) -> bytes:
+        return self.out.getvalue()[self.start :]
+
+
+def _address_rdataset(qtype: int, ttl: int, addresses: tuple[str, ...]) -> dns.rdataset.Rdataset:
+    rdataset = dns.rdataset.Rdataset(dns.rdataclass.IN, qtype)
+    rdataset.update_ttl(ttl)
+    for address in addresses:
+        rdataset.add(dns.rdata.from_text(dns.rdataclass.IN, qtype, address))
+    return rdataset
+
+
+def _encode(resolution: Resolution, decision: Decision | None, location: Location,
+            question: bytes) -> Entry:
+    """Encode a resolution (and a service's decision) into a cacheable entry."""
+    rcode = resolution.rcode
+    if rcode == REFUSED:
+        return _entry(QR | REFUSED, (0, 0, 0), b"", 0, REFUSED)
+    labels = []
+    pos = 0
+    while question[pos]:
+        labels.append(question[pos + 1 : pos + 1 + question[pos]])
+        pos += question[pos] + 1
+    writer = _Writer(question, Name((*labels, b"")))
+    answer = resolution.answer
+    authority = resolution.authority
+    scope = 0
+    service_name: str | None = None
+    datacenters: tuple[str, ...] = ()
+    if decision is not None:
+        service = resolution.service
+        assert service is not None
+        service_name = service.service.to_text()
+        datacenters = decision.datacenters
+        if decision.location_dependent and location.network is not None:
+            scope = location.network.prefixlen
+        if decision.rcode == SERVFAIL:
+            return _entry(QR | SERVFAIL, (0, 0, 0), b"", scope, SERVFAIL, service_name, datacenters)
+        answer = answer[:-1]
+        if decision.addresses:
+            answer = [*answer, (service.owner, _address_rdataset(service.qtype, decision.ttl, decision.addresses))]
+        else:
+            # NODATA for the family (e.g. AAAA where the data center has no IPv6 VIP).
+            zone = resolution.zone
+            assert zone is not None
+            authority = [*authority, (zone.origin, zone.negative_soa)]
+    an = sum(writer.rrset(owner, rds) for owner, rds in answer)  # type: ignore[misc]
+    ns = sum(writer.rrset(owner, rds) for owner, rds in authority)
+    ar = sum(writer.rrset(owner, rds) for owner, rds in resolution.additional)
+    flags = QR | (AA if resolution.authoritative else 0) | rcode
+    return _entry(flags, (an, ns, ar), writer.body(), scope, rcode, service_name, datacenters)
+
+
+def _truncated(query: Query, entry: Entry, limit: int, opt: bytes) -> bytes:
+    """A reply that does not fit: TC and no records (RFC 2181 §9), so the client retries over TCP."""
+    counts = struct.pack("!HHHH", 1, 0, 0, 1 if opt else 0)
+    flags = _flag_bytes(entry.flags | TC, query.flags)
+    return b"".join((struct.pack("!H", query.id), flags, counts, query.question, opt))
+
+
+def _header_reply(query: Query, rcode: int, *, aa: bool, extended_rcode: int = 0) -> bytes:
+    """A reply with the question echoed and no records: NOTIMP, BADVERS, FORMERR, REFUSED."""
+    flags = QR | (query.flags & (OPCODE_MASK | RD | CD)) | (AA if aa else 0) | rcode
+    opt = b"" if query.edns is None else opt_record(query.edns, extended_rcode=extended_rcode)
+    counts = struct.pack("!HHHH", 1, 0, 0, 1 if opt else 0)
+    return b"".join((struct.pack("!HH", query.id, flags), counts, query.question, opt))
+
+
+def _formerr(wire: bytes) -> bytes:
+    """FORMERR with the header only: the rest of the query could not be trusted."""
+    qid, flags = struct.unpack_from("!HH", wire)
+    return struct.pack("!HHHHHH", qid, QR | (flags & (OPCODE_MASK | RD | CD)) | FORMERR, 0, 0, 0, 0)
+
+
+def _servfail(wire: bytes) -> bytes | None:
+    if len(wire) < 12 or wire[2] & 0x80:
+        return None
+    qid, flags = struct.unpack_from("!HH", wire)
+    return struct.pack("!HHHHHH", qid, QR | (flags & (OPCODE_MASK | RD | CD)) | SERVFAIL, 0, 0, 0, 0)
+
+
+def _ecs_valid(ecs: bytes) -> bool:
+    """RFC 7871 §7.1.1's checks on ECS option data, for the fast path."""
+    if len(ecs) < 4 or ecs[0] or ecs[1] not in (1, 2) or ecs[3]:
+        return False
+    source = ecs[2]
+    if source > (32 if ecs[1] == 1 else 128) or len(ecs) - 4 != (source + 7) // 8:
+        return False
+    return not (source % 8 and ecs[-1] & (0xFF >> (source % 8)))

@@ -1,0 +1,456 @@
+"""RFC 1035 zone files -> an immutable zone set, and the authoritative lookup of RFC 1034 §4.3.2."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdataset
+import dns.rdatatype
+import dns.tokenizer
+import dns.zonefile
+
+from gslb.wire import (
+    NOERROR,
+    NXDOMAIN,
+    REFUSED,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_ANY,
+    TYPE_CNAME,
+    TYPE_DS,
+    TYPE_NS,
+    TYPE_SOA,
+)
+
+log = logging.getLogger(__name__)
+
+Name = dns.name.Name
+Rdataset = dns.rdataset.Rdataset
+
+MAX_CNAME_CHAIN = 12  # loops and absurd chains end here, as in most servers
+MAX_SYNTAX_ERRORS_PER_FILE = 20
+WILDCARD = b"*"
+# Types that may sit beside a CNAME (RFC 2181 §10.1, RFC 4035 §2.5).
+CNAME_NEIGHBOURS = {TYPE_CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.KEY}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class ZoneError(Exception):
+    """One or more problems in the zone files, every one with file and line."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAnswer:
+    """A place in an answer that a service's decision fills (an A/AAAA owned by a service)."""
+
+    owner: Name
+    service: Name
+    qtype: int
+
+
+Section = list[tuple[Name, Rdataset]]
+
+
+@dataclass(slots=True)
+class Resolution:
+    """The outcome of a lookup, before encoding."""
+
+    rcode: int
+    authoritative: bool
+    zone: Zone | None = None
+    answer: list[tuple[Name, Rdataset] | ServiceAnswer] = field(default_factory=list)
+    authority: Section = field(default_factory=list)
+    additional: Section = field(default_factory=list)
+
+    @property
+    def service(self) -> ServiceAnswer | None:
+        last = self.answer[-1] if self.answer else None
+        return last if isinstance(last, ServiceAnswer) else None
+
+
+@dataclass(slots=True)
+class _Record:
+    name: Name
+    ttl: int
+    rdata: dns.rdata.Rdata
+    file: str
+    line: int
+
+
+class _Collector:
+    """Stands in for a dnspython transaction: records every RR with the file and line it came from."""
+
+    def __init__(self, origin: Name):
+        self.origin = origin
+        self.records: list[_Record] = []
+        self.manager = self
+        self.file = ""
+        self.line = 0
+        self.in_record = False
+        self.ignored: list[tuple[str, int]] = []
+
+    def watch(self, reader: dns.zonefile.Reader) -> None:
+        """Note where each record starts: a record in parentheses ends lines later."""
+        read_record = reader._rr_line
+
+        def _rr_line() -> None:
+            filename, self.line = reader.tok.where()
+            self.file = str(filename)
+            self.in_record = True
+            before = len(self.records)
+            read_record()
+            self.in_record = False
+            if len(self.records) == before:
+                # dnspython skips a record whose owner is outside the origin; we report it.
+                self.ignored.append((self.file, self.line))
+
+        reader._rr_line = _rr_line  # type: ignore[method-assign]
+
+    def origin_information(self) -> tuple[Name, bool, Name]:
+        return self.origin, False, self.origin
+
+    def check_put_rdataset(self, check: Callable[..., Any]) -> None:
+        pass  # consistency is checked afterwards, with line numbers, all problems at once
+
+    def _set_origin(self, origin: Name) -> None:
+        pass
+
+    def add(self, name: Name, ttl: int, rdata: dns.rdata.Rdata) -> None:
+        self.records.append(_Record(name, ttl, rdata, self.file, self.line))
+
+
+_ERROR_AT = re.compile(r"^(.*?):(\d+): (.*)$", re.S)
+
+
+def _read_records(path: Path, origin: Name) -> tuple[list[_Record], list[Problem]]:
+    """Every record in one zone file, and every syntax error found (one per bad line)."""
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    problems: list[Problem] = []
+    for _ in range(MAX_SYNTAX_ERRORS_PER_FILE):
+        collector = _Collector(origin)
+        tok = dns.tokenizer.Tokenizer(text, filename=str(path))
+        reader = dns.zonefile.Reader(
+            tok, dns.rdataclass.IN, collector, allow_include=True  # type: ignore[arg-type]
+        )
+        collector.watch(reader)
+        try:
+            # $INCLUDE names are relative to the working directory in dnspython; run
+            # relative to the zone's directory instead, as named does with its directory.
+            with contextlib.chdir(path.parent):
+                reader.read()
+            for file, line in collector.ignored:
+                problems.append(Problem(file, line, f"outside the zone {origin}: {_line_text(file, line)}"))
+            return collector.records, problems
+        except dns.exception.SyntaxError as exc:
+            match = _ERROR_AT.match(str(exc))
+            if not match:
+                problems.append(Problem(str(path), 1, str(exc)))
+                return [], problems
+            file, line, message = match.group(1), int(match.group(2)), match.group(3)
+            if collector.in_record and collector.file == file:
+                # dnspython reports the line after a record's end; the record's start is right.
+                line = collector.line
+            lines = text.split("\n")
+            if Path(file).resolve() == path.resolve() and 1 <= line <= len(lines):
+                message = f"{message.rstrip('.')}: {lines[line - 1].strip()}"
+            problems.append(Problem(file, line, message))
+            # Keep reading past the bad line, so one run reports every error in the file.
+            if Path(file).resolve() != path.resolve() or not 1 <= line <= len(lines):
+                return [], problems
+            lines[line - 1] = ";"
+            text = "\n".join(lines)
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(str(path), 1, f"cannot read: {exc}"))
+            return [], problems
+    return [], problems
+
+
+def _line_text(file: str, line: int) -> str:
+    try:
+        with open(file, encoding="utf-8", errors="replace") as f:
+            for number, text in enumerate(f, 1):
+                if number == line:
+                    return text.strip()
+    except OSError:
+        pass
+    return ""
+
+
+class Zone:
+    """One zone's data, immutable once built."""
+
+    def __init__(self, origin: Name, path: str, nodes: dict[Name, dict[int, Rdataset]]):
+        self.origin = origin
+        self.path = path
+        self.nodes = nodes
+        self.soa = nodes[origin][TYPE_SOA]
+        soa = self.soa[0]
+        # RFC 2308 §5: the negative TTL is the lesser of the SOA's TTL and its MINIMUM.
+        self.negative_ttl = min(self.soa.ttl, soa.minimum)  # type: ignore[attr-defined]
+        self.negative_soa = _with_ttl(self.soa, self.negative_ttl)
+        self.cuts = {n for n, types in nodes.items() if TYPE_NS in types and n != origin}
+        # Every name that exists, empty non-terminals included (RFC 4592 §2.2.2).
+        self.existing: set[Name] = set()
+        for name in nodes:
+            while name not in self.existing and len(name) >= len(origin):
+                self.existing.add(name)
+                if name == origin:
+                    break
+                name = name.parent()
+
+    @property
+    def record_count(self) -> int:
+        return sum(len(rds) for types in self.nodes.values() for rds in types.values())
+
+
+def _with_ttl(rdataset: Rdataset, ttl: int) -> Rdataset:
+    copy = rdataset.copy()
+    copy.ttl = ttl
+    return copy
+
+
+def _origin_for(path: Path) -> Name:
+    stem = path.name[: -len(".zone")]
+    return dns.name.from_text(stem if stem.endswith(".") else stem + ".")
+
+
+def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list[Problem]]:
+    """Read and check one zone file; the zone is None when it has problems."""
+    origin = origin or _origin_for(path)
+    # Consistency is checked even when some lines had errors: every problem in one run.
+    records, problems = _read_records(path, origin)
+    nodes: dict[Name, dict[int, Rdataset]] = {}
+    first_line: dict[tuple[Name, int], tuple[str, int]] = {}
+    for rec in records:
+        if not rec.name.is_subdomain(origin):
+            continue  # reported by _read_records
+        if rec.rdata.rdclass != dns.rdataclass.IN:
+            problems.append(Problem(rec.file, rec.line, "only class IN is served"))
+            continue
+        types = nodes.setdefault(rec.name, {})
+        rdtype = rec.rdata.rdtype
+        rdataset = types.get(rdtype)
+        if rdataset is None:
+            rdataset = types[rdtype] = dns.rdataset.Rdataset(dns.rdataclass.IN, rdtype)
+            rdataset.ttl = rec.ttl
+            first_line[(rec.name, rdtype)] = (rec.file, rec.line)
+        elif rdataset.ttl != rec.ttl:
+            # RFC 2181 §5.2: TTLs in an RRset must agree; like named, use the lowest.
+            log.debug("%s:%d: TTL differs within the %s RRset", rec.file, rec.line, rec.name)
+            rdataset.ttl = min(rdataset.ttl, rec.ttl)
+        rdataset.add(rec.rdata)
+    where = str(path)
+
+    def line_of(name: Name, rdtype: int) -> tuple[str, int]:
+        return first_line.get((name, rdtype), (where, 1))
+
+    apex = nodes.get(origin, {})
+    if TYPE_SOA not in apex:
+        problems.append(Problem(where, 1, f"no SOA record at the zone apex {origin}"))
+    elif len(apex[TYPE_SOA]) != 1:
+        problems.append(Problem(*line_of(origin, TYPE_SOA), "more than one SOA record at the apex"))
+    if TYPE_NS not in apex:
+        problems.append(Problem(where, 1, f"no NS records at the zone apex {origin}"))
+    for name, types in nodes.items():
+        if TYPE_CNAME in types:
+            others = set(types) - CNAME_NEIGHBOURS
+            if others:
+                kinds = ", ".join(sorted(dns.rdatatype.to_text(t) for t in others))
+                problems.append(
+                    Problem(*line_of(name, TYPE_CNAME), f"{name} has a CNAME and other data ({kinds})")
+                )
+            if len(types[TYPE_CNAME]) > 1:
+                problems.append(Problem(*line_of(name, TYPE_CNAME), f"{name} has more than one CNAME"))
+            if name == origin:
+                problems.append(Problem(*line_of(name, TYPE_CNAME), "a CNAME at the zone apex"))
+        if TYPE_SOA in types and name != origin:
+            problems.append(Problem(*line_of(name, TYPE_SOA), f"SOA record at {name}, below the apex"))
+    if problems:
+        return None, problems
+    zone = Zone(origin, where, nodes)
+    for name, types in nodes.items():
+        cut = _cut_above(zone, name, include_self=False)
+        if cut is not None and not (set(types) <= {TYPE_A, TYPE_AAAA}):
+            file, line = line_of(name, next(iter(types)))
+            problems.append(Problem(file, line, f"{name} is below the delegation {cut} (occluded)"))
+    if problems:
+        return None, problems
+    return zone, []
+
+
+def _cut_above(zone: Zone, name: Name, include_self: bool) -> Name | None:
+    """The highest delegation point between the apex and `name`."""
+    if not zone.cuts:
+        return None
+    labels = name.labels
+    depth = len(zone.origin)
+    stop = len(labels) if include_self else len(labels) - 1
+    for i in range(depth + 1, stop + 1):
+        candidate = Name(labels[len(labels) - i :])
+        if candidate in zone.cuts:
+            return candidate
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSet:
+    """Every served zone, looked up by the longest matching origin."""
+
+    zones: Mapping[Name, Zone]
+    services: frozenset[Name] = frozenset()
+
+    def find_zone(self, name: Name) -> Zone | None:
+        labels = name.labels
+        for i in range(len(labels)):
+            zone = self.zones.get(Name(labels[i:]))
+            if zone is not None:
+                return zone
+        return None
+
+    def with_services(self, services: Iterable[Name]) -> ZoneSet:
+        return ZoneSet(self.zones, frozenset(services))
+
+    def lookup(self, qname: Name, qtype: int) -> Resolution:
+        zone = self.find_zone(qname)
+        if zone is None:
+            return Resolution(REFUSED, authoritative=False)
+        result = Resolution(NOERROR, authoritative=True, zone=zone)
+        seen: set[Name] = set()
+        name = qname
+        for _ in range(MAX_CNAME_CHAIN):
+            target = self._lookup_in(zone, name, qtype, result)
+            if target is None or target in seen:
+                return result
+            seen.add(name)
+            # RFC 1034 §4.3.2 step 3.a: restart at the CNAME target, if we serve it.
+            next_zone = self.find_zone(target)
+            if next_zone is None:
+                return result
+            zone = next_zone
+            result.zone = zone
+            name = target
+        return result
+
+    def _lookup_in(self, zone: Zone, name: Name, qtype: int, result: Resolution) -> Name | None:
+        """Add the answer for `name` in `zone` to `result`; return a CNAME target to follow."""
+        cut = _cut_above(zone, name, include_self=True)
+        if cut is not None and not (cut == name and qtype == TYPE_DS):
+            # A referral (RFC 1034 §4.3.2 step 3.b); DS at the cut is the parent's (RFC 4035 §3.1.4.1).
+            if result.answer:
+                return None  # a CNAME into a delegation: the resolver follows it itself
+            result.authoritative = False
+            ns = zone.nodes[cut][TYPE_NS]
+            result.authority.append((cut, ns))
+            result.additional.extend(self._glue(zone, ns))
+            return None
+        types = zone.nodes.get(name)
+        owner = name
+        if types is None and name not in self.services:
+            if name in zone.existing:
+                types = {}  # an empty non-terminal: NODATA (RFC 4592 §2.2.2)
+            else:
+                types = self._wildcard(zone, name)
+                if types is None:
+                    result.rcode = NXDOMAIN
+                    result.authority.append((zone.origin, zone.negative_soa))
+                    return None
+        if name in self.services:
+            if qtype in (TYPE_A, TYPE_AAAA, TYPE_ANY):
+                result.answer.append(ServiceAnswer(owner, name, TYPE_A if qtype == TYPE_ANY else qtype))
+                return None
+            types = types or {}
+        assert types is not None
+        if qtype == TYPE_ANY and types:
+            # RFC 8482 §4.1: answer ANY with one RRset rather than all of them.
+            rdtype = TYPE_CNAME if TYPE_CNAME in types else next(iter(types))
+            result.answer.append((owner, types[rdtype]))
+            return None
+        rdataset = types.get(qtype)
+        if rdataset is not None:
+            result.answer.append((owner, rdataset))
+            return None
+        cname = types.get(TYPE_CNAME)
+        if cname is not None:
+            result.answer.append((owner, cname))
+            return cname[0].target  # type: ignore[attr-defined,no-any-return]
+        result.authority.append((zone.origin, zone.negative_soa))
+        return None
+
+    def _wildcard(self, zone: Zone, name: Name) -> dict[int, Rdataset] | None:
+        """The wildcard's data synthesized for `name`, if its closest encloser has one (RFC 4592 §3.3.1)."""
+        encloser = name.parent()
+        while encloser not in zone.existing:
+            if encloser == zone.origin or len(encloser) <= len(zone.origin):
+                return None
+            encloser = encloser.parent()
+        return zone.nodes.get(Name((WILDCARD, *encloser.labels)))
+
+    def _glue(self, zone: Zone, ns: Rdataset) -> Section:
+        glue: Section = []
+        for rdata in ns:
+            target: Name = rdata.target  # type: ignore[attr-defined]
+            target_zone = self.find_zone(target)
+            if target_zone is None:
+                continue
+            types = target_zone.nodes.get(target, {})
+            for rdtype in (TYPE_A, TYPE_AAAA):
+                if rdtype in types:
+                    glue.append((target, types[rdtype]))
+        return glue
+
+    @property
+    def record_count(self) -> int:
+        return sum(zone.record_count for zone in self.zones.values())
+
+
+def load_zones(directory: Path) -> ZoneSet:
+    """Every `*.zone` file in `directory`; raises ZoneError with every problem found."""
+    zones: dict[Name, Zone] = {}
+    problems: list[Problem] = []
+    paths = sorted(directory.glob("*.zone"))
+    if not directory.is_dir():
+        raise ZoneError([Problem(str(directory), 0, "not a directory")])
+    for path in paths:
+        zone, found = load_zone(path)
+        problems.extend(found)
+        if zone is None:
+            continue
+        if zone.origin in zones:
+            problems.append(Problem(str(path), 1, f"zone {zone.origin} is also in {zones[zone.origin].path}"))
+            continue
+        zones[zone.origin] = zone
+    if problems:
+        raise ZoneError(problems)
+    return ZoneSet(zones)
+
+
+def static_addresses(zones: ZoneSet, name: Name) -> set[int]:
+    """The static types at `name` that a service there would clash with."""
+    zone = zones.find_zone(name)
+    if zone is None:
+        return set()
+    types = zone.nodes.get(name, {})
+    return {t for t in types if t in (TYPE_A, TYPE_AAAA, TYPE_CNAME)}

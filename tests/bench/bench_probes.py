@@ -1,0 +1,134 @@
+"""Benchmark: CPU use and schedule drift of HealthMonitor probing many loopback targets.
+
+Run: python tests/bench/bench_probes.py [--targets 1000] [--seconds 20] [--kind http]
+
+A child process answers HTTP on a few 127.0.0.1 ports (and on a few more 127.0.1.x addresses,
+all loopback on Linux); this process runs one HealthMonitor over all targets and reports its
+own CPU time per wall second and how late probes started against their schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import multiprocessing
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from gslb.health import Check, HealthMonitor, ProbeResult, Target  # noqa: E402
+
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+    b"Connection: close\r\n\r\nok\n"
+)
+
+
+class _Responder(asyncio.Protocol):
+    """Answers one request per connection with 200 and closes."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer:
+            self.transport.write(RESPONSE)  # type: ignore[attr-defined]
+            self.transport.close()
+
+
+def _serve(endpoints: list[tuple[str, int]], ready: multiprocessing.synchronize.Event) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for host, port in endpoints:
+            await loop.create_server(_Responder, host, port, backlog=1024, reuse_address=True)
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _percentiles(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    values = sorted(values)
+
+    def at(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+    return f"p50 {at(0.50):.2f} ms, p99 {at(0.99):.2f} ms, max {values[-1] * 1000:.2f} ms"
+
+
+async def _bench(targets: list[Target], seconds: float, warmup: float) -> None:
+    lateness: list[float] = []
+    latency: list[float] = []
+    results: collections.Counter[str] = collections.Counter()
+    measuring = False
+
+    def on_probe(target: Target, result: ProbeResult, late: float) -> None:
+        if measuring:
+            lateness.append(late)
+            latency.append(result.latency)
+            results[result.result] += 1
+
+    monitor = HealthMonitor(targets, on_probe=on_probe)
+    runner = asyncio.create_task(monitor.run())
+    await asyncio.sleep(warmup)
+    measuring = True
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    measuring = False
+    down = sum(not monitor.view.is_up(t.name) for t in targets)
+    await monitor.close()
+    await runner
+
+    probes = sum(results.values())
+    print(f"targets {len(targets)} ({targets[0].check.kind}), interval "
+          f"{targets[0].check.interval} s, measured {wall:.1f} s after {warmup:.0f} s warm-up")
+    print(f"probes {probes} ({probes / wall:.0f}/s), results {dict(results)}, down at end {down}")
+    print(f"monitor CPU {cpu:.2f} s = {100 * cpu / wall:.1f} % of one core "
+          f"({1e6 * cpu / max(probes, 1):.0f} µs per probe)")
+    print(f"start lateness (actual - scheduled): {_percentiles(lateness)}")
+    print(f"probe latency: {_percentiles(latency)}")
+    print(f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--kind", choices=("http", "tcp"), default="http")
+    parser.add_argument("--base-port", type=int, default=18_080)
+    args = parser.parse_args()
+
+    hosts = ["127.0.0.1", *(f"127.0.1.{i}" for i in range(1, 5))]
+    endpoints = [(host, args.base_port + p) for host in hosts for p in range(4)]
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    server = ctx.Process(target=_serve, args=(endpoints, ready), daemon=True)
+    server.start()
+    try:
+        if not ready.wait(10):
+            raise SystemExit("responder did not start")
+        check = Check(kind=args.kind, interval=args.interval, timeout=0.8)
+        targets = []
+        for i in range(args.targets):
+            host, port = endpoints[i % len(endpoints)]
+            targets.append(Target(f"dc{i}", host, dataclasses.replace(check, port=port)))
+        asyncio.run(_bench(targets, args.seconds, args.warmup))
+    finally:
+        server.terminate()
+        server.join(5)
+
+
+if __name__ == "__main__":
+    main()
