@@ -121,7 +121,9 @@ __all__ = [
     "Service",
     "empty",
     "load",
+    "loads",
     "normalize_name",
+    "render_key",
 ]
 
 POLICIES: Final = ("nearest", "geo", "failover", "weighted")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
+import http.cookiejar
 import json
 import logging
 import math
@@ -14,11 +16,13 @@ import resource
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
+import httpcore
 import httpx
 
 log = logging.getLogger(__name__)
@@ -131,7 +135,9 @@ class ProbeResult:
     latency: float  # seconds
 
 
-async def probe(target: Target, client: httpx.AsyncClient, *, fast_path: bool = True) -> ProbeResult:
+async def probe(
+    target: Target, client: httpx.AsyncClient, *, fast_path: bool = True
+) -> ProbeResult:
     """Probe `target` once, never raising for network trouble.
 
     The whole probe (connect, TLS, request, body) is bounded by `check.timeout`. HTTPS, and
@@ -219,10 +225,15 @@ class _Response:
     def eof(self) -> None:
         """The server closed the connection: what we have is all there is."""
         if self.status is None:
-            raise _ProtocolError("closed" if not self._buffer else "truncated response head")
-        if self._want_body and self._chunked:
-            self._dechunk()
-        elif self._want_body:
+            raise _ProtocolError("closed")  # before a whole response head: as h11 says it
+        if not self._want_body:
+            return
+        if self._chunked:
+            if not self._dechunk():
+                raise _ProtocolError("truncated")
+        elif self._length is not None and len(self._buffer) < self._length:
+            raise _ProtocolError("truncated")
+        else:
             self.body = bytes(self._buffer[:BODY_LIMIT])
 
     def _read_head(self) -> bool:
@@ -325,15 +336,17 @@ class _PlainHttpProtocol(asyncio.Protocol):
 
 @functools.lru_cache(maxsize=8192)
 def _plain_request(target: Target) -> bytes:
+    """The request bytes for a plain-HTTP target (cached: targets are immutable)."""
     check = target.check
     host = check.host
     if host is None:
         host = endpoint(target) if check.port != 80 else endpoint(target).rpartition(":")[0]
     path = httpx.URL(f"http://{endpoint(target)}{check.path}").raw_path  # percent-encoded
     return (
-        f"{check.method} ".encode("ascii") + path + b" HTTP/1.1\r\n"
-        f"Host: {host}\r\nUser-Agent: {USER_AGENT}\r\nAccept: */*\r\n"
-        "Connection: close\r\n\r\n".encode("idna" if not host.isascii() else "ascii")
+        check.method.encode("ascii") + b" " + path + b" HTTP/1.1\r\n"
+        b"Host: " + host.encode("idna") + b"\r\n"
+        b"User-Agent: " + USER_AGENT.encode("ascii") + b"\r\n"
+        b"Accept: */*\r\nConnection: close\r\n\r\n"
     )
 
 
@@ -441,7 +454,9 @@ class _FreshConnectionTransport(httpx.AsyncBaseTransport):
         )
 
 
-async def _close_connection(connection: httpcore.AsyncHTTPConnection, slots: asyncio.Semaphore) -> None:
+async def _close_connection(
+    connection: httpcore.AsyncHTTPConnection, slots: asyncio.Semaphore
+) -> None:
     try:
         await connection.aclose()
     finally:
@@ -598,9 +613,7 @@ async def _probe_httpx(target: Target, client: httpx.AsyncClient) -> str:
     url = httpx.URL(f"{scheme}://{endpoint(target)}{check.path}")
     method = check.method
     for _ in range(MAX_REDIRECTS + 1):
-        request = client.build_request(
-            method, url, timeout=check.timeout, **_naming(url, target)
-        )
+        request = client.build_request(method, url, timeout=check.timeout, **_naming(url, target))
         response = await client.send(request, stream=True)
         try:
             if check.follow_redirects and response.has_redirect_location:
@@ -655,11 +668,15 @@ def _reason(exc: BaseException) -> str:
     for err in chain:
         if isinstance(err, ssl.SSLCertVerificationError):
             message = (err.verify_message or "certificate verify failed").rstrip(".")
-            return f"tls: {message[:1].lower()}{message[1:]}"
+            if message[1:2].islower():  # "Hostname mismatch" → "hostname …", "IP …" stays
+                message = message[:1].lower() + message[1:]
+            return f"tls: {message}"
         if isinstance(err, ssl.SSLError):
             what = err.reason or err.strerror or type(err).__name__
             return f"tls: {what.lower().replace('_', ' ')}"
     for err in chain:
+        if isinstance(err, _ProtocolError):
+            return str(err) if str(err) in ("closed", "truncated") else "protocol error"
         if isinstance(err, (TimeoutError, httpx.TimeoutException)):
             return "timeout"
         if isinstance(err, ConnectionRefusedError):
@@ -669,8 +686,10 @@ def _reason(exc: BaseException) -> str:
         if isinstance(err, OSError) and err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "unreachable"
         if isinstance(err, httpx.RemoteProtocolError):
-            # h11's words when the peer closed before a status line: a closed connection,
-            # not a protocol error.
+            # h11's words when the peer closed early: before a status line, a closed
+            # connection; inside the body, a truncated response.
+            if "complete message body" in str(err):
+                return "truncated"
             return "closed" if "without sending" in str(err) else "protocol error"
         if isinstance(err, httpx.TooManyRedirects):
             return "too many redirects"
@@ -840,8 +859,9 @@ class HealthMonitor:
         added = [t.name for t in new if old.get(t.name) is not entries[t.name]]
         removed = [name for name in old if name not in entries]
         if added or removed:
-            log.info("health targets updated: %d new or changed, %d removed", len(added),
-                     len(removed))
+            log.info(
+                "health targets updated: %d new or changed, %d removed", len(added), len(removed)
+            )
             self._changed()
 
     def drain(self, name: str) -> None:
@@ -859,8 +879,12 @@ class HealthMonitor:
             return
         # The drain ended now, so the probes' verdict takes over from now.
         entry.verdict = replace(entry.verdict, since=time.time())
-        log.info("%s UNDRAINED: %s (%s)", _describe(entry.target),
-                 "UP" if entry.verdict.up else "DOWN", entry.verdict.reason)
+        log.info(
+            "%s UNDRAINED: %s (%s)",
+            _describe(entry.target),
+            "UP" if entry.verdict.up else "DOWN",
+            entry.verdict.reason,
+        )
         self._changed()
 
     async def close(self) -> None:
@@ -958,11 +982,19 @@ class HealthMonitor:
         if flap.up != verdict.up:
             entry.verdict = Status(flap.up, result.result, time.time())
             if flap.up:
-                log.info("%s UP: %s (%d consecutive successes)", _describe(target),
-                         result.result, target.check.rise)
+                log.info(
+                    "%s UP: %s (%d consecutive successes)",
+                    _describe(target),
+                    result.result,
+                    target.check.rise,
+                )
             else:
-                log.warning("%s DOWN: %s (%d consecutive failures)", _describe(target),
-                            result.result, target.check.fall)
+                log.warning(
+                    "%s DOWN: %s (%d consecutive failures)",
+                    _describe(target),
+                    result.result,
+                    target.check.fall,
+                )
             if entry.target.name in self._drained:
                 self._save_soon()  # the published view stays "drained"
             else:
@@ -1076,8 +1108,9 @@ class HealthMonitor:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring health state file %s: %s", path, exc)
             return {}, {}
-        log.info("restored %d health verdicts and %d drains from %s", len(saved),
-                 len(drained), path)
+        log.info(
+            "restored %d health verdicts and %d drains from %s", len(saved), len(drained), path
+        )
         return saved, drained
 
 

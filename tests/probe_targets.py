@@ -44,10 +44,23 @@ def make_certificate(directory: Path, name: str = "site.test") -> Certificate:
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=gslb test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=gslb test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
     openssl("req", "-new", *ec, "-keyout", "site.key", "-out", "site.csr", "-subj", f"/CN={name}")
     (directory / "site.ext").write_text(
         f"subjectAltName=DNS:{name}\n"
@@ -57,8 +70,24 @@ def make_certificate(directory: Path, name: str = "site.test") -> Certificate:
         "subjectKeyIdentifier=hash\n"
         "authorityKeyIdentifier=keyid\n"
     )
-    openssl("x509", "-req", "-in", "site.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-set_serial", "2", "-days", "2", "-extfile", "site.ext", "-out", "site.pem")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "site.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "2",
+        "-days",
+        "2",
+        "-extfile",
+        "site.ext",
+        "-out",
+        "site.pem",
+    )
     return Certificate(directory / "ca.pem", directory / "site.pem", directory / "site.key", name)
 
 
@@ -92,8 +121,9 @@ class _Listener:
     """A listener on 127.0.0.1 (port 0 → any free port) that can stop and restart on the
     same port; subclasses say what a connection gets."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self._ssl = ssl_context
@@ -176,14 +206,17 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 class HttpTarget(_Listener):
     """A minimal HTTP/1.1 server (HTTPS when given a Certificate) for probe tests.
 
-    `behave()` switches what it does; `redirects` maps a path to a Location it answers
+    `behave()` switches what it does; `raw_response`, when set, is sent verbatim instead of
+    a response of our making; `redirects` maps a path to a Location it answers
     302 with; `requests` and `sni_names` record what clients sent.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 certificate: Certificate | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, certificate: Certificate | None = None
+    ) -> None:
         self.behaviour = Behaviour.OK
         self.ok_body = OK_BODY
+        self.raw_response: bytes | None = None  # sent verbatim instead, if set
         self.redirects: dict[str, str] = {}
         self.requests: list[SeenRequest] = []
         self.sni_names: list[str | None] = []
@@ -223,6 +256,10 @@ class HttpTarget(_Listener):
             return
         if behaviour is Behaviour.HANG:
             await reader.read()  # until the client gives up
+            return
+        if self.raw_response is not None:
+            writer.write(self.raw_response)
+            await writer.drain()
             return
         status, body, extra = 200, self.ok_body, ""
         if path in self.redirects:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import socket
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from probe_targets import (
     Behaviour,
     Certificate,
@@ -22,6 +25,7 @@ from probe_targets import (
 )
 
 from gslb.health import (
+    BODY_LIMIT,
     Check,
     FlapState,
     HealthMonitor,
@@ -29,12 +33,16 @@ from gslb.health import (
     ProbeResult,
     Status,
     Target,
+    _ProtocolError,
+    _Response,
     fold,
     new_client,
     probe,
 )
 
 LOOPBACK = "127.0.0.1"
+# Plain HTTP has two paths, the lean one and httpx: both must judge alike.
+BOTH_PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["lean", "httpx"])
 WAIT = 5.0  # seconds any awaited event may take before the test fails
 
 
@@ -83,8 +91,8 @@ def test_fold(state: FlapState, passed: bool, check: Check, expected: FlapState)
     [
         ("FF", "10"),
         ("FPF", "111"),
-        ("FFPPFPPP", "00000001"),
-        ("FFPPPFF", "0001110"),
+        ("FFPPFPPP", "10000001"),
+        ("FFPPPFF", "1000110"),
     ],
 )
 def test_fold_sequences(results: str, ups: str) -> None:
@@ -140,10 +148,10 @@ def https(certificate: Certificate) -> Iterator[HttpTarget]:
         yield server
 
 
-def probe_once(check: Check, address: str = LOOPBACK) -> ProbeResult:
+def probe_once(check: Check, address: str = LOOPBACK, *, fast_path: bool = True) -> ProbeResult:
     async def go() -> ProbeResult:
         async with new_client(check) as client:
-            return await probe(Target("dc", address, check), client)
+            return await probe(Target("dc", address, check), client, fast_path=fast_path)
 
     result: ProbeResult = run_async(go)
     assert result.passed == (result.result == "ok")
@@ -163,33 +171,95 @@ def probe_once(check: Check, address: str = LOOPBACK) -> ProbeResult:
         (Behaviour.CLOSED, "refused"),
     ],
 )
-def test_http_probe_reasons(server: HttpTarget, behaviour: Behaviour, reason: str) -> None:
+@BOTH_PATHS
+def test_http_probe_reasons(
+    server: HttpTarget, behaviour: Behaviour, reason: str, fast_path: bool
+) -> None:
     server.behave(behaviour)
     check = Check(port=server.port, path="/health", body_contains="all good", timeout=0.3)
-    result = probe_once(check)
+    result = probe_once(check, fast_path=fast_path)
     assert result.result == reason
     if behaviour is Behaviour.HANG:
         assert 0.25 < result.latency < 1.0
 
 
-def test_http_probe_sends_method_path_and_host(server: HttpTarget) -> None:
-    result = probe_once(Check(port=server.port, method="HEAD", path="/hc?x=1", host="site.test"))
-    assert result.result == "ok"
-    assert [(r.method, r.path, r.host) for r in server.requests] == [("HEAD", "/hc?x=1", "site.test")]
+@BOTH_PATHS
+def test_http_probe_sends_method_path_and_host(server: HttpTarget, fast_path: bool) -> None:
+    check = Check(port=server.port, method="HEAD", path="/hc?x=1", host="site.test")
+    assert probe_once(check, fast_path=fast_path).result == "ok"
+    check = Check(port=server.port, path="/a b")
+    assert probe_once(check, fast_path=fast_path).result == "ok"
+    assert [(r.method, r.path, r.host) for r in server.requests] == [
+        ("HEAD", "/hc?x=1", "site.test"),
+        ("GET", "/a%20b", f"127.0.0.1:{server.port}"),
+    ]
 
 
-def test_http_probe_accepts_any_expected_status(server: HttpTarget) -> None:
+@BOTH_PATHS
+def test_http_probe_accepts_any_expected_status(server: HttpTarget, fast_path: bool) -> None:
     server.behave(Behaviour.STATUS_503)
-    assert probe_once(Check(port=server.port, expect_status=(200, 503))).result == "ok"
-    assert probe_once(Check(port=server.port, expect_status=(200,))).result == "status 503"
+    check = Check(port=server.port, expect_status=(200, 503))
+    assert probe_once(check, fast_path=fast_path).result == "ok"
+    check = Check(port=server.port, expect_status=(200,))
+    assert probe_once(check, fast_path=fast_path).result == "status 503"
 
 
-def test_body_is_searched_in_the_first_4_kib_only(server: HttpTarget) -> None:
+@BOTH_PATHS
+def test_body_is_searched_in_the_first_4_kib_only(server: HttpTarget, fast_path: bool) -> None:
     check = Check(port=server.port, body_contains="needle")
     server.ok_body = b"x" * 4000 + b"needle"
-    assert probe_once(check).result == "ok"
+    assert probe_once(check, fast_path=fast_path).result == "ok"
     server.ok_body = b"x" * 5000 + b"needle"
-    assert probe_once(check).result == "body mismatch"
+    assert probe_once(check, fast_path=fast_path).result == "body mismatch"
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (CHUNKED + b"5\r\nall g\r\n3;ext=1\r\nood\r\n0\r\n\r\n", "ok"),
+        (CHUNKED + b"4\r\nall \r\n4\r\ngood\r\n0\r\n\r\n", "ok"),
+        (CHUNKED + b"3\r\nall\r\n5\r\n good\r\n0\r\n\r\n", "ok"),
+        (CHUNKED + b"8\r\nall\r\ngoo\r\n0\r\n\r\n", "body mismatch"),  # CRLF is data here
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nall goodies", "ok"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nall goodies", "body mismatch"),
+        (b"HTTP/1.0 200 OK\r\n\r\nno length, all good until the close", "ok"),
+        (b"HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\nHTTP/1.1 200 OK\r\n\r\nall good", "ok"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nall good, then cut", "truncated"),
+        (CHUNKED + b"8\r\nall good\r\n", "truncated"),
+        (b"HTTP/1.1 200 OK\r\nContent-Len", "closed"),  # closed inside the head
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "protocol error"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n", "protocol error"),
+        (CHUNKED + b"zz\r\nall good\r\n0\r\n\r\n", "protocol error"),
+    ],
+)
+def test_response_framing(server: HttpTarget, raw: bytes, reason: str, fast_path: bool) -> None:
+    server.raw_response = raw
+    try:
+        result = probe_once(Check(port=server.port, body_contains="all good"), fast_path=fast_path)
+    finally:
+        server.raw_response = None
+    assert result.result == reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=5), body=st.booleans()
+)
+def test_response_reader_never_fails_unexpectedly(data: bytes, cuts: list[int], body: bool) -> None:
+    """Whatever bytes arrive, in whatever pieces: a verdict or a protocol error, nothing else."""
+    response = _Response(want_body=body)
+    pieces = [data[a:b] for a, b in itertools.pairwise([0, *sorted(cuts), len(data)])]
+    try:
+        if not any(response.feed(piece) for piece in pieces):
+            response.eof()
+    except _ProtocolError:
+        return
+    assert response.status is not None and 200 <= response.status <= 999
+    assert len(response.body) <= BODY_LIMIT
 
 
 def test_redirects_are_followed_only_when_asked(server: HttpTarget) -> None:
@@ -204,7 +274,10 @@ def test_redirect_to_the_site_name_stays_on_the_target_address(server: HttpTarge
     server.redirects["/"] = f"http://site.test:{server.port}/home"
     check = Check(port=server.port, host="site.test", follow_redirects=True, timeout=2)
     assert probe_once(check).result == "ok"
-    assert [(r.path, r.host) for r in server.requests] == [("/", "site.test"), ("/home", "site.test")]
+    assert [(r.path, r.host) for r in server.requests] == [
+        ("/", "site.test"),
+        ("/home", "site.test"),
+    ]
 
 
 def test_redirect_loop_fails(server: HttpTarget) -> None:
@@ -308,7 +381,10 @@ class Recorder:
 
 def monitor_for(targets: list[Target], recorder: Recorder, **kwargs: object) -> HealthMonitor:
     return HealthMonitor(
-        targets, on_change=recorder.on_change, on_probe=recorder.on_probe, **kwargs  # type: ignore[arg-type]
+        targets,
+        on_change=recorder.on_change,
+        on_probe=recorder.on_probe,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gslb.health import Check, HealthMonitor, ProbeResult, Target  # noqa: E402
+from gslb.health import Check, HealthMonitor, ProbeResult, Target
 
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
@@ -90,11 +90,15 @@ async def _bench(targets: list[Target], seconds: float, warmup: float) -> None:
     await runner
 
     probes = sum(results.values())
-    print(f"targets {len(targets)} ({targets[0].check.kind}), interval "
-          f"{targets[0].check.interval} s, measured {wall:.1f} s after {warmup:.0f} s warm-up")
+    print(
+        f"targets {len(targets)} ({targets[0].check.kind}), interval "
+        f"{targets[0].check.interval} s, measured {wall:.1f} s after {warmup:.0f} s warm-up"
+    )
     print(f"probes {probes} ({probes / wall:.0f}/s), results {dict(results)}, down at end {down}")
-    print(f"monitor CPU {cpu:.2f} s = {100 * cpu / wall:.1f} % of one core "
-          f"({1e6 * cpu / max(probes, 1):.0f} µs per probe)")
+    print(
+        f"monitor CPU {cpu:.2f} s = {100 * cpu / wall:.1f} % of one core "
+        f"({1e6 * cpu / max(probes, 1):.0f} µs per probe)"
+    )
     print(f"start lateness (actual - scheduled): {_percentiles(lateness)}")
     print(f"probe latency: {_percentiles(latency)}")
     print(f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

@@ -1,0 +1,118 @@
+"""The fast path and the general path give byte-identical replies over a large generated corpus."""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+from pathlib import Path
+
+import dns.edns
+import dns.flags
+import dns.message
+import maxminddb
+import pytest
+
+from gslb.answer import Answerer
+from gslb.health import HealthView, Status
+from gslb.snapshot import Snapshot, Sources, build
+from tests.conftest import EXAMPLE_ZONES
+from tests.mmdb_fixtures import build_test_mmdb
+
+NAMES = [
+    "www.example.com.", "app.example.com.", "api.example.com.", "web.example.com.",  # services, CNAME to one
+    "static.example.com.", "alias.example.com.", "example.com.", "txt.example.com.", "mail.example.com.",
+    "x.wild.example.com.", "deep.example.com.", "b.deep.example.com.", "sub.example.com.",
+    "a.sub.example.com.", "nope.example.com.", "example.org.", "ns1.example.com.", "unknown.example.com.",
+]
+TYPES = ["A", "AAAA", "MX", "TXT", "ANY", "NS", "SOA", "CAA", "DS", "SRV", "CNAME", "TYPE65534"]
+ECS = [
+    ("1.1.{}.0", 24), ("2.2.{}.0", 24), ("3.3.{}.0", 24), ("4.4.{}.0", 24), ("5.5.{}.0", 24),
+    ("2.2.7.16", 28), ("2.2.7.17", 32), ("9.9.{}.0", 24), ("192.0.2.0", 24), ("10.1.{}.0", 24),
+    ("1.1.0.0", 16), ("0.0.0.0", 0), ("2a00:1:{}::", 56), ("2a00:2::", 48), ("2a00:3:{}::", 64), ("2001:db8::", 32),
+]
+SOURCES = ["127.0.0.1", "1.1.1.1", "2.2.2.2", "3.3.3.3", "::1", "2a00:3::1"]
+
+
+def _case(rng: random.Random, name: str) -> str:
+    return "".join(c.upper() if rng.random() < 0.5 else c for c in name)
+
+
+def _query(rng: random.Random) -> bytes:
+    name = _case(rng, rng.choice(NAMES))
+    rdtype = rng.choice(TYPES)
+    mode = rng.random()
+    if mode < 0.25:
+        message = dns.message.make_query(name, rdtype, use_edns=False)
+    else:
+        options = []
+        if mode > 0.5:
+            address, prefix = rng.choice(ECS)
+            address = address.format(rng.randrange(256) if ":" not in address else f"{rng.randrange(65536):x}")
+            options.append(dns.edns.ECSOption(address, prefix))
+        message = dns.message.make_query(
+            name, rdtype, use_edns=0, payload=rng.choice([512, 1232, 1400, 4096, 100]),
+            options=options, ednsflags=dns.flags.DO if rng.random() < 0.3 else 0,
+        )
+    message.id = rng.randrange(65536)
+    if rng.random() < 0.3:
+        message.flags &= ~dns.flags.RD
+    if rng.random() < 0.2:
+        message.flags |= dns.flags.CD
+    return message.to_wire()
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
+    mmdb = tmp_path_factory.mktemp("geo") / "test.mmdb"
+    build_test_mmdb(mmdb)
+    return build(Sources(EXAMPLE_ZONES, geodb=Path(mmdb)))
+
+
+def _health(down: set[str]) -> HealthView:
+    now = time.time()
+    return HealthView(1, {name: Status(False, "timeout", now) for name in down})
+
+
+@pytest.mark.parametrize("down", [set(), {"eu"}, {"us", "eu", "ap"}])
+def test_fast_and_general_paths_agree(snapshot: Snapshot, down: set[str]) -> None:
+    rng = random.Random(20261125 + len(down))
+    health = _health(down)
+    warm = Answerer(snapshot, health)
+    fast_hits = 0
+    total = 6000
+    for _ in range(total):
+        wire = _query(rng)
+        source = rng.choice(SOURCES)
+        tcp = rng.random() < 0.2
+        first = warm.handle(wire, source, tcp)  # fills the caches through the general path
+        fast = warm._fast(wire, source, tcp)
+        if fast is None:
+            continue
+        fast_hits += 1
+        # A fresh answerer has empty caches: its general path computes everything anew.
+        general = Answerer(snapshot, health)._general(wire, source, tcp)
+        assert fast == general, (dns.message.from_wire(wire).to_text(), source, tcp)
+        assert first == general
+    # The corpus is mostly common queries: the fast path must serve most of them once warm.
+    assert fast_hits > total * 0.6, fast_hits
+
+
+def test_fast_path_serves_repeated_common_queries(snapshot: Snapshot) -> None:
+    answerer = Answerer(snapshot, HealthView())
+    query = dns.message.make_query("www.example.com.", "A", use_edns=0, options=[dns.edns.ECSOption("2.2.9.0", 24)])
+    wire = query.to_wire()
+    answerer.handle(wire, "127.0.0.1")
+    before = answerer.counters.fast
+    for i in range(100):
+        reply = answerer.handle(struct.pack("!H", i) + wire[2:], "127.0.0.1")
+        assert reply is not None and reply[:2] == struct.pack("!H", i)
+    assert answerer.counters.fast == before + 100
+    parsed = dns.message.from_wire(reply)
+    assert parsed.answer[0][0].address == "127.0.2.1"  # Frankfurt
+    ecs = parsed.options[0]
+    # The scope is the prefix of the MMDB network that decided (a /28 elsewhere in 2.2/16
+    # splits the tree, so that network is narrower than /16).
+    with maxminddb.open_database(str(snapshot.geo.path)) as reader:
+        _, prefix = reader.get_with_prefix_len("2.2.9.0")
+    assert (ecs.address, ecs.srclen, ecs.scopelen) == ("2.2.9.0", 24, prefix)
