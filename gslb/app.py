@@ -1,18 +1,29 @@
-"""Wiring and lifecycle: build the snapshot, start listeners and probes, reload, signals."""
+"""Wiring and lifecycle: build the snapshot, start listeners, probes and workers, reload, signals.
+
+One process (`--workers 1`) does everything. With more, a supervisor probes, watches files
+and reloads, and forks workers that each answer on their own SO_REUSEPORT sockets; it
+sends every health verdict and reload to them over a pipe, and they send their counters back.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
 import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
-from gslb.answer import Answerer
+from gslb.answer import Answerer, Counters
 from gslb.health import HealthMonitor, HealthView
 from gslb.server import ListenAddress, TcpServer, UdpServer, udp_socket
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
@@ -20,6 +31,10 @@ from gslb.snapshot import Snapshot, SnapshotError, Sources, build
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0  # seconds between checks of the zone and config files
+COUNTER_INTERVAL = 1.0  # seconds between a worker's counter reports
+WORKER_RELOAD_TIMEOUT = 120.0
+
+Connection = multiprocessing.connection.Connection
 
 
 @dataclass
@@ -29,32 +44,70 @@ class Options:
     state_file: Path | None = None
     watch: bool = True
     probes: bool = True
+    workers: int = 1
 
 
-class App:
-    """One server process: listeners, answerer, prober, reloads."""
+@dataclass
+class Listener:
+    """The sockets one process answers on for one listen address."""
+
+    address: ListenAddress
+    udp: socket.socket
+    tcp: socket.socket
+
+
+def bind(address: ListenAddress, reuse_port: bool) -> Listener:
+    """A UDP and a TCP socket on one port (port 0: a free one, the same for both)."""
+    for _ in range(20):
+        udp = udp_socket(address, reuse_port=reuse_port)
+        port = udp.getsockname()[1]
+        tcp = socket.socket(address.family, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if address.family == socket.AF_INET6:
+            tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            tcp.bind((address.host, port))
+        except OSError:
+            udp.close()
+            tcp.close()
+            if address.port:
+                raise
+            continue  # the free UDP port was taken for TCP: try another
+        tcp.listen(512)
+        tcp.setblocking(False)
+        return Listener(ListenAddress(address.host, port), udp, tcp)
+    raise OSError(f"no port free for both UDP and TCP on {address.host}")
+
+
+class Control:
+    """What one server has whatever its shape: the snapshot, probes, reloads and signals."""
 
     def __init__(self, options: Options, snapshot: Snapshot):
         self.options = options
         self.snapshot = snapshot
         self.monitor = HealthMonitor(
-            snapshot.config.targets(), state_file=options.state_file, on_change=self._health_changed
+            snapshot.config.targets(), state_file=options.state_file, on_change=self.health_changed
         )
-        self.answerer = Answerer(snapshot, self.monitor.view)
-        self.udp: list[UdpServer] = []
-        self.tcp: list[TcpServer] = []
-        self.bound: list[ListenAddress] = []
         self.reloads = {"ok": 0, "failed": 0}
         self.last_reload_error: list[str] = []
+        self.bound: list[ListenAddress] = []
+        self.started = time.time()
+        self.on_reload: list[Callable[[Snapshot], None]] = []
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._watched = _fingerprint(options.sources)
-        self.on_reload: list[Callable[[Snapshot], None]] = []
 
-    # -- health and reload -------------------------------------------------------------------
+    # Overridden: where health verdicts and snapshots go.
+    def health_changed(self, view: HealthView) -> None:
+        raise NotImplementedError
 
-    def _health_changed(self, view: HealthView) -> None:
-        self.answerer.set_health(view)
+    async def install(self, snapshot: Snapshot) -> None:
+        raise NotImplementedError
+
+    def counters(self) -> Counters:
+        raise NotImplementedError
 
     async def reload(self, why: str) -> bool:
         """Build a new snapshot off the query path and swap it in whole; keep the old on error."""
@@ -70,8 +123,8 @@ class App:
                 log.error("reload failed: still serving the data loaded at %s",
                           time.strftime("%H:%M:%S", time.localtime(self.snapshot.loaded_at)))
                 return False
+            await self.install(snapshot)
             self.snapshot = snapshot
-            self.answerer.set_snapshot(snapshot)
             self.monitor.update_targets(snapshot.config.targets())
             for hook in self.on_reload:
                 hook(snapshot)
@@ -90,52 +143,309 @@ class App:
                 self._watched = current
                 await self.reload("files changed")
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
 
-    async def start(self) -> None:
-        for address in self.options.listen:
-            sock = udp_socket(address)
-            port = sock.getsockname()[1]
-            bound = ListenAddress(address.host, port)
-            server = UdpServer(sock, self.answerer.handle)
-            tcp = TcpServer(self.answerer.handle)
-            # Port 0 picks a free UDP port; TCP then takes the same number.
-            await tcp.start(bound)
-            server.start()
-            self.udp.append(server)
-            self.tcp.append(tcp)
-            self.bound.append(bound)
-            log.info("listening on %s (UDP and TCP)", bound)
-
-    async def run(self) -> None:
+    async def serve_until_stopped(self, extra: list[Callable[[], Any]] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        await self.start()
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        async with asyncio.TaskGroup() as tasks:
-            probing = tasks.create_task(self.monitor.run()) if self.options.probes else None
-            watching = tasks.create_task(self._watch()) if self.options.watch else None
-            log.info("serving %d zones, %d services", len(self.snapshot.zones.zones),
-                     len(self.snapshot.services))
-            await self._stop.wait()
-            log.info("stopping")
-            for task in (probing, watching):
-                if task is not None:
-                    task.cancel()
-        await self.stop()
+        tasks = []
+        if self.options.probes:
+            tasks.append(asyncio.create_task(self.monitor.run()))
+        if self.options.watch:
+            tasks.append(asyncio.create_task(self._watch()))
+        tasks.extend(asyncio.create_task(make()) for make in extra or [])
+        log.info("serving %d zones, %d services", len(self.snapshot.zones.zones), len(self.snapshot.services))
+        await self._stop.wait()
+        log.info("stopping")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.monitor.close()
 
-    def request_stop(self) -> None:
-        self._stop.set()
 
-    async def stop(self) -> None:
+class App(Control):
+    """A single process that answers, probes and reloads."""
+
+    def __init__(self, options: Options, snapshot: Snapshot):
+        super().__init__(options, snapshot)
+        self.answerer = Answerer(snapshot, self.monitor.view)
+        self.udp: list[UdpServer] = []
+        self.tcp: list[TcpServer] = []
+
+    def health_changed(self, view: HealthView) -> None:
+        self.answerer.set_health(view)
+
+    async def install(self, snapshot: Snapshot) -> None:
+        self.answerer.set_snapshot(snapshot)
+
+    def counters(self) -> Counters:
+        return self.answerer.counters
+
+    async def run(self) -> None:
+        for address in self.options.listen:
+            listener = bind(address, reuse_port=False)
+            await self._listen(listener)
+        try:
+            await self.serve_until_stopped()
+        finally:
+            await self.stop_listening()
+        log.info("stopped")
+
+    async def _listen(self, listener: Listener) -> None:
+        udp = UdpServer(listener.udp, self.answerer.handle)
+        tcp = TcpServer(self.answerer.handle)
+        await tcp.start(listener.address, sock=listener.tcp)
+        udp.start()
+        self.udp.append(udp)
+        self.tcp.append(tcp)
+        self.bound.append(listener.address)
+        log.info("listening on %s (UDP and TCP)", listener.address)
+
+    async def stop_listening(self) -> None:
         for udp in self.udp:
             await asyncio.to_thread(udp.stop)
         for tcp in self.tcp:
             await tcp.stop()
-        await self.monitor.close()
+
+
+# -- several worker processes ------------------------------------------------------------
+
+
+class Worker:
+    """A forked process answering on its own sockets; the supervisor tells it what changes."""
+
+    def __init__(self, snapshot: Snapshot, sources: Sources, listeners: list[Listener], control: Connection):
+        self.answerer = Answerer(snapshot, HealthView())
+        self.sources = sources
+        self.listeners = listeners
+        self.control = control
+        self.udp: list[UdpServer] = []
+        self.tcp: list[TcpServer] = []
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        for listener in self.listeners:
+            udp = UdpServer(listener.udp, self.answerer.handle)
+            tcp = TcpServer(self.answerer.handle)
+            await tcp.start(listener.address, sock=listener.tcp)
+            udp.start()
+            self.udp.append(udp)
+            self.tcp.append(tcp)
+        loop.add_reader(self.control.fileno(), self._message)
+        reporter = asyncio.create_task(self._report())
+        await self._stop.wait()
+        reporter.cancel()
+        loop.remove_reader(self.control.fileno())
+        for udp in self.udp:
+            await asyncio.to_thread(udp.stop)
+        for tcp in self.tcp:
+            await tcp.stop()
+
+    def _message(self) -> None:
+        try:
+            message = self.control.recv()
+        except (EOFError, OSError):
+            self._stop.set()  # the supervisor is gone
+            return
+        kind = message[0]
+        if kind == "health":
+            _, version, states = message
+            self.answerer.set_health(HealthView(version, MappingProxyType(states)))
+        elif kind == "reload":
+            asyncio.ensure_future(self._reload())
+
+    async def _reload(self) -> None:
+        try:
+            snapshot = await asyncio.to_thread(build, self.sources)
+        except SnapshotError as exc:
+            log.error("worker %d: reload failed, keeping the old data: %s", os.getpid(), exc.problems[:1])
+            self.control.send(("reloaded", False))
+            return
+        self.answerer.set_snapshot(snapshot)
+        self.control.send(("reloaded", True))
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(COUNTER_INTERVAL)
+            with contextlib.suppress(OSError):
+                self.control.send(("counters", dataclasses.asdict(self.answerer.counters)))
+
+
+@dataclass
+class _Child:
+    pid: int
+    control: Connection
+    counters: dict[str, Any] = field(default_factory=dict)
+    reloaded: asyncio.Queue[bool] = field(default_factory=asyncio.Queue)
+
+
+class Supervisor(Control):
+    """Probes, watches and reloads; forks `workers` processes that answer."""
+
+    def __init__(self, options: Options, snapshot: Snapshot):
+        super().__init__(options, snapshot)
+        self.children: list[_Child | None] = [None] * options.workers
+        self.exited_counters = Counters()
+        self.health = self.monitor.view
+
+    def health_changed(self, view: HealthView) -> None:
+        self.health = view
+        message = ("health", view.version, dict(view.states))
+        for child in self.children:
+            if child is not None:
+                with contextlib.suppress(OSError):
+                    child.control.send(message)
+
+    async def install(self, snapshot: Snapshot) -> None:
+        """Have every worker load the new files, and wait until each has."""
+        waiting = []
+        for child in self.children:
+            if child is not None:
+                with contextlib.suppress(OSError):
+                    child.control.send(("reload",))
+                    waiting.append(child)
+        for child in waiting:
+            try:
+                async with asyncio.timeout(WORKER_RELOAD_TIMEOUT):
+                    await child.reloaded.get()
+            except TimeoutError:
+                log.error("worker %d did not reload in %.0f s", child.pid, WORKER_RELOAD_TIMEOUT)
+
+    def counters(self) -> Counters:
+        total = dataclasses.asdict(self.exited_counters)
+        for child in self.children:
+            if child is not None:
+                _add(total, child.counters)
+        return Counters(**total)
+
+    async def run(self) -> None:
+        # Resolve port 0 once, so every worker binds the same port in one SO_REUSEPORT group.
+        self.addresses = []
+        for address in self.options.listen:
+            first = bind(address, reuse_port=True)
+            self.addresses.append(first.address)
+            first.udp.close()
+            first.tcp.close()
+        for index in range(len(self.children)):
+            self._spawn(index)
+        for address in self.addresses:
+            self.bound.append(address)
+            log.info("listening on %s (UDP and TCP, %d workers)", address, len(self.children))
+        try:
+            await self.serve_until_stopped([self._reap])
+        finally:
+            await self._stop_children()
         log.info("stopped")
+
+    def _spawn(self, index: int) -> None:
+        listeners = [bind(address, reuse_port=True) for address in self.addresses]
+        ours, theirs = multiprocessing.Pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                ours.close()
+                for child in self.children:
+                    if child is not None:
+                        child.control.close()
+                signal.set_wakeup_fd(-1)
+                worker = Worker(self.snapshot, self.options.sources, listeners, theirs)
+                worker.answerer.set_health(self.health)
+                asyncio.run(worker.run())
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        theirs.close()
+        for listener in listeners:
+            listener.udp.close()
+            listener.tcp.close()
+        child = _Child(pid, ours)
+        self.children[index] = child
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._message, child)
+        log.info("worker %d started (pid %d)", index, pid)
+
+    def _message(self, child: _Child) -> None:
+        try:
+            message = child.control.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(child.control.fileno())
+            return
+        if message[0] == "counters":
+            child.counters = message[1]
+        elif message[0] == "reloaded":
+            child.reloaded.put_nowait(message[1])
+
+    async def _reap(self) -> None:
+        """Restart a worker that died, so the port keeps its full set of answerers."""
+        while True:
+            await asyncio.sleep(0.2)
+            for index, child in enumerate(self.children):
+                if child is None:
+                    continue
+                pid, status = os.waitpid(child.pid, os.WNOHANG)
+                if pid == 0:
+                    continue
+                log.error("worker %d (pid %d) exited with status %d; restarting it", index, pid,
+                          os.waitstatus_to_exitcode(status))
+                self._forget(child)
+                self._spawn(index)
+
+    def _forget(self, child: _Child) -> None:
+        total = dataclasses.asdict(self.exited_counters)
+        _add(total, child.counters)
+        self.exited_counters = Counters(**total)
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(child.control.fileno())
+        child.control.close()
+
+    async def _stop_children(self) -> None:
+        for child in self.children:
+            if child is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for child in self.children:
+            if child is None:
+                continue
+            while time.monotonic() < deadline:
+                pid, _ = os.waitpid(child.pid, os.WNOHANG)
+                if pid:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+
+
+def _add(total: dict[str, Any], more: dict[str, Any]) -> None:
+    for key, value in more.items():
+        if isinstance(value, dict):
+            bucket = total.setdefault(key, {})
+            for k, v in value.items():
+                bucket[k] = bucket.get(k, 0) + v
+        else:
+            total[key] = total.get(key, 0) + value
+
+
+def serve(options: Options, snapshot: Snapshot) -> None:
+    server: Control
+    server = Supervisor(options, snapshot) if options.workers > 1 else App(options, snapshot)
+
+    async def main() -> None:
+        await server.run()  # type: ignore[attr-defined]
+
+    asyncio.run(main())
 
 
 def _fingerprint(sources: Sources) -> tuple[tuple[str, int, int], ...]:
@@ -147,19 +457,3 @@ def _fingerprint(sources: Sources) -> tuple[tuple[str, int, int], ...]:
             continue
         prints.append((str(path), stat.st_mtime_ns, stat.st_size))
     return tuple(prints)
-
-
-def free_port_pair(host: str = "127.0.0.1") -> int:
-    """A port number free for both UDP and TCP (for tests and examples)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(family, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            with socket.socket(family, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-                return int(port)
-    raise OSError("no free port")

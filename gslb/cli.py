@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--state-file", metavar="FILE",
                        help="where health verdicts are kept across restarts "
                             "(default: .gslb-state.json beside the zones)")
+    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                       help="processes answering queries on the same port (SO_REUSEPORT); "
+                            "default: one per core. With 1, one process does everything")
     serve.add_argument("--no-probes", action="store_true", help="do not probe; every data center is up")
     serve.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only, not on file changes")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -100,7 +103,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gslb.app import App, Options
+    from gslb.app import Options, serve
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -114,11 +117,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gslb: --listen: {exc}", file=sys.stderr)
         return 2
     state_file = Path(args.state_file) if args.state_file else sources.zones / ".gslb-state.json"
+    if args.workers < 1:
+        print("gslb: --workers must be at least 1", file=sys.stderr)
+        return 2
     options = Options(sources, listen, state_file=state_file, watch=not args.no_watch,
-                      probes=not args.no_probes)
-    app = App(options, snapshot)
+                      probes=not args.no_probes, workers=args.workers)
     try:
-        asyncio.run(app.run())
+        serve(options, snapshot)
     except OSError as exc:
         print(f"gslb: {exc}", file=sys.stderr)
         return 1

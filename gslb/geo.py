@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import dataclasses
 import datetime
 import functools
 import ipaddress
@@ -197,36 +198,48 @@ def is_special(address: IPAddress) -> bool:
     return any(address in network for network in _SPECIAL_BY_VERSION[address.version])
 
 
-def _database_location(record: Mapping[str, Any]) -> Location | None:
-    """A GeoIP2/GeoLite2/DB-IP City or Country record as a Location (network not yet set)."""
-    country = _mapping(record.get("country"))
-    continent = _mapping(record.get("continent"))
+# What a database record says: country, continent, subdivision, latitude, longitude, city.
+_Fields = tuple[str | None, str | None, str | None, float | None, float | None, str | None]
+
+
+def _record_fields(record: Mapping[str, Any]) -> _Fields | None:
+    """A GeoIP2/GeoLite2/DB-IP City or Country record's fields; None if it places nothing."""
+    country = _text(_mapping(record.get("country")).get("iso_code"))
+    continent = _text(_mapping(record.get("continent")).get("code"))
     location = _mapping(record.get("location"))
-    subdivisions = record.get("subdivisions")
-    subdivision = (
-        _mapping(subdivisions[0]) if isinstance(subdivisions, list) and subdivisions else {}
-    )
     latitude = location.get("latitude")
     longitude = location.get("longitude")
     if not isinstance(latitude, int | float) or not isinstance(longitude, int | float):
         latitude = longitude = None
-    found = Location(
-        country=_text(country.get("iso_code")),
-        continent=_text(continent.get("code")),
-        subdivision=_text(subdivision.get("iso_code")),
-        latitude=None if latitude is None else float(latitude),
-        longitude=None if longitude is None else float(longitude),
-        source="database",
-        city=_english_name(_mapping(record.get("city"))),
-    )
-    if found.country is None and found.continent is None and not found.has_coordinates:
+    if country is None and continent is None and latitude is None:
         # Such records (e.g. registered_country only) say nothing about where the client is.
         return None
-    return _complete(found)
+    subdivisions = record.get("subdivisions")
+    first = _mapping(subdivisions[0]) if isinstance(subdivisions, list) and subdivisions else _EMPTY
+    city = _english_name(_mapping(record.get("city")))
+    if country is not None and (latitude is None or continent is None):
+        centroid = country_centroids().get(country)
+        if centroid is not None:
+            continent = continent or centroid.continent
+            if latitude is None:
+                # A country-level answer: the centroid stands in for the client's position.
+                latitude, longitude, city = centroid.latitude, centroid.longitude, None
+    return (
+        country,
+        continent,
+        _text(first.get("iso_code")),
+        None if latitude is None else float(latitude),
+        None if longitude is None else float(longitude),
+        city,
+    )
+
+
+_EMPTY: Final[Mapping[str, Any]] = {}
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    # maxminddb decodes MMDB maps to plain dicts; `dict` is much cheaper to test than Mapping.
+    return value if isinstance(value, dict) else _EMPTY
 
 
 def _text(value: object) -> str | None:
@@ -246,9 +259,9 @@ def _complete(location: Location) -> Location:
     if centroid is None:
         return location
     if location.has_coordinates:
-        return _replace(location, continent=centroid.continent)
+        return dataclasses.replace(location, continent=centroid.continent)
     # A country-level answer: the centroid stands in for the client, and city stays None.
-    return _replace(
+    return dataclasses.replace(
         location,
         continent=location.continent or centroid.continent,
         latitude=centroid.latitude,
@@ -325,7 +338,7 @@ class GeoDatabase:
         self._overrides: dict[IPNetwork, Location] = {}
         for network, location in overrides:
             network = _unmap_network(network)
-            self._overrides[network] = _complete(_replace(location, source="override"))
+            self._overrides[network] = _complete(dataclasses.replace(location, source="override"))
         specials = () if special_in_database else SPECIAL_NETWORKS
         self._rules = {
             version: _RuleSet(version, self._overrides, specials, self.default)
@@ -411,12 +424,13 @@ class GeoDatabase:
             mapped = ipaddress.IPv6Network(
                 (_MAPPED_BASE | int(found.network.network_address), 96 + found.network.prefixlen)
             )
-            return _replace(found, network=mapped)
+            return _with_network(found, mapped)
 
         bits = address.max_prefixlen
         value = int(address)
         rules = self._rules[address.version]
         location: Location | None
+        fields: _Fields | None = None
         kind: _Kind
         # 1. CIDR overrides, most specific first; 2. special-purpose blocks; 3. the database.
         for prefix, level_kind, table in rules.levels:
@@ -425,16 +439,19 @@ class GeoDatabase:
                 kind, base_prefix = level_kind, prefix
                 break
         else:
-            kind = "database"
-            location, base_prefix = self._database(address)
-            if location is None:
-                location = self.default
+            kind, location = "database", self.default
+            fields, base_prefix = self._database(address)
         prefix = rules.uniform_prefix(value, base_prefix, kind)
         network = _network(address.version, value >> (bits - prefix) << (bits - prefix), prefix)
-        return _replace(location, network=network)
+        if fields is not None:
+            country, continent, subdivision, latitude, longitude, city = fields
+            return Location(
+                country, continent, subdivision, latitude, longitude, network, "database", city
+            )
+        return _with_network(location, network)
 
-    def _database(self, address: IPAddress) -> tuple[Location | None, int]:
-        """The record's Location (None if the DB has none) and the DB's prefix length."""
+    def _database(self, address: IPAddress) -> tuple[_Fields | None, int]:
+        """The record's fields (None if the DB has none) and the DB's prefix length."""
         if address.version == 6 and self.metadata.ip_version == 4:
             return None, 0  # an IPv4-only database knows nothing of IPv6: all of it is unknown
         try:
@@ -449,9 +466,9 @@ class GeoDatabase:
             # database keeps IPv4 in; maxminddb 3.2 already returns the IPv4 length.
             prefix -= 96
         prefix = max(0, min(prefix, address.max_prefixlen))
-        if not isinstance(record, Mapping):
+        if not isinstance(record, dict):
             return None, prefix
-        return _database_location(record), prefix
+        return _record_fields(record), prefix
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -534,20 +551,18 @@ class _RuleSet:
         return prefix
 
 
-def _replace(location: Location, **changes: Any) -> Location:
-    """dataclasses.replace, but about ten times faster (the miss path calls it per lookup)."""
-    fields: dict[str, Any] = {
-        "country": location.country,
-        "continent": location.continent,
-        "subdivision": location.subdivision,
-        "latitude": location.latitude,
-        "longitude": location.longitude,
-        "network": location.network,
-        "source": location.source,
-        "city": location.city,
-    }
-    fields.update(changes)
-    return Location(**fields)
+def _with_network(location: Location, network: IPNetwork) -> Location:
+    # Positional: several times cheaper than dataclasses.replace, and misses call it.
+    return Location(
+        location.country,
+        location.continent,
+        location.subdivision,
+        location.latitude,
+        location.longitude,
+        network,
+        location.source,
+        location.city,
+    )
 
 
 def _network(version: int, start: int, prefix: int) -> IPNetwork:

@@ -356,15 +356,21 @@ async def _probe_plain_http(target: Target) -> str:
     done: asyncio.Future[None] = loop.create_future()
     want_body = check.body_contains is not None and check.method != "HEAD"
     response = _Response(want_body)
-    transport, _ = await loop.create_connection(
-        lambda: _PlainHttpProtocol(_plain_request(target), response, done),
-        target.address,
-        check.port,
-    )
     try:
-        await done
+        transport, _ = await loop.create_connection(
+            lambda: _PlainHttpProtocol(_plain_request(target), response, done),
+            target.address,
+            check.port,
+        )
+        try:
+            await done
+        finally:
+            transport.close()
     finally:
-        transport.close()
+        # Cancelled or failed before awaiting `done`: settle it now, so that the protocol
+        # does not set an exception nobody will ever read.
+        if not done.done():
+            done.cancel()
     assert response.status is not None
     return _judge(check, response.status, response.body if want_body else None)
 
