@@ -10,10 +10,12 @@ reply with the same rules, and a test holds them byte-identical.
 
 from __future__ import annotations
 
+import bisect
 import io
 import ipaddress
 import logging
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -63,6 +65,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Name = dns.name.Name
+LATENCY_SAMPLE_MASK = 63  # time one query in 64: two clock reads cost a few % of a fast answer
+LATENCY_BOUNDS = (2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
 CACHE_LIMIT = 200_000  # entries per cache; cleared whole when full (cheap, and rare)
 LOCATED = object()  # marks a question whose answer depends on the client's location
 UNCACHED = object()  # marks a question answered afresh every time (weighted services)
@@ -85,15 +89,22 @@ class Entry:
     # Precomputed: the header's four counts, without and with our OPT.
     head: bytes = b""
     head_opt: bytes = b""
+    # Precomputed counter keys: (tcp, qtype, rcode) per transport, and (service, data center).
+    udp_key: tuple[bool, int, int] = (False, 0, 0)
+    tcp_key: tuple[bool, int, int] = (True, 0, 0)
+    answer_key: tuple[str, str] | None = None
 
 
-def _entry(flags: int, counts: tuple[int, int, int], body: bytes, scope: int, rcode: int,
+def _entry(flags: int, counts: tuple[int, int, int], body: bytes, scope: int, rcode: int, qtype: int,
            service: str | None = None, datacenters: tuple[str, ...] = ()) -> Entry:
     an, ns, ar = counts
     return Entry(
         flags, an, ns, ar, body, scope, rcode, service, datacenters,
         head=struct.pack("!HHHH", 1, an, ns, ar),
         head_opt=struct.pack("!HHHH", 1, an, ns, ar + 1),
+        udp_key=(False, qtype, rcode),
+        tcp_key=(True, qtype, rcode),
+        answer_key=None if service is None else (service, datacenters[0] if datacenters else ""),
     )
 
 
@@ -108,8 +119,18 @@ class Counters:
     servfail: int = 0
     truncated: int = 0
     refused: int = 0
-    by_key: dict[tuple[str, int, int], int] = field(default_factory=dict)  # (transport, qtype, rcode)
-    by_answer: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, datacenter)
+    by_key: dict[tuple[bool, int, int], int] = field(default_factory=dict)  # (tcp, qtype, rcode)
+    by_answer: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, first datacenter)
+    # Query latency, one query in LATENCY_SAMPLE_MASK + 1 timed: bucket counts by upper bound.
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+    latency_sum: float = 0.0
+    latency_count: int = 0
+    ticks: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.latency_buckets[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        self.latency_sum += seconds
+        self.latency_count += 1
 
 
 class State:
@@ -153,17 +174,42 @@ class Answerer:
 
     def handle(self, wire: bytes, source: str | None, tcp: bool = False) -> bytes | None:
         """The reply to one query from `source` (an address literal), or None to send nothing."""
+        counters = self.counters
+        counters.ticks += 1
+        sample = not counters.ticks & LATENCY_SAMPLE_MASK
+        if sample:
+            started = time.perf_counter()
         try:
             reply = self._fast(wire, source, tcp)
-            if reply is not None:
-                self.counters.fast += 1
-                return reply
-            self.counters.general += 1
-            return self._general(wire, source, tcp)
+            if reply is None:
+                counters.general += 1
+                reply, entry, rcode = self._general(wire, source, tcp)
+                if reply is not None:
+                    self._count(reply, entry, rcode, tcp)
+            else:
+                counters.fast += 1
         except Exception:
             log.exception("unexpected error answering a query from %s", source)
-            self.counters.servfail += 1
-            return _servfail(wire)
+            counters.servfail += 1
+            reply = _servfail(wire)
+        if sample:
+            counters.observe(time.perf_counter() - started)
+        return reply
+
+    def _count(self, reply: bytes, entry: Entry | None, rcode: int, tcp: bool) -> None:
+        """Count a general-path reply by transport, QTYPE and RCODE (the fast path counts inline)."""
+        qtype = 0
+        if reply[5]:  # a question was echoed: its QTYPE follows the name
+            i = 12
+            while reply[i]:
+                i += reply[i] + 1
+            qtype = reply[i + 1] << 8 | reply[i + 2]
+        key = (tcp, qtype, rcode)
+        by_key = self.counters.by_key
+        by_key[key] = by_key.get(key, 0) + 1
+        if entry is not None and entry.answer_key is not None:
+            by_answer = self.counters.by_answer
+            by_answer[entry.answer_key] = by_answer.get(entry.answer_key, 0) + 1
 
     def _fast(self, wire: bytes, source: str | None, tcp: bool) -> bytes | None:
         """The common query, from cached parts; None sends it down the general path."""
@@ -205,6 +251,12 @@ class Answerer:
             reply = b"".join((wire[:2], _flags(entry.flags, wire), entry.head, wire[12:qend], entry.body))
             if not tcp and len(reply) > 512:
                 return None
+            key = entry.tcp_key if tcp else entry.udp_key
+            by_key = self.counters.by_key
+            by_key[key] = by_key.get(key, 0) + 1
+            if entry.answer_key is not None:
+                by_answer = self.counters.by_answer
+                by_answer[entry.answer_key] = by_answer.get(entry.answer_key, 0) + 1
             return reply
         if arcount != 1 or n < qend + 11:
             return None
@@ -259,39 +311,45 @@ class Answerer:
         )
         if not tcp and len(reply) > min(max(payload, 512), 1232):
             return None
+        key = entry.tcp_key if tcp else entry.udp_key
+        by_key = self.counters.by_key
+        by_key[key] = by_key.get(key, 0) + 1
+        if entry.answer_key is not None:
+            by_answer = self.counters.by_answer
+            by_answer[entry.answer_key] = by_answer.get(entry.answer_key, 0) + 1
         return reply
 
-    def _general(self, wire: bytes, source: str | None, tcp: bool) -> bytes | None:
+    def _general(self, wire: bytes, source: str | None, tcp: bool) -> tuple[bytes | None, Entry | None, int]:
         try:
             query = parse_query(wire)
         except Drop:
             self.counters.dropped += 1
-            return None
+            return None, None, 0
         except FormError as exc:
             log.debug("FORMERR to %s: %s", source, exc)
             self.counters.formerr += 1
-            return _formerr(wire)
+            return _formerr(wire), None, FORMERR
         edns = query.edns
         if query.opcode != 0:
             # RFC 1035 §4.1.1 / RFC 6895 §2.2: NOTIMP, the opcode and RD echoed, nothing else.
-            return _header_reply(query, NOTIMP, aa=False)
+            return _header_reply(query, NOTIMP, aa=False), None, NOTIMP
         if edns is not None and edns.version > 0:
             # RFC 6891 §6.1.3: BADVERS, with the highest version we do (0).
-            return _header_reply(query, BADVERS & 0xF, aa=False, extended_rcode=BADVERS >> 4)
+            return _header_reply(query, BADVERS & 0xF, aa=False, extended_rcode=BADVERS >> 4), None, BADVERS
         if query.qtype == TYPE_OPT or (query.qtype in _META_TYPES and query.qtype not in (TYPE_AXFR, TYPE_IXFR)):
             self.counters.formerr += 1
-            return _header_reply(query, FORMERR, aa=False)
+            return _header_reply(query, FORMERR, aa=False), None, FORMERR
         if query.qclass != CLASS_IN or query.qtype in (TYPE_AXFR, TYPE_IXFR):
             # Zone transfers are not offered; other classes are not served.
             self.counters.refused += 1
-            return _header_reply(query, REFUSED, aa=False)
+            return _header_reply(query, REFUSED, aa=False), None, REFUSED
         st = self.state
         key = _question_key(query)
         entry = st.static.get(key)
         location: tuple[Location, Any] | None = None
         if entry is LOCATED or entry is UNCACHED or entry is None:
             entry, location = self._resolve(st, query, key, source, entry)
-        return self._assemble(query, entry, tcp)
+        return self._assemble(query, entry, tcp), entry, entry.rcode
 
     def _resolve(self, st: State, query: Query, key: bytes, source: str | None,
                  marker: Any) -> tuple[Entry, tuple[Location, Any] | None]:
@@ -436,8 +494,9 @@ def _encode(resolution: Resolution, decision: Decision | None, location: Locatio
             question: bytes) -> Entry:
     """Encode a resolution (and a service's decision) into a cacheable entry."""
     rcode = resolution.rcode
+    qtype = question[-4] << 8 | question[-3]
     if rcode == REFUSED:
-        return _entry(QR | REFUSED, (0, 0, 0), b"", 0, REFUSED)
+        return _entry(QR | REFUSED, (0, 0, 0), b"", 0, REFUSED, qtype)
     labels = []
     pos = 0
     while question[pos]:
@@ -457,7 +516,7 @@ def _encode(resolution: Resolution, decision: Decision | None, location: Locatio
         if decision.location_dependent and location.network is not None:
             scope = location.network.prefixlen
         if decision.rcode == SERVFAIL:
-            return _entry(QR | SERVFAIL, (0, 0, 0), b"", scope, SERVFAIL, service_name, datacenters)
+            return _entry(QR | SERVFAIL, (0, 0, 0), b"", scope, SERVFAIL, qtype, service_name, datacenters)
         answer = answer[:-1]
         if decision.addresses:
             answer = [*answer, (service.owner, _address_rdataset(service.qtype, decision.ttl, decision.addresses))]
@@ -470,7 +529,7 @@ def _encode(resolution: Resolution, decision: Decision | None, location: Locatio
     ns = sum(writer.rrset(owner, rds) for owner, rds in authority)
     ar = sum(writer.rrset(owner, rds) for owner, rds in resolution.additional)
     flags = QR | (AA if resolution.authoritative else 0) | rcode
-    return _entry(flags, (an, ns, ar), writer.body(), scope, rcode, service_name, datacenters)
+    return _entry(flags, (an, ns, ar), writer.body(), scope, rcode, qtype, service_name, datacenters)
 
 
 def _truncated(query: Query, entry: Entry, limit: int, opt: bytes) -> bytes:

@@ -15,6 +15,8 @@ import dns.name
 import dns.rdatatype
 
 from gslb import __version__
+from gslb.health import HealthView
+from gslb.policy import choose
 from gslb.server import DEFAULT_PORT, ListenAddress
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
 
@@ -131,10 +133,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
-                  subnet: str | None) -> dict[str, Any]:
-    """Everything an operator needs to see why `name` answers what it does for a client."""
-    from gslb.health import HealthView
-    from gslb.policy import choose
+                  subnet: str | None, health: HealthView | None = None) -> dict[str, Any]:
+    """Everything an operator needs to see why `name` answers what it does for a client.
+
+    `health` is the live view when a server asks; the CLI reads the last saved verdicts.
+    """
 
     qname = dns.name.from_text(name)
     rdtype = dns.rdatatype.from_text(qtype)
@@ -171,7 +174,7 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
         out["why"] = "static zone data: the same answer for every client (ECS scope 0)"
         return out
     svc = snapshot.services[service.service]
-    health = HealthView()
+    health = health if health is not None else HealthView()
     decision = choose(svc, snapshot.config.datacenters, location,
                       health, 4 if service.qtype == dns.rdatatype.A else 6)
     out["kind"] = "service"

@@ -151,7 +151,7 @@ _SPECIAL_V6: Final = (
     "::/8",  # reserved by IETF (RFC 4291); the entries below nest inside it
     "::/128",  # unspecified
     "::1/128",  # loopback
-    "::ffff:0:0/96",  # IPv4-mapped: located as the IPv4 address, never reaches this table
+    "::ffff:0:0/96",  # IPv4-mapped: located as IPv4; listed to keep other blocks out of it
     "64:ff9b::/96",  # NAT64 well-known prefix (RFC 6052)
     "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
     "100::/8",  # reserved; holds the discard-only block
@@ -198,6 +198,8 @@ def is_special(address: IPAddress) -> bool:
     return any(address in network for network in _SPECIAL_BY_VERSION[address.version])
 
 
+_EMPTY: Final[Mapping[str, Any]] = {}
+
 # What a database record says: country, continent, subdivision, latitude, longitude, city.
 _Fields = tuple[str | None, str | None, str | None, float | None, float | None, str | None]
 
@@ -232,9 +234,6 @@ def _record_fields(record: Mapping[str, Any]) -> _Fields | None:
         None if longitude is None else float(longitude),
         city,
     )
-
-
-_EMPTY: Final[Mapping[str, Any]] = {}
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
