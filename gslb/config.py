@@ -12,6 +12,9 @@ One TOML file (``zones/gslb.toml`` by default) with four tables, all optional::
     no_ecs = "resolver"   # clients whose resolver sends no EDNS Client Subnet are located by
                           # the resolver's address ("resolver", the default), or all placed at
                           # geo.default ("default")
+    private = "default"   # private, loopback and documentation addresses go to geo.default;
+                          # "database" looks them up in the GeoIP database instead (an
+                          # internal MMDB that places your own networks)
     default = { country = "US", continent = "NA", latitude = 39.04, longitude = -77.49 }
                           # where clients go that the database cannot place (private addresses,
                           # unknown networks); without it such clients have no coordinates and
@@ -129,6 +132,7 @@ __all__ = [
 POLICIES: Final = ("nearest", "geo", "failover", "weighted")
 ALL_DOWN_MODES: Final = ("open", "fallback", "nodata", "servfail")
 NO_ECS_MODES: Final = ("resolver", "default")
+PRIVATE_MODES: Final = ("default", "database")
 CONTINENTS: Final = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
 RULE_KINDS: Final = ("cidr", "subdivision", "country", "continent")  # precedence order
 CHECK_KINDS: Final = ("http", "https", "tcp")
@@ -353,6 +357,9 @@ class Config:
     # Most specific first (IPv4 before IPv6), so a linear scan finds the longest prefix.
     overrides: tuple[tuple[IPNetwork, Location], ...] = ()
     no_ecs: str = "resolver"
+    # Look private, loopback and documentation addresses up in the database (an internal
+    # MMDB that maps your own networks) instead of sending them to the default.
+    private_in_database: bool = False
     default_location: Location = field(default_factory=Location)
 
     def targets(self) -> tuple[Target, ...]:
@@ -585,7 +592,7 @@ _DC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _SUBDIVISION = re.compile(r"[A-Z0-9]{1,3}")
 
-_GEO_KEYS: Final = ("no_ecs", "default", "override")
+_GEO_KEYS: Final = ("no_ecs", "private", "default", "override")
 _LOCATION_KEYS: Final = ("country", "continent", "subdivision", "latitude", "longitude", "city")
 _CHECK_KEYS: Final = (
     "kind", "port", "path", "method", "expect_status", "body_contains", "host", "verify_tls",
@@ -869,7 +876,7 @@ class _Loader:
     def config(self, document: dict[str, Any]) -> Config:
         root = self.table(document, (), ("geo", "checks", "datacenters", "services"))
         assert root is not None
-        no_ecs, default_location, overrides = self.geo(root.get("geo", {}))
+        no_ecs, private_in_database, default_location, overrides = self.geo(root.get("geo", {}))
         checks = self.checks(root.get("checks", {}))
         datacenters, declared = self.datacenters(root.get("datacenters", {}), checks)
         services = self.services(root.get("services", {}), datacenters, declared)
@@ -880,15 +887,17 @@ class _Loader:
             checks=MappingProxyType(checks[0]),
             overrides=overrides,
             no_ecs=no_ecs,
+            private_in_database=private_in_database,
             default_location=default_location,
         )
 
-    def geo(self, value: Any) -> tuple[str, Location, tuple[tuple[IPNetwork, Location], ...]]:
+    def geo(self, value: Any) -> tuple[str, bool, Location, tuple[tuple[IPNetwork, Location], ...]]:
         key: KeyPath = ("geo",)
         geo = self.table(value, key, _GEO_KEYS)
         if geo is None:
-            return "resolver", Location(), ()
+            return "resolver", False, Location(), ()
         no_ecs = self.get(geo, (*key, "no_ecs"), self.string(NO_ECS_MODES), "resolver")
+        private = self.get(geo, (*key, "private"), self.string(PRIVATE_MODES), "default")
         default = Location()
         if "default" in geo:
             default = self.location(geo["default"], (*key, "default"), None) or default
@@ -913,7 +922,7 @@ class _Loader:
                     continue
                 overrides[network] = location
         ordered = sorted(overrides.items(), key=lambda item: (item[0].version, -item[0].prefixlen))
-        return no_ecs or "resolver", default, tuple(ordered)
+        return no_ecs or "resolver", private == "database", default, tuple(ordered)
 
     def location(
         self, value: Any, key: KeyPath, network: IPNetwork | None, checked: bool = False

@@ -96,7 +96,8 @@ def build(sources: Sources) -> Snapshot:
     geo: GeoDatabase | None = None
     if config is not None:
         try:
-            geo = GeoDatabase(sources.geodb, overrides=config.overrides, default=config.default_location)
+            geo = GeoDatabase(sources.geodb, overrides=config.overrides, default=config.default_location,
+                              special_in_database=config.private_in_database)
         except GeoError as exc:
             problems.append(str(exc))
     services: dict[dns.name.Name, Service] = {}

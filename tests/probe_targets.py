@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import selectors
 import socket
 import ssl
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,22 +47,11 @@ def make_certificate(directory: Path, name: str = "site.test") -> Certificate:
 
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=gslb test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    )
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=gslb test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
     openssl("req", "-new", *ec, "-keyout", "site.key", "-out", "site.csr", "-subj", f"/CN={name}")
     (directory / "site.ext").write_text(
         f"subjectAltName=DNS:{name}\n"
@@ -71,23 +62,9 @@ def make_certificate(directory: Path, name: str = "site.test") -> Certificate:
         "authorityKeyIdentifier=keyid\n"
     )
     openssl(
-        "x509",
-        "-req",
-        "-in",
-        "site.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-set_serial",
-        "2",
-        "-days",
-        "2",
-        "-extfile",
-        "site.ext",
-        "-out",
-        "site.pem",
-    )
+        "x509", "-req", "-in", "site.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-set_serial", "2", "-days", "2", "-extfile", "site.ext", "-out", "site.pem",
+    )  # fmt: skip
     return Certificate(directory / "ca.pem", directory / "site.pem", directory / "site.key", name)
 
 
@@ -98,28 +75,11 @@ class SeenRequest:
     host: str | None  # the Host header
 
 
-class _LoopThread:
-    """An asyncio loop in a daemon thread, so servers work from sync and async tests alike."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        # Handshake failures and resets are what these servers are for; keep them quiet.
-        self.loop.set_exception_handler(lambda loop, context: None)
-        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self.thread.start()
-
-    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 class _Listener:
-    """A listener on 127.0.0.1 (port 0 → any free port) that can stop and restart on the
-    same port; subclasses say what a connection gets."""
+    """A listener on 127.0.0.1 (port 0: any free port) with a thread per connection; it can
+    stop (connections refused) and listen again on the same port. Subclasses say what a
+    connection gets. Every socket is closed by its owner thread, so nothing is left to the GC.
+    """
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
@@ -127,13 +87,14 @@ class _Listener:
         self.host = host
         self.port = port
         self._ssl = ssl_context
-        self._thread = _LoopThread(f"{type(self).__name__} {host}")
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
         self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._acceptor: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._handlers: set[threading.Thread] = set()
         self.connections = 0  # accepted so far
-        self.active = 0  # open right now
-        self.max_active = 0
+        self.spans: list[tuple[float, float]] = []  # (accepted, finished), time.monotonic()
         self.listen()
 
     @property
@@ -142,52 +103,87 @@ class _Listener:
 
     def listen(self) -> None:
         """Start listening (again, on the same port)."""
-        if self._server is None:
-            self._server = self._thread.call(self._listen())
+        if self._listener is not None:
+            return
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(64)
+        listener.setblocking(False)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._wakeup = socket.socketpair()
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, args=(listener, self._wakeup[0]), daemon=True
+        )
+        self._acceptor.start()
 
     def stop_listening(self) -> None:
         """Stop listening and drop open connections: new connections are refused."""
-        if self._server is not None:
-            server, self._server = self._server, None
-            self._thread.call(self._close(server))
-
-    async def _listen(self) -> asyncio.Server:
-        server = await asyncio.start_server(
-            self._connected, self.host, self.port, ssl=self._ssl, reuse_address=True
-        )
-        self.port = server.sockets[0].getsockname()[1]
-        return server
-
-    async def _close(self, server: asyncio.Server) -> None:
-        server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await server.wait_closed()
-
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+        if self._listener is None or self._wakeup is None or self._acceptor is None:
+            return
+        self._wakeup[1].send(b"x")
+        self._acceptor.join(10)
+        self._listener.close()
+        for sock in self._wakeup:
+            sock.close()
+        self._listener = self._wakeup = self._acceptor = None
         with self._lock:
-            self.connections += 1
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
+            connections, handlers = list(self._connections), list(self._handlers)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)  # wakes a handler blocked in recv
+        for handler in handlers:
+            handler.join(10)
+
+    def _accept_loop(self, listener: socket.socket, wakeup: socket.socket) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(wakeup, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is wakeup:
+                        return
+                    try:
+                        conn, _ = listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    conn.setblocking(True)
+                    handler = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+                    with self._lock:
+                        self.connections += 1
+                        self._connections.add(conn)
+                        self._handlers.add(handler)
+                    handler.start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        accepted = time.monotonic()
+        stream: socket.socket = conn
         try:
-            await self.serve(reader, writer)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError):
+            conn.settimeout(10)
+            if self._ssl is not None:
+                stream = self._ssl.wrap_socket(conn, server_side=True)  # takes over the fd
+                with self._lock:
+                    self._connections.discard(conn)
+                    self._connections.add(stream)
+            self.serve(stream)
+        except OSError:  # ssl.SSLError included: handshakes are meant to fail here too
             pass
         finally:
+            stream.close()
+            conn.close()
             with self._lock:
-                self.active -= 1
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
+                self.spans.append((accepted, time.monotonic()))
+                self._connections.discard(conn)
+                self._connections.discard(stream)
+                self._handlers.discard(threading.current_thread())
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def serve(self, conn: socket.socket) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
         self.stop_listening()
-        self._thread.stop()
 
     def __enter__(self) -> Self:
         return self
@@ -196,19 +192,28 @@ class _Listener:
         self.close()
 
 
-def _reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    # SO_LINGER with a zero timeout turns close() into a RST.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
+def _read_head(conn: socket.socket) -> bytes | None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk or len(data) > 65536:
+            return None
+        data += chunk
+    return data.split(b"\r\n\r\n", 1)[0]
+
+
+def _wait_for_close(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while conn.recv(4096):
+            pass
 
 
 class HttpTarget(_Listener):
     """A minimal HTTP/1.1 server (HTTPS when given a Certificate) for probe tests.
 
     `behave()` switches what it does; `raw_response`, when set, is sent verbatim instead of
-    a response of our making; `redirects` maps a path to a Location it answers
-    302 with; `requests` and `sni_names` record what clients sent.
+    a response of our making; `redirects` maps a path to a Location it answers 302 with;
+    `requests` and `sni_names` record what clients sent.
     """
 
     def __init__(
@@ -216,7 +221,7 @@ class HttpTarget(_Listener):
     ) -> None:
         self.behaviour = Behaviour.OK
         self.ok_body = OK_BODY
-        self.raw_response: bytes | None = None  # sent verbatim instead, if set
+        self.raw_response: bytes | None = None
         self.redirects: dict[str, str] = {}
         self.requests: list[SeenRequest] = []
         self.sni_names: list[str | None] = []
@@ -241,12 +246,15 @@ class HttpTarget(_Listener):
     def _sni(self, sslobj: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
         self.sni_names.append(name)
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def serve(self, conn: socket.socket) -> None:
         behaviour = self.behaviour
         if behaviour is Behaviour.RESET:
-            _reset(writer)
+            # SO_LINGER with a zero timeout turns close() into a RST.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return
-        head = await reader.readuntil(b"\r\n\r\n")
+        head = _read_head(conn)
+        if head is None:
+            return
         lines = head.decode("latin-1").split("\r\n")
         method, path, _ = lines[0].split(" ", 2)
         headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
@@ -255,11 +263,10 @@ class HttpTarget(_Listener):
         if behaviour is Behaviour.CLOSE:
             return
         if behaviour is Behaviour.HANG:
-            await reader.read()  # until the client gives up
+            _wait_for_close(conn)  # until the client gives up, or stop_listening()
             return
         if self.raw_response is not None:
-            writer.write(self.raw_response)
-            await writer.drain()
+            conn.sendall(self.raw_response)
             return
         status, body, extra = 200, self.ok_body, ""
         if path in self.redirects:
@@ -269,18 +276,17 @@ class HttpTarget(_Listener):
         elif behaviour is Behaviour.WRONG_BODY:
             body = WRONG_BODY
         reason = {200: "OK", 302: "Found", 503: "Service Unavailable"}[status]
-        writer.write(
+        conn.sendall(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
             f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n".encode()
             + (b"" if method == "HEAD" else body)
         )
-        await writer.drain()
 
 
 class TcpTarget(_Listener):
     """A TCP listener that accepts connections and closes them; stop_listening() → refused."""
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def serve(self, conn: socket.socket) -> None:
         return
 
 

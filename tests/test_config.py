@@ -1319,3 +1319,11 @@ def test_check_fields(tmp_path: Path) -> None:
         rise=5,
         jitter=0.0,
     )
+
+
+def test_private_addresses_can_be_looked_up_in_the_database(tmp_path: Path) -> None:
+    assert config.loads("[geo]\nprivate = \"database\"\n").private_in_database
+    assert not config.loads("[geo]\n").private_in_database
+    with pytest.raises(ConfigError) as info:
+        config.loads('[geo]\nprivate = "yes"\n')
+    assert "geo.private: 'yes' is not one of 'default', 'database'" in str(info.value)

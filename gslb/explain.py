@@ -1,0 +1,77 @@
+"""Why a name answers what it does for a client: location, candidates, answer, TTL, ECS scope."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+from gslb.health import HealthView
+from gslb.policy import choose
+from gslb.snapshot import Snapshot
+
+
+def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
+                  subnet: str | None, health: HealthView | None = None) -> dict[str, Any]:
+    """Everything an operator needs to see why `name` answers what it does for a client.
+
+    `health` is the live view when a server asks; the CLI reads the last saved verdicts.
+    """
+
+    qname = dns.name.from_text(name)
+    rdtype = dns.rdatatype.from_text(qtype)
+    if subnet is not None:
+        network = ipaddress.ip_network(subnet, strict=False)
+        location = snapshot.locate_network(network)
+        how = f"EDNS Client Subnet {network}"
+    elif client is not None and snapshot.no_ecs == "resolver":
+        location = snapshot.locate(ipaddress.ip_address(client))
+        how = f"resolver address {client}"
+    else:
+        location = snapshot.locate(None)
+        how = "no address given: the configured default location"
+    out: dict[str, Any] = {
+        "name": qname.to_text(),
+        "qtype": qtype,
+        "located_by": how,
+        "location": {
+            "country": location.country, "continent": location.continent,
+            "subdivision": location.subdivision, "city": location.city,
+            "latitude": location.latitude, "longitude": location.longitude,
+            "network": str(location.network) if location.network else None,
+            "source": location.source,
+        },
+    }
+    resolution = snapshot.zones.lookup(qname, rdtype)
+    service = resolution.service
+    if service is None:
+        out["kind"] = "static"
+        out["rcode"] = dns.rcode.to_text(resolution.rcode)  # type: ignore[attr-defined]
+        out["answer"] = [f"{owner} {rds.ttl} {dns.rdatatype.to_text(rds.rdtype)} {rd}"
+                         for owner, rds in resolution.answer for rd in rds]  # type: ignore[union-attr]
+        out["ecs_scope"] = 0
+        out["why"] = "static zone data: the same answer for every client (ECS scope 0)"
+        return out
+    svc = snapshot.services[service.service]
+    health = health if health is not None else HealthView()
+    decision = choose(svc, snapshot.config.datacenters, location,
+                      health, 4 if service.qtype == dns.rdatatype.A else 6)
+    out["kind"] = "service"
+    out["service"] = {"name": svc.name, "policy": svc.policy, "answers": svc.answers,
+                      "all_down": svc.all_down}
+    out["candidates"] = [
+        {"name": c.name, "up": c.up, "distance_km": None if c.distance_km is None else round(c.distance_km),
+         "rank": c.rank, "weight": c.weight, "note": c.note}
+        for c in decision.candidates
+    ]
+    out["answer"] = list(decision.addresses)
+    out["rcode"] = "SERVFAIL" if decision.rcode == 2 else "NOERROR"
+    out["datacenters"] = list(decision.datacenters)
+    out["ttl"] = decision.ttl
+    scope = location.network.prefixlen if decision.location_dependent and location.network else 0
+    out["ecs_scope"] = scope
+    out["why"] = decision.reason
+    return out
