@@ -7,6 +7,7 @@ import contextlib
 import errno
 import functools
 import http.cookiejar
+import ipaddress
 import json
 import logging
 import math
@@ -136,7 +137,7 @@ class ProbeResult:
 
 
 async def probe(
-    target: Target, client: httpx.AsyncClient, *, fast_path: bool = True
+    target: Target, client: httpx.AsyncClient | None, *, fast_path: bool = True
 ) -> ProbeResult:
     """Probe `target` once, never raising for network trouble.
 
@@ -145,9 +146,13 @@ async def probe(
     check's (see new_client). Plain HTTP that does not follow redirects takes a lean
     asyncio path (one request, a strict little HTTP/1.1 reader) that costs a fifth of the
     CPU of a request through httpx, unless `fast_path` is false. TCP passes when a
-    connection is accepted.
+    connection is accepted. `client` may be None when `needs_client(check)` is false.
     """
     check = target.check
+    if check.kind not in ("http", "https", "tcp"):
+        raise ValueError(f"unknown check kind {check.kind!r}")
+    if client is None and (needs_client(check) or (check.kind == "http" and not fast_path)):
+        raise ValueError(f"an httpx client is needed to probe {target.name} ({check.kind})")
     started = time.perf_counter()
     try:
         async with asyncio.timeout(check.timeout):
@@ -156,12 +161,18 @@ async def probe(
             elif check.kind == "http" and fast_path and not check.follow_redirects:
                 result = await _probe_plain_http(target)
             else:
+                assert client is not None
                 result = await _probe_httpx(target, client)
     except (TimeoutError, httpx.TimeoutException):
         result = "timeout"
     except (OSError, httpx.HTTPError, _ProtocolError) as exc:
         result = _reason(exc)
     return ProbeResult(result == "ok", result, time.perf_counter() - started)
+
+
+def needs_client(check: Check) -> bool:
+    """Whether probing with `check` goes through httpx (see probe)."""
+    return check.kind == "https" or (check.kind == "http" and check.follow_redirects)
 
 
 async def _probe_tcp(target: Target) -> str:
@@ -187,17 +198,19 @@ class _ProtocolError(Exception):
     """The server's answer is not HTTP/1.x as we read it."""
 
 
-HEAD_LIMIT = 16384  # bytes of status line and headers
+HEAD_LIMIT = 16384  # bytes of a status line and headers
+READ_LIMIT = 65536  # bytes read in all, chunk framing and interim responses included
 
 
 class _Response:
     """An incremental, strict reader of one HTTP/1.x response: status, headers, and the first
     BODY_LIMIT bytes of the body (Content-Length, chunked, or up to the close)."""
 
-    __slots__ = ("_buffer", "_chunked", "_length", "_want_body", "body", "status")
+    __slots__ = ("_buffer", "_chunked", "_length", "_read", "_want_body", "body", "status")
 
     def __init__(self, want_body: bool) -> None:
         self._buffer = bytearray()
+        self._read = 0
         self._want_body = want_body
         self._length: int | None = None
         self._chunked = False
@@ -207,6 +220,9 @@ class _Response:
     def feed(self, data: bytes) -> bool:
         """Take more bytes; True once nothing more is needed."""
         self._buffer += data
+        self._read += len(data)
+        if self._read > READ_LIMIT:
+            raise _ProtocolError("response too long")
         if self.status is None and not self._read_head():
             return False
         if not self._want_body:
@@ -250,7 +266,9 @@ class _Response:
             if not version.startswith(b"HTTP/1.") or not code.isdigit() or len(code) != 3:
                 raise _ProtocolError("not an HTTP/1.x response")
             status = int(code)
-            if 100 <= status < 200:
+            if status < 100:
+                raise _ProtocolError("bad status code")
+            if status < 200:
                 continue  # RFC 9110 §15.2: interim responses precede the final one
             self.status = status
             for line in lines[1:]:
@@ -259,10 +277,9 @@ class _Response:
                     raise _ProtocolError("malformed header line")
                 name = name.strip().lower()
                 if name == b"content-length":
-                    try:
-                        self._length = int(value)
-                    except ValueError:
-                        raise _ProtocolError("bad Content-Length") from None
+                    if not value.strip().isdigit():
+                        raise _ProtocolError("bad Content-Length")
+                    self._length = int(value)
                 elif name == b"transfer-encoding":
                     self._chunked = value.strip().lower().endswith(b"chunked")
             if status in (204, 304):
@@ -271,7 +288,8 @@ class _Response:
 
     def _dechunk(self) -> bool:
         """Decode as much of a chunked body as has arrived (RFC 9112 §7.1)."""
-        body, pos, data = [], 0, self._buffer
+        body: list[bytes] = []
+        pos, data = 0, self._buffer
         size_total = 0
         while True:
             line_end = data.find(b"\r\n", pos)
@@ -437,7 +455,7 @@ class _FreshConnectionTransport(httpx.AsyncBaseTransport):
                 scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
             ),
             headers=request.headers.raw,
-            content=request.stream,  # type: ignore[arg-type]
+            content=request.stream,
             extensions=request.extensions,
         )
         await self._slots.acquire()
@@ -619,7 +637,10 @@ async def _probe_httpx(target: Target, client: httpx.AsyncClient) -> str:
     url = httpx.URL(f"{scheme}://{endpoint(target)}{check.path}")
     method = check.method
     for _ in range(MAX_REDIRECTS + 1):
-        request = client.build_request(method, url, timeout=check.timeout, **_naming(url, target))
+        headers, extensions = _naming(url, target)
+        request = client.build_request(
+            method, url, headers=headers, extensions=extensions, timeout=check.timeout
+        )
         response = await client.send(request, stream=True)
         try:
             if check.follow_redirects and response.has_redirect_location:
@@ -638,16 +659,20 @@ async def _probe_httpx(target: Target, client: httpx.AsyncClient) -> str:
     return "too many redirects"
 
 
-def _naming(url: httpx.URL, target: Target) -> dict[str, dict[str, str]]:
+def _naming(url: httpx.URL, target: Target) -> tuple[dict[str, str], dict[str, str]]:
     """Host header and SNI for a request to `url`: the check's host while we talk to the
     target's own address (probing a VIP by IP while naming the site), else httpx's default."""
     host = target.check.host
-    if host is None or url.host != target.address:
-        return {}
-    naming = {"headers": {"Host": host}}
-    if url.scheme == "https":
-        naming["extensions"] = {"sni_hostname": host}
-    return naming
+    if host is None or not _same_address(url.host, target.address):
+        return {}, {}
+    return {"Host": host}, ({"sni_hostname": host} if url.scheme == "https" else {})
+
+
+def _same_address(host: str, address: str) -> bool:
+    try:
+        return ipaddress.ip_address(host) == ipaddress.ip_address(address)
+    except ValueError:
+        return host.lower() == address.lower()
 
 
 def _next_hop(response: httpx.Response, method: str, target: Target) -> tuple[httpx.URL, str]:
@@ -870,27 +895,43 @@ class HealthMonitor:
             )
             self._changed()
 
-    def drain(self, name: str) -> None:
-        """Report target `name` down with reason "drained" until undrain(name)."""
-        entry = self._entries[name]
+    @property
+    def drained(self) -> Mapping[str, float]:
+        """Every drained name (targets, and others such as VIPs) -> when it was drained."""
+        return MappingProxyType(dict(self._drained))
+
+    def drain(self, name: str, *, probed: bool = True) -> None:
+        """Report `name` down with reason "drained" until undrain(name).
+
+        `name` is a target's; with `probed=False` it may be any name the caller vouches for
+        (a VIP, a data center without a check), which the view then lists as drained.
+        """
+        entry = self._entries.get(name)
+        if entry is None and probed:
+            raise KeyError(name)
         if name in self._drained:
             return
         self._drained[name] = time.time()
-        log.warning("%s DRAINED", _describe(entry.target))
+        log.warning("%s DRAINED", _describe(entry.target) if entry is not None else name)
         self._changed()
 
     def undrain(self, name: str) -> None:
-        entry = self._entries[name]
+        entry = self._entries.get(name)
         if self._drained.pop(name, None) is None:
+            if entry is None:
+                raise KeyError(name)
             return
-        # The drain ended now, so the probes' verdict takes over from now.
-        entry.verdict = replace(entry.verdict, since=time.time())
-        log.info(
-            "%s UNDRAINED: %s (%s)",
-            _describe(entry.target),
-            "UP" if entry.verdict.up else "DOWN",
-            entry.verdict.reason,
-        )
+        if entry is None:
+            log.info("%s UNDRAINED", name)
+        else:
+            # The drain ended now, so the probes' verdict takes over from now.
+            entry.verdict = replace(entry.verdict, since=time.time())
+            log.info(
+                "%s UNDRAINED: %s (%s)",
+                _describe(entry.target),
+                "UP" if entry.verdict.up else "DOWN",
+                entry.verdict.reason,
+            )
         self._changed()
 
     async def close(self) -> None:
@@ -945,11 +986,11 @@ class HealthMonitor:
 
     async def _probe_once(self, target: Target) -> ProbeResult:
         try:
-            client = None if target.check.kind == "tcp" else self._client(target.check)
+            client = self._client(target.check) if needs_client(target.check) else None
         except (OSError, ssl.SSLError) as exc:
             return ProbeResult(False, f"tls: ca_file: {exc}", 0.0)
         try:
-            return await probe(target, client)  # type: ignore[arg-type]  # unused for tcp
+            return await probe(target, client)
         except Exception as exc:
             # A bug, not the target's fault; the loop must live on.
             log.debug("probe of %s failed unexpectedly", target.name, exc_info=True)
@@ -1040,6 +1081,9 @@ class HealthMonitor:
                     last_probe=stats.last_probe,
                 )
             states[name] = verdict
+        for name, drained_at in self._drained.items():
+            if name not in states:  # a VIP, or a data center that is not probed
+                states[name] = Status(False, DRAINED, drained_at, drained=True)
         return HealthView(self._version, MappingProxyType(states))
 
     # -- the state file -----------------------------------------------------------------
@@ -1076,7 +1120,7 @@ class HealthMonitor:
                 }
                 for name, entry in self._entries.items()
             },
-            "drained": self._drained,
+            "drained": {},
         }
         try:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

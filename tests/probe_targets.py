@@ -73,6 +73,7 @@ class SeenRequest:
     method: str
     path: str
     host: str | None  # the Host header
+    cookie: str | None = None  # the Cookie header
 
 
 class _Listener:
@@ -222,6 +223,7 @@ class HttpTarget(_Listener):
         self.behaviour = Behaviour.OK
         self.ok_body = OK_BODY
         self.raw_response: bytes | None = None
+        self.extra_headers = ""  # added to every response we make, e.g. "Set-Cookie: a=b\r\n"
         self.redirects: dict[str, str] = {}
         self.requests: list[SeenRequest] = []
         self.sni_names: list[str | None] = []
@@ -258,8 +260,8 @@ class HttpTarget(_Listener):
         lines = head.decode("latin-1").split("\r\n")
         method, path, _ = lines[0].split(" ", 2)
         headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
-        host = next((v.strip() for k, v in headers.items() if k.lower() == "host"), None)
-        self.requests.append(SeenRequest(method, path, host))
+        found = {k.strip().lower(): v.strip() for k, v in headers.items()}
+        self.requests.append(SeenRequest(method, path, found.get("host"), found.get("cookie")))
         if behaviour is Behaviour.CLOSE:
             return
         if behaviour is Behaviour.HANG:
@@ -268,9 +270,9 @@ class HttpTarget(_Listener):
         if self.raw_response is not None:
             conn.sendall(self.raw_response)
             return
-        status, body, extra = 200, self.ok_body, ""
+        status, body, extra = 200, self.ok_body, self.extra_headers
         if path in self.redirects:
-            status, extra = 302, f"Location: {self.redirects[path]}\r\n"
+            status, extra = 302, f"{extra}Location: {self.redirects[path]}\r\n"
         elif behaviour is Behaviour.STATUS_503:
             status = 503
         elif behaviour is Behaviour.WRONG_BODY:

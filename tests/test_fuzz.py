@@ -7,6 +7,7 @@ import socket
 import struct
 
 import dns.edns
+import dnslib
 import dns.message
 import dns.opcode
 import dns.rcode
@@ -52,7 +53,16 @@ def _check(answerer: Answerer, wire: bytes) -> None:
         if not tcp:
             assert len(reply) <= 1232
         if (reply[2] >> 3) & 0xF != dns.opcode.UPDATE:  # dnspython reads UPDATE's sections its own way
-            dns.message.from_wire(reply)  # what we send is itself well formed
+            dns.message.from_wire(reply)  # what we send is itself well formed...
+            if _ascii_question(reply):  # ...to a second decoder too (dnslib reads labels as UTF-8)
+                dnslib.DNSRecord.parse(reply)
+
+
+def _ascii_question(reply: bytes) -> bool:
+    end = 12
+    while reply[5] and reply[end]:
+        end += reply[end] + 1
+    return reply[12:end].isascii()
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -132,6 +132,7 @@ def server(http: HttpTarget) -> Iterator[HttpTarget]:
     http.behave(Behaviour.OK)
     http.ok_body = b"gslb probe target: all good\n"
     http.redirects.clear()
+    http.extra_headers = ""
     http.requests.clear()
     yield http
     http.behave(Behaviour.OK)
@@ -278,6 +279,28 @@ def test_redirect_to_the_site_name_stays_on_the_target_address(server: HttpTarge
         ("/", "site.test"),
         ("/home", "site.test"),
     ]
+
+
+def test_cookies_are_neither_kept_nor_sent(server: HttpTarget) -> None:
+    # A sticky-session cookie sent back would pin every later probe to one backend.
+    server.extra_headers = "Set-Cookie: backend=b1; Path=/\r\n"
+    server.redirects["/old"] = "/new"
+    check = Check(port=server.port, path="/old", follow_redirects=True)
+    assert probe_once(check).result == "ok"
+    assert [(r.path, r.cookie) for r in server.requests] == [("/old", None), ("/new", None)]
+
+
+def test_a_client_is_needed_only_for_https_and_redirects() -> None:
+    async def go() -> None:
+        target = Target("dc", LOOPBACK, Check(kind="https", port=free_port()))
+        with pytest.raises(ValueError, match="client"):
+            await probe(target, None)
+        result = await probe(Target("dc", LOOPBACK, Check(port=free_port())), None)
+        assert result.result == "refused"
+        with pytest.raises(ValueError, match="kind"):
+            await probe(Target("dc", LOOPBACK, Check(kind="udp")), None)
+
+    run_async(go)
 
 
 def test_redirect_loop_fails(server: HttpTarget) -> None:
@@ -575,6 +598,46 @@ def test_drain_survives_restart(server: HttpTarget, tmp_path: Path) -> None:
     assert json.loads(state_file.read_text())["drained"] == {}
     with pytest.raises(KeyError):
         HealthMonitor([target]).drain("nowhere")
+
+
+def test_probes_go_on_under_a_drain(server: HttpTarget) -> None:
+    """A drain hides the probes' verdict, which keeps changing underneath; undrain shows it."""
+    target = Target("eu", LOOPBACK, replace(FAST, port=server.port))
+
+    async def go() -> None:
+        rec = Recorder()
+        monitor = monitor_for([target], rec)
+        monitor.drain("eu")
+        await rec.change()
+        server.behave(Behaviour.STATUS_503)
+        runner = asyncio.create_task(monitor.run())
+        await rec.until(lambda: rec.passes("eu")[-2:] == [False, False])
+        assert rec.changes.empty()  # the view still says "drained"
+        assert monitor.view.status("eu").reason == "drained"  # type: ignore[union-attr]
+        monitor.undrain("eu")
+        view, _ = await rec.change()
+        status = view.status("eu")
+        assert status is not None
+        assert (status.up, status.reason, status.drained) == (False, "status 503", False)
+        await monitor.close()
+        await runner
+
+    run_async(go)
+
+
+def test_an_unreadable_ca_file_fails_the_probe_not_the_monitor(tmp_path: Path) -> None:
+    check = replace(FAST, kind="https", port=free_port(), ca_file=str(tmp_path / "missing.pem"))
+
+    async def go() -> None:
+        rec = Recorder()
+        monitor = monitor_for([Target("eu", LOOPBACK, check)], rec)
+        runner = asyncio.create_task(monitor.run())
+        view, _ = await rec.change()
+        assert view.status("eu").reason.startswith("tls: ca_file: ")  # type: ignore[union-attr]
+        await monitor.close()
+        await runner
+
+    run_async(go)
 
 
 def test_update_targets_keeps_unchanged_states(server: HttpTarget) -> None:

@@ -152,8 +152,8 @@ def test_include_and_relative_names(tmp_path: Path) -> None:
     (zones / "hosts.inc").write_text("h1 A 127.0.0.21\nh2.inc.test. A 127.0.0.22\n")
     (zones / "inc.test.zone").write_text(
         "$ORIGIN inc.test.\n$TTL 60\n@ IN SOA ns hostmaster (\n 1 ; serial\n 2 3 4 5 )\n"
-        "  IN NS ns\nns A 127.0.0.1\n$INCLUDE hosts.inc\n"
+        "  IN NS ns\nns A 127.0.0.1\n$INCLUDE hosts.inc\n$GENERATE 1-3 gen$ A 127.0.1.$\n"
     )
     result = _gslb("check", "--zones", str(zones), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "(5 records)" in result.stdout
+    assert "(8 records)" in result.stdout
