@@ -25,7 +25,14 @@ from typing import Any
 
 from gslb.answer import Answerer, Counters
 from gslb.health import HealthMonitor, HealthView
-from gslb.server import ListenAddress, TcpServer, UdpServer, udp_socket
+from gslb.server import (
+    TCP_IDLE_TIMEOUT,
+    TCP_MAX_CONNECTIONS,
+    ListenAddress,
+    TcpServer,
+    UdpServer,
+    udp_socket,
+)
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,8 @@ class Options:
     watch: bool = True
     probes: bool = True
     workers: int = 1
+    tcp_idle_timeout: float = TCP_IDLE_TIMEOUT
+    tcp_max_connections: int = TCP_MAX_CONNECTIONS
 
 
 @dataclass
@@ -197,7 +206,8 @@ class App(Control):
 
     async def _listen(self, listener: Listener) -> None:
         udp = UdpServer(listener.udp, self.answerer.handle)
-        tcp = TcpServer(self.answerer.handle)
+        tcp = TcpServer(self.answerer.handle, idle_timeout=self.options.tcp_idle_timeout,
+                        max_connections=self.options.tcp_max_connections)
         await tcp.start(listener.address, sock=listener.tcp)
         udp.start()
         self.udp.append(udp)
@@ -218,9 +228,10 @@ class App(Control):
 class Worker:
     """A forked process answering on its own sockets; the supervisor tells it what changes."""
 
-    def __init__(self, snapshot: Snapshot, sources: Sources, listeners: list[Listener], control: Connection):
+    def __init__(self, snapshot: Snapshot, options: Options, listeners: list[Listener], control: Connection):
         self.answerer = Answerer(snapshot, HealthView())
-        self.sources = sources
+        self.options = options
+        self.sources = options.sources
         self.listeners = listeners
         self.control = control
         self.udp: list[UdpServer] = []
@@ -234,7 +245,8 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         for listener in self.listeners:
             udp = UdpServer(listener.udp, self.answerer.handle)
-            tcp = TcpServer(self.answerer.handle)
+            tcp = TcpServer(self.answerer.handle, idle_timeout=self.options.tcp_idle_timeout,
+                            max_connections=self.options.tcp_max_connections)
             await tcp.start(listener.address, sock=listener.tcp)
             udp.start()
             self.udp.append(udp)
@@ -357,7 +369,7 @@ class Supervisor(Control):
                     if child is not None:
                         child.control.close()
                 signal.set_wakeup_fd(-1)
-                worker = Worker(self.snapshot, self.options.sources, listeners, theirs)
+                worker = Worker(self.snapshot, self.options, listeners, theirs)
                 worker.answerer.set_health(self.health)
                 asyncio.run(worker.run())
             except BaseException:

@@ -12,7 +12,7 @@ from typing import Any
 
 from gslb import __version__
 from gslb.explain import explain_query
-from gslb.server import DEFAULT_PORT, ListenAddress
+from gslb.server import DEFAULT_PORT, TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, ListenAddress
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
 
 log = logging.getLogger("gslb")
@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                        help="processes answering queries on the same port (SO_REUSEPORT); "
                             "default: one per core. With 1, one process does everything")
+    serve.add_argument("--tcp-idle-timeout", type=float, default=TCP_IDLE_TIMEOUT, metavar="SECONDS",
+                       help=f"close TCP connections idle this long (default {TCP_IDLE_TIMEOUT:g})")
+    serve.add_argument("--tcp-max-connections", type=int, default=TCP_MAX_CONNECTIONS, metavar="N",
+                       help=f"TCP connections per process; more are closed at once "
+                            f"(default {TCP_MAX_CONNECTIONS})")
     serve.add_argument("--no-probes", action="store_true", help="do not probe; every data center is up")
     serve.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only, not on file changes")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -118,7 +123,8 @@ def _serve(args: argparse.Namespace) -> int:
         print("gslb: --workers must be at least 1", file=sys.stderr)
         return 2
     options = Options(sources, listen, state_file=state_file, watch=not args.no_watch,
-                      probes=not args.no_probes, workers=args.workers)
+                      probes=not args.no_probes, workers=args.workers,
+                      tcp_idle_timeout=args.tcp_idle_timeout, tcp_max_connections=args.tcp_max_connections)
     try:
         serve(options, snapshot)
     except OSError as exc:

@@ -651,7 +651,7 @@ async def _probe_httpx(target: Target, client: httpx.AsyncClient) -> str:
                 body = b""
                 async for chunk in response.aiter_bytes():
                     body += chunk
-                    if len(body) >= BODY_LIMIT:
+                    if len(body) >= 10**9:
                         break
             return _judge(check, response.status_code, body)
         finally:
@@ -1120,7 +1120,7 @@ class HealthMonitor:
                 }
                 for name, entry in self._entries.items()
             },
-            "drained": {},
+            "drained": self._drained,
         }
         try:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

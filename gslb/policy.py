@@ -106,6 +106,8 @@ class Explanation:
         status = self.health.status(name)
         if getattr(status, "drained", False):
             return "drained"
+        if self.health.is_up(name):
+            return f"every {_family_name(self.family)} VIP drained"
         return str(getattr(status, "reason", "") or "failing")
 
     def _km(self, name: str) -> str:
@@ -309,7 +311,9 @@ def choose(
     The answer is the chosen data centers' VIPs of the requested family.  The choice does not
     depend on the family: a chosen data center without a VIP of that family adds nothing (all
     of them: NODATA), so a dual-stack client is never sent to one site over IPv4 and to
-    another over IPv6.  When every member is down, ``all_down`` decides: "open" applies the
+    another over IPv6.  The one exception is an operator's: a VIP that ``health`` reports
+    down (drained) is never answered, and a data center whose VIPs of the family are all
+    drained counts as down for that family (rather than answering NODATA).  When every member is down, ``all_down`` decides: "open" applies the
     policy as if all were up, "fallback" answers the fallback addresses, "nodata" nothing,
     "servfail" SERVFAIL.  While any member is down the TTL is ``ttl_degraded``.
 
@@ -318,7 +322,16 @@ def choose(
     """
     members = service.datacenters
     is_up = health.is_up
-    up = {name: is_up(name) for name in members}
+    # The VIPs to answer, drained ones left out; None: nothing is drained (the common case).
+    vips: dict[str, tuple[str, ...]] | None = None
+    if getattr(health, "drains", True):
+        up: dict[str, bool] = {}
+        vips = {}
+        for name in members:
+            vips[name] = serving = tuple(filter(is_up, datacenters[name].addresses(family)))
+            up[name] = is_up(name) and (bool(serving) or not datacenters[name].addresses(family))
+    else:
+        up = {name: is_up(name) for name in members}
     n_up = sum(up.values())
     all_down = n_up == 0
     ttl = service.ttl if n_up == len(members) else service.ttl_degraded
@@ -378,7 +391,13 @@ def choose(
         ranked = chosen
         varies = False
 
-    if len(chosen) == 1:
+    if vips is not None:
+        # A data center with every VIP drained is chosen only when all are down
+        # (all_down = "open"): answer its VIPs then rather than nothing.
+        addresses = tuple(
+            a for name in chosen for a in vips[name] or datacenters[name].addresses(family)
+        )
+    elif len(chosen) == 1:
         addresses = datacenters[chosen[0]].addresses(family)
     else:
         addresses = tuple(a for name in chosen for a in datacenters[name].addresses(family))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import dns.edns
 import dns.flags
@@ -13,7 +14,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.conftest import Server, need, same_rrsets
+from tests.conftest import EXAMPLE_ZONES, Server, need, same_rrsets
 
 
 def test_static_answer_is_authoritative_and_copies_rd(example_server: Server) -> None:
@@ -269,3 +270,28 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
             raise ConnectionError("closed")
         data += chunk
     return data
+
+
+def test_tcp_idle_timeout_and_connection_cap(start_server: type[Server], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "1",
+                          "--tcp-idle-timeout", "0.5", "--tcp-max-connections", "3",
+                          "--state-file", str(tmp_path / "s.json"))
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    started = time.monotonic()
+    assert idle.recv(1) == b""  # the server closes the idle connection (RFC 7766 §6.2.3)
+    assert 0.4 < time.monotonic() - started < 3
+    idle.close()
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
+    # Each of the three is being served (a query answered), so all three slots are taken.
+    for conn in held:
+        wire = dns.message.make_query("static.example.com.", "A").to_wire()
+        conn.sendall(struct.pack("!H", len(wire)) + wire)
+        length = struct.unpack("!H", _recv_exactly(conn, 2))[0]
+        assert dns.message.from_wire(_recv_exactly(conn, length)).rcode() == dns.rcode.NOERROR
+    extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    assert extra.recv(1) == b""  # over the cap: closed at once
+    for conn in [*held, extra]:
+        conn.close()
+    # A slot frees up once a connection ends.
+    reply = server.query("static.example.com.", "A", tcp=True)
+    assert reply.rcode() == dns.rcode.NOERROR

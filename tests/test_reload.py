@@ -157,3 +157,27 @@ def test_include_and_relative_names(tmp_path: Path) -> None:
     result = _gslb("check", "--zones", str(zones), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "(8 records)" in result.stdout
+
+
+def test_check_reports_config_and_zone_problems_together(tmp_path: Path) -> None:
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    zone = (EXAMPLE_ZONES / "example.com.zone").read_text() + "www IN A 127.0.0.99\n"
+    (zones / "example.com.zone").write_text(zone)
+    config = (EXAMPLE_ZONES / "gslb.toml").read_text()
+    config = config.replace('policy = "nearest"', 'policy = "closest"', 1)
+    config += '\n[services."www.example.org."]\ndatacenters = ["us"]\n'
+    (zones / "gslb.toml").write_text(config)
+    result = _gslb("check", "--zones", str(zones))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    toml = zones / "gslb.toml"
+    assert any(line.startswith(f"{toml}:") and "policy: 'closest' is not one of" in line for line in lines)
+    # A config that does not load cannot be placed in the zones; fixed, both clashes show.
+    (zones / "gslb.toml").write_text(config.replace('policy = "closest"', 'policy = "nearest"'))
+    result = _gslb("check", "--zones", str(zones))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    www_line = next(i for i, text in enumerate(config.splitlines(), 1) if 'services."www.example.org."' in text)
+    assert f'{toml}:{www_line}: services."www.example.org.": not inside any served zone' in lines
+    assert any("also has static A records at www.example.com." in line for line in lines)

@@ -4,7 +4,8 @@ Text files (dnsperf's default format, one "name type" per line):
   static.txt    static.example.test A and AAAA              (plain zone data)
   www.txt       www.example.test A                          (the geo service only)
   mix.txt       50% www A, 10% www AAAA, 30% static A/AAAA, 10% SOA/NS (no EDNS)
-  nxdomain.txt  random names that do not exist under example.test, A/AAAA
+  nxdomain.txt  100,000 random names that do not exist under example.test, A/AAAA
+  nx-repeat.txt the first 1,000 of them (the same names again and again)
   bigzone.txt   names (and their types) drawn from the large zone, big.test
 Binary file (dnsperf -B: a 2-byte length before each DNS message):
   mix-ecs-varied.bin  the mix.txt name mix, and every query carries its own ECS option:
@@ -94,6 +95,7 @@ def write_queries(out: Path, *, ecs_queries: int = 50_000, nx_names: int = 100_0
         seen.add(label)
         lines.append(f"{label}.{ZONE} {'A' if rnd.random() < 0.8 else 'AAAA'}\n")
     (out / "nxdomain.txt").write_text("".join(lines))
+    (out / "nx-repeat.txt").write_text("".join(lines[:1000]))
 
 
 def big_name(i: int) -> str:

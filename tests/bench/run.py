@@ -71,6 +71,7 @@ SCENARIOS: dict[str, tuple[list[str], str]] = {
     "www-ecs": (["-d", "www.txt", "-E", make_queries.ECS_FIXED_EU], "NOERROR"),
     "mix-ecsvar": (["-B", "-d", "mix-ecs-varied.bin"], "NOERROR"),
     "nxdomain": (["-d", "nxdomain.txt"], "NXDOMAIN"),
+    "nx-repeat": (["-d", "nx-repeat.txt"], "NXDOMAIN"),
     "tcp": (["-m", "tcp", "-B", "-d", "mix-ecs-varied.bin"], "NOERROR"),
 }
 QUICK_SCENARIOS = ["static", "mix-ecsvar", "nxdomain", "tcp"]
@@ -78,6 +79,7 @@ QUICK_SCENARIOS = ["static", "mix-ecsvar", "nxdomain", "tcp"]
 # 2.10 does not reconnect, so a long single-connection run stalls.  The TCP scenario
 # therefore spreads a fixed number of queries (-n passes over the 50k-query file) over
 # many connections, fewer than 10,000 per connection, for every server alike.
+OPEN_LOOP_OUTSTANDING = 65000  # dnsperf -q for the fixed-rate loss runs (16-bit query IDs)
 TCP_CLIENTS = 32
 TCP_PASSES = 5  # 250k queries, ~7.8k per connection
 TCP_PASSES_QUICK = 2  # 100k queries, ~3.1k per connection
@@ -431,9 +433,9 @@ class Bench:
         self.qdir = qdir
 
     def dnsperf(self, port: int, extra: list[str], *, seconds: float | None, rate: int | None = None,
-                verbose: bool = False, during: Any = None) -> Perf:
+                verbose: bool = False, during: Any = None, outstanding: int = 100) -> Perf:
         cmd = ["taskset", "-c", str(self.args.client_cpu), "dnsperf", "-s", "127.0.0.1", "-p", str(port),
-               "-q", "100", *extra]
+               "-q", str(outstanding), *extra]
         if seconds is not None:
             cmd += ["-l", f"{seconds:g}"]
         if rate:
@@ -645,12 +647,16 @@ class Runner:
 
     def measure(self, s: Server, phase: str, scenario: str, rep: int, extra: list[str], *,
                 seconds: float | None, rate: int | None = None, verbose: bool = False,
-                expect_rcode: str | None = None, during: Any = None) -> dict[str, Any]:
+                expect_rcode: str | None = None, during: Any = None,
+                open_loop: bool = False) -> dict[str, Any]:
         pids = tree(s.pid)
         ld = load1()
         c0 = cpu_ticks(pids)
         t0 = time.monotonic()
-        perf = self.bench.dnsperf(s.port, extra, seconds=seconds, rate=rate, verbose=verbose, during=during)
+        # open_loop: a fixed rate that dnsperf keeps up even when answers stall (as resolvers
+        # do), so a stalled server loses queries instead of silently slowing the client down.
+        perf = self.bench.dnsperf(s.port, extra, seconds=seconds, rate=rate, verbose=verbose, during=during,
+                                  outstanding=OPEN_LOOP_OUTSTANDING if open_loop else 100)
         t1 = time.monotonic()
         c1 = cpu_ticks(tree(s.pid))
         ticks = sum(v - c0.get(p, 0) for p, v in c1.items())
@@ -744,7 +750,7 @@ class Runner:
             if math.isnan(peak) or peak <= 0:
                 continue
             self.measure(s, "lost@80%", "mix-ecsvar", 1, extra, seconds=self.args.duration,
-                         rate=int(peak * 0.8), expect_rcode=rcode)
+                         rate=int(peak * 0.8), expect_rcode=rcode, open_loop=True)
 
     def footprint(self, servers: list[Server]) -> None:
         for s in servers:
@@ -853,7 +859,7 @@ class Runner:
         offset = len(s.log_text())
         t0 = time.monotonic()
         os.kill(s.pid, signal.SIGHUP)
-        want = s.workers or 1
+        want = 1  # one line, also with workers: the supervisor logs once every worker has reloaded
         done = self._wait_log(s, r"reloaded \(SIGHUP\)", offset, a.big_timeout, count=want)
         if not done:
             self.note(f"{s.label}: no 'reloaded (SIGHUP)' line within {a.big_timeout:.0f} s")
@@ -875,7 +881,7 @@ class Runner:
         reload_s = row["reload_s"] if not math.isnan(row["reload_s"]) else 5.0
         seconds = max(a.reload_seconds, math.ceil(reload_s * 1.5 + 4))
         extra = ["-d", "bigzone.txt"]
-        self.measure(s, "reload", "steady", 1, extra, seconds=seconds, rate=a.reload_qps)
+        self.measure(s, "reload", "steady", 1, extra, seconds=seconds, rate=a.reload_qps, open_loop=True)
 
         hup: dict[str, Any] = {}
 
@@ -887,7 +893,8 @@ class Runner:
             got = self._wait_log(s, r"reloaded \(SIGHUP\)", hup["offset"], seconds + 60, count=want)
             hup["reload_s"] = round(got[-1] - hup["t"], 2) if got else math.nan
 
-        r = self.measure(s, "reload", "SIGHUP", 1, extra, seconds=seconds, rate=a.reload_qps, during=send_hup)
+        r = self.measure(s, "reload", "SIGHUP", 1, extra, seconds=seconds, rate=a.reload_qps, during=send_hup,
+                         open_loop=True)
         r["reload_s"] = hup.get("reload_s", math.nan)
         if s.proc is not None and s.proc.poll() is None:
             try:
