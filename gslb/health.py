@@ -92,6 +92,12 @@ class HealthView:
 
     version: int = 0
     states: Mapping[str, Status] = field(default_factory=_empty_states)
+    # Whether anything is drained: only then does the policy look at each VIP's status
+    # (a drained VIP is never answered), which it may skip on the query path otherwise.
+    drains: bool = field(init=False, default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "drains", any(s.drained for s in self.states.values()))
 
     def is_up(self, name: str) -> bool:
         """An unknown name is up: answers must work before any probe ("all up")."""
@@ -651,7 +657,7 @@ async def _probe_httpx(target: Target, client: httpx.AsyncClient) -> str:
                 body = b""
                 async for chunk in response.aiter_bytes():
                     body += chunk
-                    if len(body) >= 10**9:
+                    if len(body) >= BODY_LIMIT:
                         break
             return _judge(check, response.status_code, body)
         finally:

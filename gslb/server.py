@@ -19,7 +19,7 @@ DEFAULT_PORT = 5300
 TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 §6.2.3: close idle connections after seconds, not minutes
 TCP_MAX_CONNECTIONS = 256
 TCP_MAX_QUERIES = 10_000  # per connection, so one client cannot hold a slot forever
-UDP_RECV_SIZE = 65535
+UDP_RECV_SIZE = 4096  # a query never needs more; a 64 KiB buffer per packet costs a large alloc
 
 
 @dataclass(frozen=True, slots=True)

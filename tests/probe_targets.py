@@ -223,6 +223,7 @@ class HttpTarget(_Listener):
         self.behaviour = Behaviour.OK
         self.ok_body = OK_BODY
         self.raw_response: bytes | None = None
+        self.raw_then_hang = False  # after raw_response, keep the connection open
         self.extra_headers = ""  # added to every response we make, e.g. "Set-Cookie: a=b\r\n"
         self.redirects: dict[str, str] = {}
         self.requests: list[SeenRequest] = []
@@ -269,6 +270,8 @@ class HttpTarget(_Listener):
             return
         if self.raw_response is not None:
             conn.sendall(self.raw_response)
+            if self.raw_then_hang:
+                _wait_for_close(conn)
             return
         status, body, extra = 200, self.ok_body, self.extra_headers
         if path in self.redirects:

@@ -14,15 +14,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from probe_targets import (
-    Behaviour,
-    Certificate,
-    HttpTarget,
-    TcpTarget,
-    free_port,
-    make_certificate,
-    run_async,
-)
 
 from gslb.health import (
     BODY_LIMIT,
@@ -38,6 +29,15 @@ from gslb.health import (
     fold,
     new_client,
     probe,
+)
+from tests.probe_targets import (
+    Behaviour,
+    Certificate,
+    HttpTarget,
+    TcpTarget,
+    free_port,
+    make_certificate,
+    run_async,
 )
 
 LOOPBACK = "127.0.0.1"
@@ -133,6 +133,8 @@ def server(http: HttpTarget) -> Iterator[HttpTarget]:
     http.ok_body = b"gslb probe target: all good\n"
     http.redirects.clear()
     http.extra_headers = ""
+    http.raw_response = None
+    http.raw_then_hang = False
     http.requests.clear()
     yield http
     http.behave(Behaviour.OK)
@@ -212,6 +214,24 @@ def test_body_is_searched_in_the_first_4_kib_only(server: HttpTarget, fast_path:
     assert probe_once(check, fast_path=fast_path).result == "ok"
     server.ok_body = b"x" * 5000 + b"needle"
     assert probe_once(check, fast_path=fast_path).result == "body mismatch"
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_endless_body_is_read_only_to_4_kib(
+    server: HttpTarget, fast_path: bool, chunked: bool
+) -> None:
+    body = b"all good" + b"x" * 8192
+    if chunked:
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        body = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:10], body[10:]))
+    else:
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n"
+    server.raw_response, server.raw_then_hang = head + body, True
+    check = Check(port=server.port, body_contains="all good", timeout=2)
+    result = probe_once(check, fast_path=fast_path)
+    assert result.result == "ok"
+    assert result.latency < 1  # it did not wait for the rest
 
 
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -598,6 +618,34 @@ def test_drain_survives_restart(server: HttpTarget, tmp_path: Path) -> None:
     assert json.loads(state_file.read_text())["drained"] == {}
     with pytest.raises(KeyError):
         HealthMonitor([target]).drain("nowhere")
+
+
+def test_names_that_are_not_probed_can_be_drained(tmp_path: Path) -> None:
+    """A data center without a check, or one VIP address: listed as drained in the view."""
+    state_file = tmp_path / "health.json"
+    views: list[HealthView] = []
+    monitor = HealthMonitor(
+        [Target("eu", LOOPBACK, Check())], state_file=state_file, on_change=views.append
+    )
+    assert not monitor.view.drains
+    monitor.drain("127.0.2.1", probed=False)
+    monitor.drain("127.0.2.1", probed=False)  # again: no change
+    assert set(monitor.drained) == {"127.0.2.1"}
+    assert len(views) == 1
+    view = views[0]
+    assert view.drains
+    assert not view.is_up("127.0.2.1")
+    status = view.status("127.0.2.1")
+    assert status is not None
+    assert (status.up, status.reason, status.drained) == (False, "drained", True)
+    assert view.is_up("eu")
+    restarted = HealthMonitor([], state_file=state_file)  # the drain outlives the config
+    assert set(restarted.drained) == {"127.0.2.1"}
+    assert not restarted.view.is_up("127.0.2.1")
+    restarted.undrain("127.0.2.1")
+    assert restarted.view.is_up("127.0.2.1")
+    assert restarted.view.status("127.0.2.1") is None
+    assert not restarted.view.drains
 
 
 def test_probes_go_on_under_a_drain(server: HttpTarget) -> None:
