@@ -10,6 +10,7 @@ import dns.edns
 import dns.flags
 import dns.message
 import dns.opcode
+import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -295,3 +296,15 @@ def test_tcp_idle_timeout_and_connection_cap(start_server: type[Server], tmp_pat
     # A slot frees up once a connection ends.
     reply = server.query("static.example.com.", "A", tcp=True)
     assert reply.rcode() == dns.rcode.NOERROR
+
+
+def test_serves_ipv6_and_several_listen_addresses(start_server: type[Server], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--listen", "[::1]:0",
+                          "--state-file", str(tmp_path / "s.json"))
+    line = server.wait_log(r"listening on \[::1\]:\d+")
+    port = int(line.split("]:")[1].split()[0])
+    query = dns.message.make_query("static.example.com.", "AAAA")
+    for reply in (dns.query.udp(query, "::1", port=port, timeout=3), dns.query.tcp(query, "::1", port=port, timeout=3)):
+        assert same_rrsets(reply.answer, "static.example.com. 3600 IN AAAA 2001:db8::10")
+    # The IPv4 address keeps answering beside it.
+    assert server.query("static.example.com.").rcode() == dns.rcode.NOERROR
