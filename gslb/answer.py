@@ -34,6 +34,7 @@ from gslb.wire import (
     FORMERR,
     NOERROR,
     NOTIMP,
+    NXDOMAIN,
     OPCODE_MASK,
     QR,
     RD,
@@ -136,7 +137,7 @@ class Counters:
 class State:
     """What one snapshot and one health view answer, with caches that live exactly as long."""
 
-    __slots__ = ("by_resolver", "health", "located", "locations", "snapshot", "static")
+    __slots__ = ("by_resolver", "health", "located", "locations", "negative", "refused", "snapshot", "static")
 
     def __init__(self, snapshot: Snapshot, health: HealthView):
         self.snapshot = snapshot
@@ -146,6 +147,10 @@ class State:
         self.located: dict[tuple[bytes, Any], Entry] = {}  # (question key, network key) -> Entry
         # ECS option bytes or a source address -> (Location, network key)
         self.locations: dict[Any, tuple[Location, Any]] = {}
+        # NXDOMAIN by (zone origin, question name length, QTYPE): the same bytes for every
+        # name of that length, since answers compress only against the zone's own suffix.
+        self.negative: dict[tuple[bytes, int, bytes], Entry] = {}
+        self.refused: dict[bytes, Entry] = {}  # names outside every zone, by QTYPE
 
 
 OPT_PLAIN = opt_record(None)
@@ -194,6 +199,8 @@ class Answerer:
             reply = _servfail(wire)
         if sample:
             counters.observe(time.perf_counter() - started)
+        if self.query_log is not None:  # off by default: this test is all it costs then
+            self.query_log(wire, source, tcp, reply)
         return reply
 
     def _count(self, reply: bytes, entry: Entry | None, rcode: int, tcp: bool) -> None:
@@ -233,87 +240,64 @@ class Answerer:
         key = wire[12:i].lower() + wire[i:qend]
         st = self.state
         entry = st.static.get(key)
-        if entry is None or entry is UNCACHED:
+        if entry is None:
+            entry = _negative(st, key[: i - 11], key[-4:-2])
+            if entry is None:
+                return None
+        elif entry is UNCACHED:
             return None
         arcount = wire[11]
+        ecs = None
         if arcount == 0:
             if qend != n:
                 return None
-            if entry is LOCATED:
-                if source is None:
-                    return None
-                found = st.locations.get(source if st.by_resolver else None)
-                if found is None:
-                    return None
-                entry = st.located.get((key, found[1]))
-                if entry is None:
-                    return None
-            reply = b"".join((wire[:2], _flags(entry.flags, wire), entry.head, wire[12:qend], entry.body))
-            if not tcp and len(reply) > 512:
-                return None
-            key = entry.tcp_key if tcp else entry.udp_key
-            by_key = self.counters.by_key
-            by_key[key] = by_key.get(key, 0) + 1
-            if entry.answer_key is not None:
-                by_answer = self.counters.by_answer
-                by_answer[entry.answer_key] = by_answer.get(entry.answer_key, 0) + 1
-            return reply
-        if arcount != 1 or n < qend + 11:
-            return None
-        # One OPT: root owner, type 41, version 0, and at most an ECS option.
-        if wire[qend : qend + 3] != b"\x00\x00\x29" or wire[qend + 6]:
-            return None
-        payload = wire[qend + 3] << 8 | wire[qend + 4]
-        do = wire[qend + 7] & 0x80
-        rdlen = wire[qend + 9] << 8 | wire[qend + 10]
-        opt_start = qend + 11
-        if opt_start + rdlen != n:
-            return None
-        if rdlen == 0:
-            ecs = None
-            if entry is LOCATED:
-                if source is None:
-                    return None
-                found = st.locations.get(source if st.by_resolver else None)
-                if found is None:
-                    return None
-                entry = st.located.get((key, found[1]))
-                if entry is None:
-                    return None
-            opt = OPT_DO if do else OPT_PLAIN
+            limit = 512
+            opt = b""
         else:
-            # Exactly one option, ECS, already seen (so known to be well formed).
-            if wire[opt_start : opt_start + 2] != b"\x00\x08":
+            # One OPT: root owner, type 41, version 0, and at most an ECS option.
+            if arcount != 1 or n < qend + 11 or wire[qend : qend + 3] != b"\x00\x00\x29" or wire[qend + 6]:
                 return None
-            ecs = wire[opt_start + 4 : n]
-            if (wire[opt_start + 2] << 8 | wire[opt_start + 3]) + 4 != rdlen:
+            rdlen = wire[qend + 9] << 8 | wire[qend + 10]
+            if qend + 11 + rdlen != n:
                 return None
-            if entry is LOCATED:
-                # Seen before means validated before: the cache holds only well-formed options.
-                found = st.locations.get(ecs)
-                if found is None:
+            limit = min(max(wire[qend + 3] << 8 | wire[qend + 4], 512), 1232)
+            do = wire[qend + 7] & 0x80
+            if rdlen:
+                # Exactly one option, ECS, filling the OPT record.
+                if wire[qend + 11 : qend + 13] != b"\x00\x08" or (wire[qend + 13] << 8 | wire[qend + 14]) + 4 != rdlen:
                     return None
-                entry = st.located.get((key, found[1]))
-                if entry is None:
-                    return None
-            elif not _ecs_valid(ecs):
+                ecs = wire[qend + 15 : n]
+            else:
+                opt = OPT_DO if do else OPT_PLAIN
+        if entry is LOCATED:
+            if ecs is not None:
+                found = st.locations.get(ecs) or self._locate_ecs(st, ecs)
+            elif source is None:
                 return None
-            scope = entry.scope
-            option = ecs[:3] + bytes((scope,)) + ecs[4:]
+            else:
+                found = st.locations.get(source if st.by_resolver else None) or self._locate_source(st, source)
+            if found is None:
+                return None
+            entry = st.located.get((key, found[1]))
+            if entry is None:
+                return None
+        elif ecs is not None and not _ecs_valid(ecs):
+            return None
+        if ecs is not None:
+            option = ecs[:3] + bytes((entry.scope,)) + ecs[4:]
             opt = b"".join((
                 b"\x00\x00\x29\x04\xd0\x00\x00",
                 b"\x80\x00" if do else b"\x00\x00",
                 struct.pack("!HHH", len(option) + 4, 8, len(option)),
                 option,
             ))
-        reply = b"".join(
-            (wire[:2], _flags(entry.flags, wire), entry.head_opt, wire[12:qend], entry.body, opt)
-        )
-        if not tcp and len(reply) > min(max(payload, 512), 1232):
+        head = entry.head_opt if arcount else entry.head
+        reply = b"".join((wire[:2], _flags(entry.flags, wire), head, wire[12:qend], entry.body, opt))
+        if not tcp and len(reply) > limit:
             return None
-        key = entry.tcp_key if tcp else entry.udp_key
+        counter = entry.tcp_key if tcp else entry.udp_key
         by_key = self.counters.by_key
-        by_key[key] = by_key.get(key, 0) + 1
+        by_key[counter] = by_key.get(counter, 0) + 1
         if entry.answer_key is not None:
             by_answer = self.counters.by_answer
             by_answer[entry.answer_key] = by_answer.get(entry.answer_key, 0) + 1
@@ -370,6 +354,12 @@ class Answerer:
             st.static.clear()
         if decision is None:
             st.static[key] = entry
+            qtype = key[-4:-2]
+            if resolution.rcode == REFUSED:
+                st.refused[qtype] = entry
+            elif resolution.rcode == NXDOMAIN and not resolution.answer and resolution.zone is not None:
+                origin = resolution.zone.origin.to_wire().lower()
+                st.negative[(origin, len(key) - 4, qtype)] = entry
         elif not decision.cacheable:
             st.static[key] = UNCACHED
         elif not decision.location_dependent:
@@ -390,32 +380,45 @@ class Answerer:
     def _locate(self, st: State, query: Query, source: str | None) -> tuple[Location, Any]:
         """Where the client is, and the key of the network that decided; cached per network."""
         edns = query.edns
-        snapshot = st.snapshot
         if edns is not None and edns.client_subnet is not None:
             subnet = edns.client_subnet
             raw = struct.pack("!HBB", subnet.family, subnet.source_prefix, 0) + subnet.address
-            found = st.locations.get(raw)
-            if found is None:
-                if subnet.source_prefix == 0:
-                    # RFC 7871 §7.1.2: /0 asks for an answer that does not use the client's address.
-                    location = snapshot.locate(None)
-                else:
-                    location = snapshot.locate_network(subnet.network())
-                found = (location, _network_key(location))
-                _remember(st.locations, raw, found)
+            found = st.locations.get(raw) or self._locate_ecs(st, raw)
+            assert found is not None  # the option was validated by the parser
             return found
         if source is None or not st.by_resolver:
             found = st.locations.get(None)
             if found is None:
-                location = snapshot.locate(None)
+                location = st.snapshot.locate(None)
                 found = (location, _network_key(location))
                 _remember(st.locations, None, found)
             return found
-        found = st.locations.get(source)
-        if found is None:
-            location = snapshot.locate(ipaddress.ip_address(source.split("%")[0]))
-            found = (location, _network_key(location))
-            _remember(st.locations, source, found)
+        return st.locations.get(source) or self._locate_source(st, source)
+
+    def _locate_ecs(self, st: State, raw: bytes) -> tuple[Location, Any] | None:
+        """Locate an ECS option's network (option data as sent); None when malformed."""
+        if not _ecs_valid(raw):
+            return None
+        family, source_prefix = raw[1], raw[2]
+        address = raw[4:]
+        if source_prefix == 0:
+            # RFC 7871 §7.1.2: /0 asks for an answer that does not use the client's address.
+            location = st.snapshot.locate(None)
+        else:
+            size = 4 if family == 1 else 16
+            network = ipaddress.ip_network((address + bytes(size - len(address)), source_prefix))
+            location = st.snapshot.locate_network(network)
+        found = (location, _network_key(location))
+        _remember(st.locations, raw, found)
+        return found
+
+    def _locate_source(self, st: State, source: str) -> tuple[Location, Any]:
+        if not st.by_resolver:
+            location = st.snapshot.locate(None)
+        else:
+            location = st.snapshot.locate(ipaddress.ip_address(source.split("%")[0]))
+        found = (location, _network_key(location))
+        _remember(st.locations, source if st.by_resolver else None, found)
         return found
 
     def _assemble(self, query: Query, entry: Entry, tcp: bool) -> bytes:
@@ -463,13 +466,17 @@ def _question_key(query: Query) -> bytes:
 class _Writer:
     """Encodes records after a question at offset 12, with name compression (RFC 1035 §4.1.4)."""
 
-    def __init__(self, question: bytes, qname: Name):
+    def __init__(self, question: bytes, qname: Name, zone_depth: int):
         self.out = io.BytesIO()
         self.out.write(bytes(12) + question)
         self.compress: dict[Name, int] = {}
+        # Point only at the whole name and at the zone's origin and above: then what follows
+        # the question depends on the name's length, not on its other labels, and one
+        # NXDOMAIN serves every missing name of a length (see State.negative).
         offset = 12
         for i in range(len(qname) - 1):
-            self.compress[Name(qname.labels[i:])] = offset
+            if i == 0 or len(qname) - i <= zone_depth:
+                self.compress[Name(qname.labels[i:])] = offset
             offset += len(qname.labels[i]) + 1
         self.start = self.out.tell()
 
@@ -502,7 +509,8 @@ def _encode(resolution: Resolution, decision: Decision | None, location: Locatio
     while question[pos]:
         labels.append(question[pos + 1 : pos + 1 + question[pos]])
         pos += question[pos] + 1
-    writer = _Writer(question, Name((*labels, b"")))
+    assert resolution.question_zone is not None
+    writer = _Writer(question, Name((*labels, b"")), len(resolution.question_zone.origin))
     answer = resolution.answer
     authority = resolution.authority
     scope = 0
@@ -558,6 +566,38 @@ def _servfail(wire: bytes) -> bytes | None:
         return None
     qid, flags = struct.unpack_from("!HH", wire)
     return struct.pack("!HHHHHH", qid, QR | (flags & (OPCODE_MASK | RD | CD)) | SERVFAIL, 0, 0, 0, 0)
+
+
+def _negative(st: State, qname: bytes, qtype: bytes) -> Entry | None:
+    """The cached NXDOMAIN or REFUSED for a name never asked before, if it is one.
+
+    `qname` is lower-case wire form. Mirrors ZoneSet.lookup: the longest zone origin that is
+    a suffix; nothing at or above the name that exists, delegates or has a wildcard.
+    """
+    offsets = []
+    pos = 0
+    while qname[pos]:
+        offsets.append(pos)
+        pos += qname[pos] + 1
+    offsets.append(pos)
+    index = st.snapshot.index
+    for depth, offset in enumerate(offsets):
+        zone = index.get(qname[offset:])
+        if zone is not None:
+            break
+    else:
+        return st.refused.get(qtype)
+    names = zone.names
+    # Walk down from the origin's child to the name itself.
+    for j in range(depth - 1, -1, -1):
+        suffix = qname[offsets[j] :]
+        if suffix in zone.cuts:
+            return None  # a referral
+        if suffix not in names:
+            if qname[offsets[j + 1] :] in zone.wildcard_parents:
+                return None  # synthesized from a wildcard
+            return st.negative.get((zone.origin, len(qname), qtype))
+    return None  # it exists: the general path answers and caches it
 
 
 def _ecs_valid(ecs: bytes) -> bool:

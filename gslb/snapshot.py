@@ -12,7 +12,7 @@ import dns.rdatatype
 from gslb import config as configuration
 from gslb.config import Config, ConfigError, Service
 from gslb.geo import GeoDatabase, GeoError, IPAddress, IPNetwork, Location
-from gslb.zones import ZoneError, ZoneSet, _cut_above, load_zones, static_addresses
+from gslb.zones import ZoneError, ZoneIndex, ZoneSet, _cut_above, load_zones, static_addresses
 
 CONFIG_NAME = "gslb.toml"
 
@@ -55,6 +55,7 @@ class Snapshot:
     geo: GeoDatabase
     services: dict[dns.name.Name, Service]
     sources: Sources
+    index: dict[bytes, ZoneIndex] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -106,10 +107,9 @@ def build(sources: Sources) -> Snapshot:
         problems.extend(found)
     if problems or zones is None or config is None or geo is None:
         raise SnapshotError(problems)
-    return Snapshot(
-        zones.with_services(services), config, geo, services, sources,
-        load_seconds=time.perf_counter() - started,
-    )
+    zones = zones.with_services(services)
+    return Snapshot(zones, config, geo, services, sources, zones.index(),
+                    load_seconds=time.perf_counter() - started)
 
 
 def _bind_services(zones: ZoneSet, config: Config) -> tuple[dict[dns.name.Name, Service], list[str]]:

@@ -80,7 +80,8 @@ class Resolution:
 
     rcode: int
     authoritative: bool
-    zone: Zone | None = None
+    zone: Zone | None = None  # where the lookup ended (a CNAME chain may cross zones)
+    question_zone: Zone | None = None  # the zone of the question's name
     answer: list[tuple[Name, Rdataset] | ServiceAnswer] = field(default_factory=list)
     authority: Section = field(default_factory=list)
     additional: Section = field(default_factory=list)
@@ -211,19 +212,43 @@ class Zone:
         # RFC 2308 §5: the negative TTL is the lesser of the SOA's TTL and its MINIMUM.
         self.negative_ttl = min(self.soa.ttl, soa.minimum)  # type: ignore[attr-defined]
         self.negative_soa = _with_ttl(self.soa, self.negative_ttl)
-        self.cuts = {n for n, types in nodes.items() if TYPE_NS in types and n != origin}
+        # Keyed case-insensitively, valued as the zone file spells them: an owner name in an
+        # answer must not take the case of whoever asked first (answers are cached).
+        self.cuts = {n: n for n, types in nodes.items() if TYPE_NS in types and n != origin}
         # Every name that exists, empty non-terminals included (RFC 4592 §2.2.2).
         self.existing: set[Name] = set()
         for name in nodes:
-            while name not in self.existing and len(name) >= len(origin):
-                self.existing.add(name)
-                if name == origin:
-                    break
-                name = name.parent()
+            self.add_existing(name)
+
+    def add_existing(self, name: Name) -> None:
+        while name not in self.existing and len(name) >= len(self.origin):
+            self.existing.add(name)
+            if name == self.origin:
+                break
+            name = name.parent()
 
     @property
     def record_count(self) -> int:
         return sum(len(rds) for types in self.nodes.values() for rds in types.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneIndex:
+    """A zone's names in lower-case wire form, for the fast path's negative answers."""
+
+    origin: bytes
+    names: frozenset[bytes]  # every existing name: data, empty non-terminals, services
+    wildcard_parents: frozenset[bytes]  # E where *.E exists
+    cuts: frozenset[bytes]  # delegation points below the apex
+
+    @classmethod
+    def of(cls, zone: Zone) -> ZoneIndex:
+        return cls(
+            zone.origin.to_wire().lower(),
+            frozenset(name.to_wire().lower() for name in zone.existing),
+            frozenset(name.parent().to_wire().lower() for name in zone.nodes if name.labels[0] == WILDCARD),
+            frozenset(name.to_wire().lower() for name in zone.cuts),
+        )
 
 
 def _with_ttl(rdataset: Rdataset, ttl: int) -> Rdataset:
@@ -331,13 +356,24 @@ class ZoneSet:
         return None
 
     def with_services(self, services: Iterable[Name]) -> ZoneSet:
-        return ZoneSet(self.zones, frozenset(services))
+        """The same zones with service names: they and their ancestors exist (no NXDOMAIN)."""
+        names = frozenset(services)
+        for name in names:
+            zone = self.find_zone(name)
+            if zone is not None:
+                zone.add_existing(name)
+        return ZoneSet(self.zones, names)
+
+    def index(self) -> dict[bytes, ZoneIndex]:
+        """Per zone origin (lower-case wire form), the names the fast path needs to answer
+        NXDOMAIN without a full lookup."""
+        return {zone.origin.to_wire().lower(): ZoneIndex.of(zone) for zone in self.zones.values()}
 
     def lookup(self, qname: Name, qtype: int) -> Resolution:
         zone = self.find_zone(qname)
         if zone is None:
             return Resolution(REFUSED, authoritative=False)
-        result = Resolution(NOERROR, authoritative=True, zone=zone)
+        result = Resolution(NOERROR, authoritative=True, zone=zone, question_zone=zone)
         seen: set[Name] = set()
         name = qname
         for _ in range(MAX_CNAME_CHAIN):
@@ -362,6 +398,7 @@ class ZoneSet:
             if result.answer:
                 return None  # a CNAME into a delegation: the resolver follows it itself
             result.authoritative = False
+            cut = zone.cuts[cut]
             ns = zone.nodes[cut][TYPE_NS]
             result.authority.append((cut, ns))
             result.additional.extend(self._glue(zone, ns))
