@@ -19,6 +19,7 @@ import dns.rdatatype
 import dns.tokenizer
 import dns.zonefile
 
+from gslb import masterfile
 from gslb.wire import (
     NOERROR,
     NXDOMAIN,
@@ -148,6 +149,9 @@ _ERROR_AT = re.compile(r"^(.*?):(\d+): (.*)$", re.S)
 
 def _read_records(path: Path, origin: Name) -> tuple[list[_Record], list[Problem]]:
     """Every record in one zone file, and every syntax error found (one per bad line)."""
+    plain = masterfile.read(path, origin)
+    if plain is not None:
+        return plain, []  # type: ignore[return-value]
     text = path.read_text(encoding="utf-8", errors="surrogateescape")
     problems: list[Problem] = []
     for _ in range(MAX_SYNTAX_ERRORS_PER_FILE):

@@ -1,0 +1,199 @@
+"""A fast reader for the plain majority of master files; anything unusual goes to dnspython.
+
+dnspython's zone reader costs about 100 µs a record here, 10 s for a 100k-record zone. Most
+large zones are generated and plain: one record a line, common types, no escapes. This reader
+handles exactly that (plus parentheses, comments, $ORIGIN and $TTL) and builds the same
+dnspython rdata objects; on anything else it returns None, and the caller reads the file with
+dnspython, which then also words any error. A test holds the two readers to the same records.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.CNAME
+import dns.rdtypes.ANY.MX
+import dns.rdtypes.ANY.NS
+import dns.rdtypes.ANY.PTR
+import dns.rdtypes.ANY.TXT
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
+import dns.ttl
+
+Name = dns.name.Name
+IN = dns.rdataclass.IN
+
+# A token: a quoted string without escapes, a parenthesis, a comment, or a plain word.
+_TOKEN = re.compile(r'"[^"\\]*"|[()]|;.*|[^\s;()"]+')
+_NUMBER = re.compile(r"\d+$")
+
+
+class _Unusual(Exception):
+    """Something this reader leaves to dnspython."""
+
+
+@dataclass(slots=True)
+class Record:
+    name: Name
+    ttl: int
+    rdata: dns.rdata.Rdata
+    file: str
+    line: int
+
+
+def read(path: Path, origin: Name) -> list[Record] | None:
+    """Every record of a plain master file, or None to have dnspython read it."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except (UnicodeDecodeError, OSError):
+        return None
+    if "\\" in text or "$INCLUDE" in text.upper() or "$GENERATE" in text.upper():
+        return None
+    try:
+        return _Reader(str(path), origin).read(text)
+    except (_Unusual, dns.exception.DNSException, ValueError, IndexError):
+        return None
+
+
+class _Reader:
+    def __init__(self, file: str, origin: Name):
+        self.file = file
+        self.zone_origin = origin
+        self.origin = origin
+        self.default_ttl: int | None = None
+        self.last_owner: Name | None = None
+        self.names: dict[tuple[str, Name], Name] = {}
+
+    def name(self, text: str) -> Name:
+        key = (text, self.origin)
+        name = self.names.get(key)
+        if name is None:
+            if text == "@":
+                name = self.origin
+            elif text.endswith("."):
+                name = Name([label.encode() for label in text[:-1].split(".")] + [b""]) if text != "." else dns.name.root
+            else:
+                name = Name([label.encode() for label in text.split(".")] + list(self.origin.labels))
+            if any(not label for label in name.labels[:-1]):
+                raise _Unusual("empty label")
+            self.names[key] = name
+        return name
+
+    def read(self, text: str) -> list[Record]:
+        records: list[Record] = []
+        pending: list[str] = []  # tokens of a record spanning parentheses
+        pending_line = 0
+        pending_blank = False
+        depth = 0
+        for number, line in enumerate(text.split("\n"), 1):
+            tokens = [t for t in _TOKEN.findall(line) if not t.startswith(";")]
+            if not pending:
+                if not tokens:
+                    continue
+                pending_line = number
+                pending_blank = line[:1] in (" ", "\t")
+            for token in tokens:
+                if token == "(":
+                    depth += 1
+                elif token == ")":
+                    depth -= 1
+                    if depth < 0:
+                        raise _Unusual("unbalanced parentheses")
+                else:
+                    pending.append(token)
+            if depth == 0 and pending:
+                record = self.record(pending, pending_blank, pending_line)
+                if record is not None:
+                    records.append(record)
+                pending = []
+        if depth or pending:
+            raise _Unusual("unterminated record")
+        return records
+
+    def record(self, tokens: list[str], blank: bool, line: int) -> Record | None:
+        first = tokens[0]
+        if first.startswith("$"):
+            directive = first.upper()
+            if directive == "$ORIGIN" and len(tokens) == 2:
+                self.origin = self.name(tokens[1])
+                return None
+            if directive == "$TTL" and len(tokens) == 2:
+                self.default_ttl = dns.ttl.from_text(tokens[1])
+                return None
+            raise _Unusual(directive)
+        pos = 0
+        if blank:
+            owner = self.last_owner
+            if owner is None:
+                raise _Unusual("no owner yet")
+        else:
+            owner = self.name(first)
+            pos = 1
+        self.last_owner = owner
+        ttl = None
+        for _ in range(2):  # TTL and class, in either order
+            token = tokens[pos].upper()
+            if token == "IN":
+                pos += 1
+            elif ttl is None and token[:1].isdigit():
+                ttl = dns.ttl.from_text(token)
+                pos += 1
+        if ttl is None:
+            if self.default_ttl is None:
+                raise _Unusual("no TTL")  # dnspython knows the RFC 2308 fallbacks
+            ttl = self.default_ttl
+        rdtype = dns.rdatatype.from_text(tokens[pos])
+        if not owner.is_subdomain(self.zone_origin):
+            raise _Unusual("outside the origin")  # dnspython skips these; the caller reports
+        make = _MAKERS.get(rdtype)
+        args = tokens[pos + 1 :]
+        if make is not None:
+            rdata = make(self, args)
+        elif rdtype in (dns.rdatatype.SOA, dns.rdatatype.SRV, dns.rdatatype.CAA):
+            rdata = dns.rdata.from_text(IN, rdtype, " ".join(args), origin=self.origin, relativize=False)
+        else:
+            raise _Unusual(dns.rdatatype.to_text(rdtype))
+        return Record(owner, ttl, rdata, self.file, line)
+
+
+def _one(args: list[str]) -> str:
+    if len(args) != 1:
+        raise _Unusual("one argument expected")
+    return args[0]
+
+
+def _strings(args: list[str]) -> tuple[bytes, ...]:
+    out = []
+    for arg in args:
+        raw = arg[1:-1] if arg.startswith('"') else arg
+        if len(raw) > 255:
+            raise _Unusual("string too long")
+        out.append(raw.encode())
+    if not out:
+        raise _Unusual("no strings")
+    return tuple(out)
+
+
+def _mx(reader: _Reader, args: list[str]) -> dns.rdata.Rdata:
+    if len(args) != 2 or not _NUMBER.match(args[0]) or int(args[0]) > 65535:
+        raise _Unusual("MX")
+    return dns.rdtypes.ANY.MX.MX(IN, dns.rdatatype.MX, int(args[0]), reader.name(args[1]))
+
+
+_MAKERS: dict[int, Callable[[_Reader, list[str]], dns.rdata.Rdata]] = {
+    dns.rdatatype.A: lambda r, a: dns.rdtypes.IN.A.A(IN, dns.rdatatype.A, _one(a)),
+    dns.rdatatype.AAAA: lambda r, a: dns.rdtypes.IN.AAAA.AAAA(IN, dns.rdatatype.AAAA, _one(a)),
+    dns.rdatatype.CNAME: lambda r, a: dns.rdtypes.ANY.CNAME.CNAME(IN, dns.rdatatype.CNAME, r.name(_one(a))),
+    dns.rdatatype.NS: lambda r, a: dns.rdtypes.ANY.NS.NS(IN, dns.rdatatype.NS, r.name(_one(a))),
+    dns.rdatatype.PTR: lambda r, a: dns.rdtypes.ANY.PTR.PTR(IN, dns.rdatatype.PTR, r.name(_one(a))),
+    dns.rdatatype.MX: _mx,
+    dns.rdatatype.TXT: lambda r, a: dns.rdtypes.ANY.TXT.TXT(IN, dns.rdatatype.TXT, _strings(a)),
+}
