@@ -16,6 +16,7 @@ asks DNS from there), rounded to a tenth of a unit and with repeated points drop
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -56,19 +57,42 @@ def project(lon: float, lat: float) -> tuple[float, float]:
     return round((lon + 180) * SCALE, 1), round((TOP - lat) * SCALE, 1)
 
 
+def unwrap(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Make longitudes continuous where a ring crosses the antimeridian (Russia, Fiji)."""
+    out = [points[0]]
+    shift = 0.0
+    for (lon0, _), (lon, lat) in itertools.pairwise(points):
+        if lon - lon0 > 180:
+            shift -= 360
+        elif lon0 - lon > 180:
+            shift += 360
+        out.append((lon + shift, lat))
+    return out
+
+
 def path(polygons: list[list[list[int]]], arcs: list[list[tuple[float, float]]]) -> str:
     parts = []
     for polygon in polygons:
         for indexes in polygon:
-            points = []
-            for lon, lat in ring(arcs, indexes):
-                p = project(lon, lat)
-                if not points or points[-1] != p:
-                    points.append(p)
-            if len(points) < 3 or all(y == points[0][1] for _, y in points):
-                continue  # vanished at this scale, or entirely beyond the kept latitudes
-            text = " ".join(f"{x:g},{y:g}" for x, y in points)
-            parts.append(f"M{text}Z")
+            ring_points = unwrap(ring(arcs, indexes))
+            lons = [lon for lon, _ in ring_points]
+            # A ring reaching past ±180 after unwrapping is drawn again a world away, so
+            # that both sides of the map show their part (the SVG clips the rest).
+            copies = [0.0]
+            if max(lons) > 180:
+                copies.append(-360.0)
+            if min(lons) < -180:
+                copies.append(360.0)
+            for offset in copies:
+                points: list[tuple[float, float]] = []
+                for lon, lat in ring_points:
+                    p = project(lon + offset, lat)
+                    if not points or points[-1] != p:
+                        points.append(p)
+                if len(points) < 3 or all(y == points[0][1] for _, y in points):
+                    continue  # vanished at this scale, or entirely beyond the kept latitudes
+                text = " ".join(f"{x:g},{y:g}" for x, y in points)
+                parts.append(f"M{text}Z")
     return "".join(parts)
 
 

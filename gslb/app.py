@@ -25,6 +25,8 @@ from typing import Any
 
 from gslb.answer import Answerer, Counters
 from gslb.health import HealthMonitor, HealthView
+from gslb.logs import QueryLog
+from gslb.metrics import Metrics
 from gslb.server import (
     TCP_IDLE_TIMEOUT,
     TCP_MAX_CONNECTIONS,
@@ -34,6 +36,7 @@ from gslb.server import (
     udp_socket,
 )
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
+from gslb.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ class Options:
     workers: int = 1
     tcp_idle_timeout: float = TCP_IDLE_TIMEOUT
     tcp_max_connections: int = TCP_MAX_CONNECTIONS
+    http: ListenAddress | None = None  # status page, /metrics and the admin API; None: off
+    token: str | None = field(default=None, repr=False)  # for admin actions; None: refused
+    query_log: float = 0.0  # share of queries logged (gslb.query); 0: off
 
 
 @dataclass
@@ -96,8 +102,10 @@ class Control:
     def __init__(self, options: Options, snapshot: Snapshot):
         self.options = options
         self.snapshot = snapshot
+        self.metrics = Metrics(self)
         self.monitor = HealthMonitor(
-            snapshot.config.targets(), state_file=options.state_file, on_change=self.health_changed
+            snapshot.config.targets(), state_file=options.state_file, on_change=self.health_changed,
+            on_probe=self.metrics.probed,
         )
         self.reloads = {"ok": 0, "failed": 0}
         self.last_reload_error: list[str] = []
@@ -167,9 +175,18 @@ class Control:
         if self.options.watch:
             tasks.append(asyncio.create_task(self._watch()))
         tasks.extend(asyncio.create_task(make()) for make in extra or [])
+        web = None
+        if self.options.http is not None:
+            # The status page, /metrics and the admin API share this loop with probes and
+            # reloads (never with UDP answering, which has threads or workers of its own).
+            web = WebServer(self, self.options.http, self.options.token)
+            if await web.start():
+                tasks.append(asyncio.create_task(web.sample()))
         log.info("serving %d zones, %d services", len(self.snapshot.zones.zones), len(self.snapshot.services))
         await self._stop.wait()
         log.info("stopping")
+        if web is not None:
+            await web.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -182,6 +199,8 @@ class App(Control):
     def __init__(self, options: Options, snapshot: Snapshot):
         super().__init__(options, snapshot)
         self.answerer = Answerer(snapshot, self.monitor.view)
+        if options.query_log > 0:
+            self.answerer.query_log = QueryLog(self.answerer, options.query_log)
         self.udp: list[UdpServer] = []
         self.tcp: list[TcpServer] = []
 
@@ -230,6 +249,8 @@ class Worker:
 
     def __init__(self, snapshot: Snapshot, options: Options, listeners: list[Listener], control: Connection):
         self.answerer = Answerer(snapshot, HealthView())
+        if options.query_log > 0:  # each worker logs a sample of its own queries
+            self.answerer.query_log = QueryLog(self.answerer, options.query_log)
         self.options = options
         self.sources = options.sources
         self.listeners = listeners

@@ -1,4 +1,7 @@
-"""The `gslb` command: serve, check, explain. The only module that prints."""
+"""The `gslb` command: serve, check, explain, and status/drain/undrain/reload over HTTP.
+
+The only module that prints.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gslb import __version__
+from gslb import __version__, logs
 from gslb.explain import explain_query
 from gslb.server import DEFAULT_PORT, TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, ListenAddress
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
+from gslb.web import DEFAULT_HTTP, read_token
 
 log = logging.getLogger("gslb")
 
@@ -58,6 +62,25 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--no-probes", action="store_true", help="do not probe; every data center is up")
     serve.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only, not on file changes")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="json: one object per line (ts, level, logger, msg, fields)")
+    serve.add_argument("--query-log", type=_rate, default=0.0, metavar="RATE",
+                       help="log this share of queries with answer, data center and reason "
+                            "(0: off, the default; 1: every query; 0.01: one in a hundred)")
+    _add_http_args(serve, "serve the status page, /metrics and the admin API on "
+                          f"(default {DEFAULT_HTTP}; port 0 picks a free one; 'off': none)")
+
+    status = commands.add_parser("status", help="print data center and service health from a "
+                                                 "running server")
+    _add_http_args(status, f"the server's --http address (default {DEFAULT_HTTP})")
+    status.add_argument("--json", action="store_true", help="print the JSON of /api/status")
+    for verb, what in (("drain", "answer as if NAME were down (reason 'drained') until undrained"),
+                       ("undrain", "end a drain")):
+        command = commands.add_parser(verb, help=what)
+        command.add_argument("name", help="a data center (eu) or one VIP (127.0.2.1)")
+        _add_http_args(command, f"the server's --http address (default {DEFAULT_HTTP})")
+    reload = commands.add_parser("reload", help="have a running server reload zones and config")
+    _add_http_args(reload, f"the server's --http address (default {DEFAULT_HTTP})")
 
     check = commands.add_parser("check", help="validate zones and config; exit 1 on any problem")
     _add_source_args(check)
@@ -76,7 +99,33 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check":
         return _check(args)
-    return _explain(args)
+    if args.command == "explain":
+        return _explain(args)
+    return _remote(args)
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= rate <= 1:
+        raise argparse.ArgumentTypeError("a share between 0 and 1")
+    return rate
+
+
+def _add_http_args(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT", help=help_text)
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="the admin token's file (default: the GSLB_TOKEN environment "
+                             "variable); admin actions are refused without a token")
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The admin token from --token-file, else $GSLB_TOKEN; None if neither."""
+    if args.token_file:
+        return read_token(Path(args.token_file))
+    return os.environ.get("GSLB_TOKEN", "").strip() or None
 
 
 def _load(args: argparse.Namespace) -> Snapshot | None:
@@ -107,8 +156,13 @@ def _check(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from gslb.app import Options, serve
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
+    try:
+        http = None if args.http.lower() in ("off", "none", "") else ListenAddress.parse(args.http)
+        token = _token(args)
+    except (OSError, ValueError) as exc:
+        print(f"gslb: {exc}", file=sys.stderr)
+        return 2
     snapshot = _load(args)
     if snapshot is None:
         return 1
@@ -124,7 +178,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     options = Options(sources, listen, state_file=state_file, watch=not args.no_watch,
                       probes=not args.no_probes, workers=args.workers,
-                      tcp_idle_timeout=args.tcp_idle_timeout, tcp_max_connections=args.tcp_max_connections)
+                      tcp_idle_timeout=args.tcp_idle_timeout,
+                      tcp_max_connections=args.tcp_max_connections,
+                      http=http, token=token, query_log=args.query_log)
     try:
         serve(options, snapshot)
     except OSError as exc:
@@ -181,6 +237,105 @@ def render_explain(result: dict[str, Any]) -> str:
     lines.append(f"  ECS scope    /{result['ecs_scope']}")
     lines.append(f"  why          {result['why']}")
     return "\n".join(lines)
+
+
+
+# -- talking to a running server ------------------------------------------------------------
+
+
+def _remote(args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        address = ListenAddress.parse(args.http)
+        token = _token(args)
+    except (OSError, ValueError) as exc:
+        print(f"gslb {args.command}: {exc}", file=sys.stderr)
+        return 2
+    base = f"http://{address}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    # A reload may take a while (a big zone, a big geo database); nothing else should.
+    timeout = httpx.Timeout(10, read=130 if args.command == "reload" else 10)
+    try:
+        with httpx.Client(base_url=base, headers=headers, trust_env=False,
+                          timeout=timeout) as client:
+            if args.command == "status":
+                response = client.get("/api/status")
+            elif args.command == "reload":
+                response = client.post("/api/reload")
+            else:
+                response = client.post(f"/api/{args.command}", json={"target": args.name})
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        print(f"gslb {args.command}: cannot reach gslb at {base}: {exc or type(exc).__name__}",
+              file=sys.stderr)
+        return 1
+    try:
+        data = response.json()
+    except ValueError:
+        data = {"error": response.text.strip()}
+    if response.status_code != 200:
+        print(f"gslb {args.command}: {response.status_code} {data.get('error', '')}".rstrip(),
+              file=sys.stderr)
+        for problem in data.get("errors", []):
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        print(json.dumps(data, indent=2) if args.json else render_status(data))
+    elif args.command == "reload":
+        print(f"reloaded: {data['zones']} zones, {data['services']} services")
+    elif args.command == "drain":
+        print(f"{data['drained']}: {'already drained' if data['already'] else 'drained'}")
+    else:
+        print(f"{data['undrained']}: {'undrained' if data['was_drained'] else 'was not drained'}")
+    return 0
+
+
+def render_status(status: dict[str, Any]) -> str:
+    now = status["now"]
+    queries = status["queries"]
+    lines = [
+        f"gslb {status['version']} on {' '.join(status['listen'])}, "
+        f"up {_age(now - status['started'])}, "
+        f"{queries['per_second']:g} queries/s ({queries['total']} since start), "
+        f"reloads {status['reloads']['ok']} ok / {status['reloads']['failed']} failed",
+        "",
+        f"{'DATA CENTER':<12} {'STATE':<8} {'SINCE':>9}  {'LAST PROBE':<24} "
+        f"{'ANSWERS/S':>9}  REASON",
+    ]
+    for dc in status["datacenters"]:
+        state = "drained" if dc["drained"] else "up" if dc["up"] else "DOWN"
+        probe = dc["last_result"] or ("-" if dc["probe"] is None else "no probe yet")
+        if dc["last_latency_ms"] is not None:
+            probe += f" {dc['last_latency_ms']:.1f} ms"
+        since = _age(now - dc["since"]) if dc["since"] else "-"
+        drained_vips = [v["address"] for v in dc["vips"] if v["drained"]]
+        if drained_vips:
+            reason = f"{dc['reason']}; VIPs drained: {', '.join(drained_vips)}"
+        else:
+            reason = dc["reason"]
+        lines.append(f"{dc['name']:<12} {state:<8} {since:>9}  {probe:<24} "
+                     f"{dc['answers_per_second']:>9g}  {reason}")
+    lines += ["", f"{'SERVICE':<28} {'POLICY':<9} {'TTL':>5} {'ANSWERS/S':>9}  DATA CENTERS"]
+    for svc in status["services"]:
+        ttl = f"{svc['ttl_now']}{'*' if svc['degraded'] else ''}"
+        lines.append(f"{svc['name']:<28} {svc['policy']:<9} {ttl:>5} "
+                     f"{svc['answers_per_second']:>9g}  {', '.join(svc['datacenters'])}")
+    if any(svc["degraded"] for svc in status["services"]):
+        lines.append("* ttl_degraded: a member is down")
+    if status["reloads"]["last_error"]:
+        lines += ["", "last reload failed:", *(f"  {e}" for e in status["reloads"]["last_error"])]
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 if __name__ == "__main__":

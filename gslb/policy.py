@@ -29,7 +29,12 @@ _by_key = itemgetter(0)
 
 
 class HealthSource(Protocol):
-    """What choose() needs of a health view (gslb.health.HealthView fits)."""
+    """What choose() needs of a health view (gslb.health.HealthView fits).
+
+    ``is_up`` is asked of data center names and of VIPs (as text): a VIP an operator
+    drained is down. A view may also have ``drains``: False promises that nothing is
+    drained, and spares choose() asking about each VIP.
+    """
 
     def is_up(self, name: str) -> bool: ...
 

@@ -219,17 +219,20 @@ class Zone:
         # Keyed case-insensitively, valued as the zone file spells them: an owner name in an
         # answer must not take the case of whoever asked first (answers are cached).
         self.cuts = {n: n for n, types in nodes.items() if TYPE_NS in types and n != origin}
-        # Every name that exists, empty non-terminals included (RFC 4592 §2.2.2).
-        self.existing: set[Name] = set()
+        # Every name that exists, empty non-terminals included (RFC 4592 §2.2.2), in
+        # lower-case wire form: ancestors are then suffixes, and cheap to walk.
+        self.origin_wire = wire_of(origin)
+        self.existing: set[bytes] = set()
         for name in nodes:
             self.add_existing(name)
 
     def add_existing(self, name: Name) -> None:
-        while name not in self.existing and len(name) >= len(self.origin):
-            self.existing.add(name)
-            if name == self.origin:
+        wire = wire_of(name)
+        while wire not in self.existing and len(wire) >= len(self.origin_wire):
+            self.existing.add(wire)
+            if wire == self.origin_wire:
                 break
-            name = name.parent()
+            wire = wire[wire[0] + 1 :]
 
     @property
     def record_count(self) -> int:
@@ -248,11 +251,16 @@ class ZoneIndex:
     @classmethod
     def of(cls, zone: Zone) -> ZoneIndex:
         return cls(
-            zone.origin.to_wire().lower(),
-            frozenset(name.to_wire().lower() for name in zone.existing),
-            frozenset(name.parent().to_wire().lower() for name in zone.nodes if name.labels[0] == WILDCARD),
-            frozenset(name.to_wire().lower() for name in zone.cuts),
+            zone.origin_wire,
+            frozenset(zone.existing),
+            frozenset(wire_of(name.parent()) for name in zone.nodes if name.labels[0] == WILDCARD),
+            frozenset(wire_of(name) for name in zone.cuts),
         )
+
+
+def wire_of(name: Name) -> bytes:
+    """A name's uncompressed wire form in lower case (ASCII letters only, RFC 4343)."""
+    return b"".join(bytes((len(label),)) + label for label in name.labels).lower()
 
 
 def _with_ttl(rdataset: Rdataset, ttl: int) -> Rdataset:
@@ -269,13 +277,17 @@ def _origin_for(path: Path) -> Name:
 def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list[Problem]]:
     """Read and check one zone file; the zone is None when it has problems."""
     origin = origin or _origin_for(path)
-    # Consistency is checked even when some lines had errors: every problem in one run.
+    # Consistency is checked even when some lines had errors: every problem in one run
+    # (unless the file had so many that reading it was given up).
     records, problems = _read_records(path, origin)
+    if len(problems) >= MAX_SYNTAX_ERRORS_PER_FILE:
+        problems.append(Problem(str(path), 0, f"stopped after {len(problems)} errors"))
+        return None, problems
     nodes: dict[Name, dict[int, Rdataset]] = {}
     first_line: dict[tuple[Name, int], tuple[str, int]] = {}
     for rec in records:
-        if not rec.name.is_subdomain(origin):
-            continue  # reported by _read_records
+        if isinstance(rec, _Record) and not rec.name.is_subdomain(origin):
+            continue  # dnspython read it; reported by _read_records (the fast reader declines these)
         if rec.rdata.rdclass != dns.rdataclass.IN:
             problems.append(Problem(rec.file, rec.line, "only class IN is served"))
             continue
@@ -290,7 +302,7 @@ def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list
             # RFC 2181 §5.2: TTLs in an RRset must agree; like named, use the lowest.
             log.debug("%s:%d: TTL differs within the %s RRset", rec.file, rec.line, rec.name)
             rdataset.ttl = min(rdataset.ttl, rec.ttl)
-        rdataset.add(rec.rdata)
+        rdataset.add(rec.rdata)  # type: ignore[arg-type]
     where = str(path)
 
     def line_of(name: Name, rdtype: int) -> tuple[str, int]:
@@ -410,7 +422,7 @@ class ZoneSet:
         types = zone.nodes.get(name)
         owner = name
         if types is None and name not in self.services:
-            if name in zone.existing:
+            if wire_of(name) in zone.existing:
                 types = {}  # an empty non-terminal: NODATA (RFC 4592 §2.2.2)
             else:
                 types = self._wildcard(zone, name)
@@ -443,7 +455,7 @@ class ZoneSet:
     def _wildcard(self, zone: Zone, name: Name) -> dict[int, Rdataset] | None:
         """The wildcard's data synthesized for `name`, if its closest encloser has one (RFC 4592 §3.3.1)."""
         encloser = name.parent()
-        while encloser not in zone.existing:
+        while wire_of(encloser) not in zone.existing:
             if encloser == zone.origin or len(encloser) <= len(zone.origin):
                 return None
             encloser = encloser.parent()

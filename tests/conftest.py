@@ -29,8 +29,10 @@ class Server:
         self.args = args
         self.lines: list[str] = []
         self._cond = threading.Condition()
+        # No status page unless a test asks for one: they would all want port 8053.
+        http = [] if "--http" in args else ["--http", "off"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gslb", "serve", "--listen", "127.0.0.1:0", *args],
+            [sys.executable, "-m", "gslb", "serve", "--listen", "127.0.0.1:0", *http, *args],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=cwd,
             env={**os.environ, **(env or {})},
         )

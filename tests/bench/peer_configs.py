@@ -16,6 +16,7 @@ every data center is up).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 SOA = "ns1.example.test. hostmaster.example.test. 2026112501 7200 1800 259200 300"
@@ -54,7 +55,7 @@ def write(path: Path, text: str) -> Path:
 
 
 # --------------------------------------------------------------------------------- gdnsd
-def gdnsd(run: Path, port: int, mmdb: Path) -> list[str]:
+def gdnsd(run: Path, port: int, mmdb: Path, extra_zone: Path | None = None) -> list[str]:
     etc = run / "gdnsd" / "etc"
     (run / "gdnsd" / "run").mkdir(parents=True, exist_ok=True)
     (run / "gdnsd" / "state").mkdir(parents=True, exist_ok=True)
@@ -99,6 +100,8 @@ plugins => {{
 }}
 """)
     write(etc / "zones" / "example.test", STATIC_ZONE + "www      30 DYNA geoip!www\n")
+    if extra_zone is not None:  # file name = zone name for gdnsd
+        shutil.copyfile(extra_zone, etc / "zones" / extra_zone.name.removesuffix(".zone"))
     return ["gdnsd", "-c", str(etc), "start"]
 
 
@@ -123,6 +126,8 @@ security-poll-suffix=
 cache-ttl=20
 query-cache-ttl=20
 negquery-cache-ttl=60
+# the default is 20; the TCP scenario opens 32 connections at once
+max-tcp-connections=64
 """
 
 
@@ -136,15 +141,17 @@ def _lua(qtype: str) -> str:
     )
 
 
-def pdns_lua(run: Path, port: int, mmdb: Path) -> list[str]:
+def pdns_lua(run: Path, port: int, mmdb: Path, extra_zone: Path | None = None) -> list[str]:
     d = run / "pdns-lua"
     d.mkdir(parents=True, exist_ok=True)
     (d / "test-city.mmdb").write_bytes(mmdb.read_bytes())
     write(d / "example.test.zone", STATIC_ZONE
           + f"www      30 IN LUA A    {_lua('A')}\n"
           + f"www      30 IN LUA AAAA {_lua('AAAA')}\n")
+    extra = (f'zone "{extra_zone.name.removesuffix(".zone")}" {{ type master; file "{extra_zone}"; }};\n'
+             if extra_zone is not None else "")
     write(d / "named.conf", f'options {{ directory "{d}"; }};\n'
-          f'zone "example.test" {{ type master; file "{d}/example.test.zone"; }};\n')
+          f'zone "example.test" {{ type master; file "{d}/example.test.zone"; }};\n' + extra)
     # The geoip backend serves no zone; it is launched so LUA's continent() can read the DB.
     write(d / "geoip-zones.yaml", "domains: []\n")
     write(d / "pdns.conf", f"""# written by tests/bench/run.py: bind backend + LUA records
@@ -194,7 +201,7 @@ geoip-zones-file={d}/example.test.yaml
 
 
 # ----------------------------------------------------------------------------------- knot
-def knot(run: Path, port: int, mmdb: Path) -> list[str]:
+def knot(run: Path, port: int, mmdb: Path, extra_zone: Path | None = None) -> list[str]:
     d = run / "knot"
     (d / "db").mkdir(parents=True, exist_ok=True)
     (d / "zones").mkdir(parents=True, exist_ok=True)
@@ -207,6 +214,10 @@ def knot(run: Path, port: int, mmdb: Path) -> list[str]:
         for cont, order in ORDER.items()
     )
     write(d / "geo.conf", "www.example.test:\n" + geo)
+    extra = ""
+    if extra_zone is not None:
+        shutil.copyfile(extra_zone, d / "zones" / extra_zone.name)
+        extra = f"  - domain: {extra_zone.name.removesuffix('.zone')}\n"
     write(d / "knot.conf", f"""# written by tests/bench/run.py
 server:
     rundir: "{d}"
@@ -238,7 +249,7 @@ template:
 zone:
   - domain: example.test
     module: mod-geoip/geo
-""")
+""" + extra)
     return ["knotd", "-c", str(d / "knot.conf")]
 
 

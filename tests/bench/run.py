@@ -79,6 +79,10 @@ QUICK_SCENARIOS = ["static", "mix-ecsvar", "nxdomain", "tcp"]
 # 2.10 does not reconnect, so a long single-connection run stalls.  The TCP scenario
 # therefore spreads a fixed number of queries (-n passes over the 50k-query file) over
 # many connections, fewer than 10,000 per connection, for every server alike.
+# Several client sockets (source ports), as several resolvers would be: SO_REUSEPORT spreads
+# queries over gslb's worker processes by source address and port, so with one socket every
+# query would reach the same worker.  The same for every server.
+UDP_CLIENTS = 8
 OPEN_LOOP_OUTSTANDING = 65000  # dnsperf -q for the fixed-rate loss runs (16-bit query IDs)
 TCP_CLIENTS = 32
 TCP_PASSES = 5  # 250k queries, ~7.8k per connection
@@ -229,6 +233,24 @@ def pin_tree(pid: int, cpu: int) -> None:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
+def cpu_busy() -> dict[int, tuple[int, int]]:
+    """Per CPU: (busy jiffies, total jiffies) from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            f = line.split()
+            vals = [int(x) for x in f[1:9]]
+            idle = vals[3] + vals[4]  # idle + iowait
+            out[int(f[0][3:])] = (sum(vals) - idle, sum(vals))
+    return out
+
+
+def busy_pct(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpu: int) -> float:
+    b0, t0 = before.get(cpu, (0, 0))
+    b1, t1 = after.get(cpu, (0, 0))
+    return (b1 - b0) * 100 / (t1 - t0) if t1 > t0 else math.nan
+
+
 def load1() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -374,7 +396,7 @@ def wait_answering(port: int, p: subprocess.Popen[bytes], timeout: float, zone: 
                 return time.monotonic() - start
         except Exception:
             pass
-        time.sleep(0.1)
+        time.sleep(0.02)
     raise RuntimeError(f"no answer on port {port} within {timeout:.0f} s")
 
 
@@ -436,6 +458,8 @@ class Bench:
                 verbose: bool = False, during: Any = None, outstanding: int = 100) -> Perf:
         cmd = ["taskset", "-c", str(self.args.client_cpu), "dnsperf", "-s", "127.0.0.1", "-p", str(port),
                "-q", str(outstanding), *extra]
+        if "-c" not in extra:
+            cmd += ["-c", str(UDP_CLIENTS)]
         if seconds is not None:
             cmd += ["-l", f"{seconds:g}"]
         if rate:
@@ -618,30 +642,30 @@ class Runner:
         for s in servers:
             print(f"starting {s.label} on 127.0.0.1:{s.port}", flush=True)
             s.start(self.args.server_cpu)
-        pending = list(servers)
-        alive: list[Server] = []
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for s in list(pending):
-                assert s.proc is not None
-                if s.proc.poll() is not None:
-                    self.note(f"{s.label} exited with status {s.proc.returncode} at start; "
-                              f"log: {s.log_text()[-1500:]}")
-                    pending.remove(s)
-                    continue
-                with contextlib.suppress(Exception):
-                    if dns_query(s.port, "example.test", "SOA", timeout=0.3)[0] == "NOERROR":
-                        s.ready_s = time.monotonic() - s.started
-                        pending.remove(s)
-                        alive.append(s)
-            time.sleep(0.05)
-        for s in pending:
-            self.note(f"{s.label} did not answer within {timeout:.0f} s; log: {s.log_text()[-1500:]}")
-            s.stop()
+        errors: dict[str, str] = {}
+
+        def wait(s: Server) -> None:
+            assert s.proc is not None
+            try:
+                wait_answering(s.port, s.proc, timeout)
+                s.ready_s = time.monotonic() - s.started
+            except RuntimeError as exc:
+                errors[s.name] = str(exc)
+
+        threads = [threading.Thread(target=wait, args=(s,), daemon=True) for s in servers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for s in servers:
+            if s.name in errors:
+                self.note(f"{s.label} did not start: {errors[s.name]}; log: {s.log_text()[-1500:]}")
+                s.stop()
+        alive = [s for s in servers if s.name not in errors]
         time.sleep(0.5)  # let late worker threads and processes appear before re-pinning
         for s in alive:
             pin_tree(s.pid, self.args.server_cpu)
-        return [s for s in servers if s in alive]
+        return alive
 
     # -- one measurement ------------------------------------------------------------------
 
@@ -652,12 +676,14 @@ class Runner:
         pids = tree(s.pid)
         ld = load1()
         c0 = cpu_ticks(pids)
+        b0 = cpu_busy()
         t0 = time.monotonic()
         # open_loop: a fixed rate that dnsperf keeps up even when answers stall (as resolvers
         # do), so a stalled server loses queries instead of silently slowing the client down.
         perf = self.bench.dnsperf(s.port, extra, seconds=seconds, rate=rate, verbose=verbose, during=during,
                                   outstanding=OPEN_LOOP_OUTSTANDING if open_loop else 100)
         t1 = time.monotonic()
+        b1 = cpu_busy()
         c1 = cpu_ticks(tree(s.pid))
         ticks = sum(v - c0.get(p, 0) for p, v in c1.items())
         cpu = ticks / HZ / (t1 - t0) * 100 if t1 > t0 else math.nan
@@ -669,8 +695,14 @@ class Runner:
             "avg_ms": round(perf.avg_ms, 3), "max_ms": round(perf.max_ms, 3),
             "p50_ms": round(perf.pct(50), 3), "p99_ms": round(perf.pct(99), 3),
             "p999_ms": round(perf.pct(99.9), 3),
+            "asked": int(rate * seconds) if rate and seconds else "",
             "sent": perf.sent, "completed": perf.completed, "lost": perf.lost,
             "rcodes": " ".join(f"{k}:{v}" for k, v in sorted(perf.rcodes.items())),
+            # how busy each core was in all (server + everything else on it; dnsperf + the rest):
+            # client near 100 % = the client limited the run; server core well above the
+            # server's own CPU % = other processes took part of its core
+            "client_core_pct": round(busy_pct(b0, b1, self.args.client_cpu), 1),
+            "server_core_pct": round(busy_pct(b0, b1, self.args.server_cpu), 1),
             "load1": ld, "affinity": affinities(s.pid) if alive else "",
             "wall_s": round(t1 - t0, 2), "error": perf.error, "alive": alive,
         }
@@ -681,8 +713,9 @@ class Runner:
         if not alive:
             self.note(f"{s.label} died during {scenario}: {s.log_text()[-1500:]}")
         self.rows.append(row)
-        print(f"  {phase:8} {s.name:9} {scenario:11} rep {rep}: qps {perf.qps:9.0f}  cpu {cpu:5.1f}%  "
-              f"lost {perf.lost:6d}  avg {perf.avg_ms:6.3f} ms  {row['rcodes']}  [{row['affinity']}]", flush=True)
+        print(f"  {phase:8} {s.name:11} {scenario:11} rep {rep}: qps {perf.qps:9.0f}  cpu {cpu:5.1f}%  "
+              f"lost {perf.lost:6d}  avg {perf.avg_ms:7.3f} ms  cores c/s {row['client_core_pct']:3.0f}/"
+              f"{row['server_core_pct']:3.0f}%  load {ld}  {row['rcodes']}  [{row['affinity']}]", flush=True)
         return row
 
     def scenario_args(self, scenario: str) -> tuple[list[str], str, float | None]:
@@ -691,7 +724,7 @@ class Runner:
         if scenario == "tcp":
             passes = TCP_PASSES_QUICK if self.args.quick else TCP_PASSES
             extra = [*extra, "-c", str(TCP_CLIENTS), "-n", str(passes)]
-            seconds = None  # bounded by -n (and by the timeout in Bench.dnsperf)
+            seconds = self.args.duration * 1.5  # a cap for slow servers; fast ones end by -n
         return list(extra), rcode, seconds
 
     def under_load_checker(self, s: Server, scenario: str) -> Any:
@@ -710,6 +743,18 @@ class Runner:
         return work, result
 
     # -- phases ---------------------------------------------------------------------------
+
+    def warm_up(self, servers: list[Server]) -> None:
+        """One untimed pass over each cacheable query file, so the runs measure a warm server.
+
+        nxdomain.txt is left out on purpose: 100,000 random names stand for a random-subdomain
+        flood, which no cache of answers helps with.
+        """
+        for s in servers:
+            for scenario in ("static", "mix", "www-ecs", "mix-ecsvar", "nx-repeat"):
+                extra, _rcode = SCENARIOS[scenario]
+                n = ["-n", "1"] if scenario in ("mix-ecsvar", "nx-repeat") else ["-n", "20"]
+                self.bench.dnsperf(s.port, [*extra, *n], seconds=30)
 
     def matrix(self, servers: list[Server]) -> None:
         a = self.args
@@ -784,7 +829,7 @@ class Runner:
                              1 if self.has_workers else None))
         if "gslb-w2" in a.servers and self.has_workers:
             variants.append(("gslb-big-w2", "gslb (--workers 2)", 2))
-        if not variants or a.big_records <= 0:
+        if a.big_records <= 0:
             return
         zones = self.run / "bigzone" / "zones"
         peer_configs.gslb_zones(zones)
@@ -793,6 +838,21 @@ class Runner:
         size = (zones / "big.test.zone").stat().st_size
         print(f"big zone: {a.big_records} records, {size / 1e6:.1f} MB, written in {time.monotonic() - t:.1f} s",
               flush=True)
+        labels = {"gdnsd": "gdnsd 3.8", "knot": "knot 3.2", "pdns-lua": "pdns 4.7 bind backend"}
+        for peer in ("gdnsd", "knot", "pdns-lua"):
+            if peer not in a.servers:
+                continue
+            port = free_ports(1)[0]
+            cmd = getattr(peer_configs, peer.replace("-", "_"))(
+                self.run / "bigzone", port, self.mmdb, extra_zone=zones / "big.test.zone")
+            s = Server(f"{peer}-big", labels[peer], port, cmd, self.run / "bigzone" / f"{peer}.log",
+                       cwd=self.run / "bigzone")
+            print(f"starting {s.label} with the {a.big_records}-record zone on 127.0.0.1:{port}", flush=True)
+            s.start(a.server_cpu)
+            try:
+                self._big_zone_peer(s, a.big_records)
+            finally:
+                s.stop()
         for name, label, workers in variants:
             port = free_ports(1)[0]
             s = gslb_server(name, label, port, zones, self.mmdb, self.run, workers)
@@ -818,6 +878,26 @@ class Runner:
                 break
             time.sleep(0.02)
         return seen
+
+    def _big_zone_peer(self, s: Server, records: int) -> None:
+        """A peer's load time and memory with the same large zone, for comparison."""
+        assert s.proc is not None
+        row: dict[str, Any] = {"phase": "bigzone", "server": s.name, "label": s.label, "scenario": "big.test",
+                               "records": records}
+        try:
+            wait_answering(s.port, s.proc, self.args.big_timeout, zone="big.test")
+            row["first_answer_s"] = round(time.monotonic() - s.started, 2)
+            time.sleep(0.5)
+            mem = memory(s.pid)
+            row.update(rss_mib=round(mem["rss_mib"], 1), pss_mib=round(mem["pss_mib"], 1), procs=mem["procs"])
+            rcode, got = dns_query(s.port, f"{make_queries.big_name(4)}.big.test", "A")
+            row["answers_ok"] = rcode == "NOERROR" and got == ["198.18.0.4"]
+        except Exception as exc:
+            row["error"] = str(exc)
+            self.note(f"{s.label} with the big zone: {exc}; log: {s.log_text()[-800:]}")
+        self.rows.append(row)
+        print(f"  bigzone  {s.name}: first answer {row.get('first_answer_s')} s, RSS {row.get('rss_mib')} MiB",
+              flush=True)
 
     def _big_zone_one(self, s: Server, records: int) -> None:
         a = self.args
@@ -881,6 +961,9 @@ class Runner:
         reload_s = row["reload_s"] if not math.isnan(row["reload_s"]) else 5.0
         seconds = max(a.reload_seconds, math.ceil(reload_s * 1.5 + 4))
         extra = ["-d", "bigzone.txt"]
+        # warm: one closed-loop pass over the names, so "steady" is the server with its
+        # answer cache filled (a reload starts a new, empty one)
+        self.bench.dnsperf(s.port, [*extra, "-n", "1"], seconds=120)
         self.measure(s, "reload", "steady", 1, extra, seconds=seconds, rate=a.reload_qps, open_loop=True)
 
         hup: dict[str, Any] = {}
@@ -924,7 +1007,7 @@ class Runner:
           f"gslb {m['gslb_rev']}, Python {m['python']}. {a.reps} rep(s), {a.duration:g} s per UDP run"
           f"{' (--quick)' if a.quick else ''}.")
         w("")
-        w("## Throughput (dnsperf max rate, -q 100)")
+        w("## Throughput (dnsperf max rate, -q 100, -c 8 sockets; TCP: -c 32)")
         w("")
         w("Cell: **QPS** / server CPU % (whole process tree) / QPS per server core. Median over reps.")
         w("")
@@ -938,6 +1021,17 @@ class Runner:
                 lost = sum(r["lost"] for r in mrows if r["server"] == n and r["scenario"] == sc)
                 cells.append(f"**{fmt_k(q)}** / {fmt(c, 0)}% / {fmt_k(pc)}" + (f" (lost {lost})" if lost else ""))
             w(f"| {labels[n]} | " + " | ".join(cells) + " |")
+        w("")
+        w("Busy % of the client core (dnsperf) / of the server core (the server and anything else "
+          "running there) during the same runs. A client core near 100 % means dnsperf, not the "
+          "server, set the QPS; compare QPS per core then.")
+        w("")
+        w("| server | " + " | ".join(scen) + " |")
+        w("|---" * (len(scen) + 1) + "|")
+        for n in names:
+            w(f"| {labels[n]} | " + " | ".join(
+                f"{fmt(cell(n, sc, 'client_core_pct'), 0)} / {fmt(cell(n, sc, 'server_core_pct'), 0)}"
+                for sc in scen) + " |")
         w("")
         gslbs = [n for n in names if n.startswith("gslb")]
         peers = [n for n in names if not n.startswith("gslb")]
@@ -1006,10 +1100,11 @@ class Runner:
         if rel:
             w(f"## Queries lost during a reload under load (big.test names, {a.reload_qps:,} qps)")
             w("")
-            w("| server | run | seconds | sent | lost | got QPS | avg ms | max ms | reload s | server CPU % |")
-            w("|---|---|---|---|---|---|---|---|---|---|")
+            w("| server | run | seconds | asked | sent | lost | got QPS | avg ms | max ms | reload s | "
+              "server CPU % |")
+            w("|---|---|---|---|---|---|---|---|---|---|---|")
             for r in rel:
-                w(f"| {r['label']} | {r['scenario']} | {r['wall_s']} | {r['sent']} | **{r['lost']}** | "
+                w(f"| {r['label']} | {r['scenario']} | {r['wall_s']} | {r['asked']} | {r['sent']} | **{r['lost']}** | "
                   f"{fmt_k(r['qps'])} | {fmt(r['avg_ms'], 3)} | {fmt(r['max_ms'], 1)} | "
                   f"{fmt(r.get('reload_s', math.nan), 2)} | {fmt(r['cpu_pct'], 0)} |")
             w("")
@@ -1066,6 +1161,8 @@ class Runner:
         # warm-up is part of the check: the first answers fill gslb's caches
         print("answer checks before measuring:", flush=True)
         self.correctness(alive, "before")
+        print("warming up (one pass over each cacheable query file)", flush=True)
+        self.warm_up(alive)
         print(f"throughput matrix: {len(alive)} servers x {len(a.scenarios)} scenarios x {a.reps} rep(s)",
               flush=True)
         self.matrix(alive)

@@ -1,0 +1,235 @@
+"""Prometheus metrics on the app's own registry, read from the query counters at scrape time.
+
+The query path only bumps plain counters (gslb.answer.Counters); everything here runs when
+Prometheus scrapes, in the process that serves HTTP, so metrics cost DNS nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import dns.rcode
+import dns.rdatatype
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from gslb import __version__
+from gslb.answer import LATENCY_BOUNDS, LATENCY_SAMPLE_MASK
+from gslb.health import ProbeResult, Target
+from gslb.policy import choose
+
+if TYPE_CHECKING:
+    from gslb.app import Control
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROBE_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@functools.lru_cache(maxsize=512)
+def qtype_name(qtype: int) -> str:
+    """"A", "AAAA", "TYPE65280"; "none" for a reply without a question (header-only FORMERR)."""
+    if qtype == 0:
+        return "none"
+    return dns.rdatatype.to_text(qtype)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=64)
+def rcode_name(rcode: int) -> str:
+    try:
+        return dns.rcode.to_text(rcode)  # type: ignore[arg-type]
+    except ValueError:
+        return str(rcode)
+
+
+def probe_result_label(result: str) -> str:
+    """A bounded label for a probe result: "ok", "timeout", "status 503", "tls", "error" …"""
+    if result.startswith("status "):
+        return result
+    return result.split(" ", 1)[0].rstrip(":") or "error"
+
+
+class _Histogram:
+    """Bucket counts by upper bound, a sum and a count (the shape of answer.Counters' latency)."""
+
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(PROBE_BOUNDS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(PROBE_BOUNDS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    total = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        total += count
+        out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+    return out
+
+
+class Metrics:
+    """The registry one server exposes at /metrics, and the probe observations behind it."""
+
+    def __init__(self, control: Control) -> None:
+        self.control = control
+        self.probes: dict[tuple[str, str], int] = {}  # (data center, result label) -> count
+        self.probe_latency: dict[str, _Histogram] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+
+    def probed(self, target: Target, result: ProbeResult, lateness: float) -> None:
+        """HealthMonitor's on_probe hook: count the result, time the probe."""
+        key = (target.name, probe_result_label(result.result))
+        self.probes[key] = self.probes.get(key, 0) + 1
+        histogram = self.probe_latency.get(target.name)
+        if histogram is None:
+            histogram = self.probe_latency[target.name] = _Histogram()
+        histogram.observe(result.latency)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        control = self.metrics.control
+        yield from _queries(control)
+        yield from _health(control, self.metrics)
+        yield from _process(control)
+
+
+def _queries(control: Control) -> Iterator[Metric]:
+    counters = control.counters()
+    queries = CounterMetricFamily(
+        "gslb_dns_queries", "DNS replies sent, by transport, query type and response code.",
+        labels=["transport", "qtype", "rcode"])
+    refused = formerr = 0
+    for (tcp, qtype, rcode), count in sorted(counters.by_key.items()):
+        queries.add_metric(["tcp" if tcp else "udp", qtype_name(qtype), rcode_name(rcode)], count)
+        if rcode == dns.rcode.REFUSED:
+            refused += count
+        elif rcode == dns.rcode.FORMERR:
+            formerr += count
+    yield queries
+    answers = CounterMetricFamily(
+        "gslb_dns_answers", "Service answers, by service and the (first) data center answered.",
+        labels=["service", "datacenter"])
+    for (service, datacenter), count in sorted(counters.by_answer.items()):
+        answers.add_metric([service, datacenter or "none"], count)
+    yield answers
+    path = CounterMetricFamily(
+        "gslb_dns_path", "Queries by answer path: fast (cached reply parts) or general.",
+        labels=["path"])
+    path.add_metric(["fast"], counters.fast)
+    path.add_metric(["general"], counters.general)
+    yield path
+    total = counters.fast + counters.general
+    yield GaugeMetricFamily(
+        "gslb_dns_cache_hit_ratio",
+        "Share of all queries since start answered on the fast path from cached reply parts.",
+        value=counters.fast / total if total else 0.0)
+    yield CounterMetricFamily("gslb_dns_refused", "REFUSED replies (outside our zones, "
+                              "zone transfers, other classes).", value=refused)
+    yield CounterMetricFamily("gslb_dns_formerr", "FORMERR replies to malformed queries.",
+                              value=formerr)
+    yield CounterMetricFamily("gslb_dns_truncated",
+                              "UDP replies truncated (TC) because they did not fit.",
+                              value=counters.truncated)
+    yield CounterMetricFamily("gslb_dns_dropped",
+                              "Queries dropped unanswered (short header, QR set).",
+                              value=counters.dropped)
+    yield CounterMetricFamily("gslb_dns_errors",
+                              "Queries answered SERVFAIL after an unexpected error (logged).",
+                              value=counters.servfail)
+    yield HistogramMetricFamily(
+        "gslb_dns_query_duration_seconds",
+        f"Time to answer one query, from bytes in to bytes out; one query in "
+        f"{LATENCY_SAMPLE_MASK + 1} is timed.",
+        buckets=_cumulative(LATENCY_BOUNDS, counters.latency_buckets),
+        sum_value=counters.latency_sum)
+
+
+def _health(control: Control, metrics: Metrics) -> Iterator[Metric]:
+    view = control.monitor.view
+    now = time.time()
+    datacenters = control.snapshot.config.datacenters
+    up = GaugeMetricFamily("gslb_datacenter_up",
+                           "1 while the data center is healthy, 0 while down or drained.",
+                           labels=["datacenter"])
+    drained = GaugeMetricFamily("gslb_datacenter_drained",
+                                "1 while an operator has drained the data center.",
+                                labels=["datacenter"])
+    since = GaugeMetricFamily("gslb_datacenter_state_since_timestamp_seconds",
+                              "When the data center's health state last changed (Unix time).",
+                              labels=["datacenter"])
+    age = GaugeMetricFamily("gslb_datacenter_state_age_seconds",
+                            "Seconds since the data center's health state last changed.",
+                            labels=["datacenter"])
+    vips = GaugeMetricFamily("gslb_vip_drained", "1 while an operator has drained the VIP.",
+                             labels=["datacenter", "vip"])
+    for name, datacenter in datacenters.items():
+        status = view.status(name)
+        up.add_metric([name], 1.0 if view.is_up(name) else 0.0)
+        drained.add_metric([name], 1.0 if status is not None and status.drained else 0.0)
+        if status is not None:
+            since.add_metric([name], status.since)
+            age.add_metric([name], max(0.0, now - status.since))
+        for vip in datacenter.vips:
+            vips.add_metric([name, str(vip)], 0.0 if view.is_up(str(vip)) else 1.0)
+    yield from (up, drained, since, age, vips)
+    ttl = GaugeMetricFamily("gslb_service_ttl_seconds",
+                            "The TTL answered now: ttl, or ttl_degraded while a member is down.",
+                            labels=["service"])
+    default = control.snapshot.locate(None)
+    for service in control.snapshot.config.services.values():
+        ttl.add_metric([service.name], choose(service, datacenters, default, view, 4).ttl)
+    yield ttl
+    probes = CounterMetricFamily("gslb_probes", "Health probes, by data center and result.",
+                                 labels=["datacenter", "result"])
+    for (name, result), count in sorted(metrics.probes.items()):
+        probes.add_metric([name, result], count)
+    yield probes
+    latency = HistogramMetricFamily("gslb_probe_duration_seconds",
+                                    "Time one health probe took, by data center.",
+                                    labels=["datacenter"])
+    for name, histogram in sorted(metrics.probe_latency.items()):
+        latency.add_metric([name], _cumulative(PROBE_BOUNDS, histogram.buckets), histogram.sum)
+    yield latency
+
+
+def _process(control: Control) -> Iterator[Metric]:
+    reloads = CounterMetricFamily("gslb_reloads", "Reloads of zones and config, by result.",
+                                  labels=["result"])
+    for result, count in sorted(control.reloads.items()):
+        reloads.add_metric([result], count)
+    yield reloads
+    yield GaugeMetricFamily("gslb_snapshot_loaded_timestamp_seconds",
+                            "When the zones and config now served were loaded (Unix time).",
+                            value=control.snapshot.loaded_at)
+    yield GaugeMetricFamily("gslb_start_time_seconds", "When this server started (Unix time).",
+                            value=control.started)
+    yield GaugeMetricFamily("gslb_workers", "Processes answering DNS queries.",
+                            value=control.options.workers)
+    info = GaugeMetricFamily("gslb_build_info", "Always 1; the version as a label.",
+                             labels=["version"])
+    info.add_metric([__version__], 1.0)
+    yield info
