@@ -27,12 +27,13 @@ import dns.rdataset
 import dns.rdatatype
 
 from gslb.geo import Location
+from gslb.policy import Decision, choose
 from gslb.wire import (
     AA,
+    BADVERS,
     CD,
     CLASS_IN,
     FORMERR,
-    NOERROR,
     NOTIMP,
     NXDOMAIN,
     OPCODE_MASK,
@@ -42,11 +43,9 @@ from gslb.wire import (
     SERVFAIL,
     TC,
     TYPE_A,
-    TYPE_AAAA,
     TYPE_AXFR,
     TYPE_IXFR,
     TYPE_OPT,
-    BADVERS,
     Drop,
     Edns,
     FormError,
@@ -56,8 +55,6 @@ from gslb.wire import (
     udp_limit,
 )
 from gslb.zones import Resolution, ServiceAnswer
-
-from gslb.policy import Decision, choose
 
 if TYPE_CHECKING:
     from gslb.health import HealthView
@@ -330,19 +327,17 @@ class Answerer:
         st = self.state
         key = _question_key(query)
         entry = st.static.get(key)
-        location: tuple[Location, Any] | None = None
         if entry is LOCATED or entry is UNCACHED or entry is None:
-            entry, location = self._resolve(st, query, key, source, entry)
+            entry = self._resolve(st, query, key, source, entry)
         return self._assemble(query, entry, tcp), entry, entry.rcode
 
-    def _resolve(self, st: State, query: Query, key: bytes, source: str | None,
-                 marker: Any) -> tuple[Entry, tuple[Location, Any] | None]:
+    def _resolve(self, st: State, query: Query, key: bytes, source: str | None, marker: Any) -> Entry:
         """Resolve the question; cache what can be reused."""
         found = self._locate(st, query, source)
         if marker is LOCATED:
             entry = st.located.get((key, found[1]))
             if entry is not None:
-                return entry, found
+                return entry
         qname = Name((*query.labels, b""))
         resolution = st.snapshot.zones.lookup(qname, query.qtype)
         decision = None
@@ -358,7 +353,7 @@ class Answerer:
             if resolution.rcode == REFUSED:
                 st.refused[qtype] = entry
             elif resolution.rcode == NXDOMAIN and not resolution.answer and resolution.zone is not None:
-                origin = resolution.zone.origin.to_wire().lower()
+                origin = resolution.zone.origin_wire
                 st.negative[(origin, len(key) - 4, qtype)] = entry
         elif not decision.cacheable:
             st.static[key] = UNCACHED
@@ -369,7 +364,7 @@ class Answerer:
                 st.located.clear()
             st.static[key] = LOCATED
             st.located[(key, found[1])] = entry
-        return entry, found
+        return entry
 
     def decide(self, st: State, service: ServiceAnswer, location: Location) -> Decision:
         snapshot = st.snapshot
@@ -490,10 +485,11 @@ class _Writer:
 
 
 def _address_rdataset(qtype: int, ttl: int, addresses: tuple[str, ...]) -> dns.rdataset.Rdataset:
-    rdataset = dns.rdataset.Rdataset(dns.rdataclass.IN, qtype)
+    rdtype = dns.rdatatype.RdataType(qtype)
+    rdataset = dns.rdataset.Rdataset(dns.rdataclass.IN, rdtype)
     rdataset.update_ttl(ttl)
     for address in addresses:
-        rdataset.add(dns.rdata.from_text(dns.rdataclass.IN, qtype, address))
+        rdataset.add(dns.rdata.from_text(dns.rdataclass.IN, rdtype, address))
     return rdataset
 
 
@@ -581,12 +577,10 @@ def _negative(st: State, qname: bytes, qtype: bytes) -> Entry | None:
         pos += qname[pos] + 1
     offsets.append(pos)
     index = st.snapshot.index
-    for depth, offset in enumerate(offsets):
-        zone = index.get(qname[offset:])
-        if zone is not None:
-            break
-    else:
+    depth = next((d for d, offset in enumerate(offsets) if qname[offset:] in index), None)
+    if depth is None:
         return st.refused.get(qtype)
+    zone = index[qname[offsets[depth] :]]
     names = zone.names
     # Walk down from the origin's child to the name itself.
     for j in range(depth - 1, -1, -1):

@@ -126,6 +126,9 @@ class Control:
     def counters(self) -> Counters:
         raise NotImplementedError
 
+    async def run(self) -> None:
+        raise NotImplementedError
+
     async def reload(self, why: str) -> bool:
         """Build a new snapshot off the query path and swap it in whole; keep the old on error."""
         async with self._reload_lock:
@@ -255,6 +258,7 @@ class Worker:
         self.sources = options.sources
         self.listeners = listeners
         self.control = control
+        self._reloading: asyncio.Future[None] | None = None
         self.udp: list[UdpServer] = []
         self.tcp: list[TcpServer] = []
         self._stop = asyncio.Event()
@@ -293,7 +297,7 @@ class Worker:
             _, version, states = message
             self.answerer.set_health(HealthView(version, MappingProxyType(states)))
         elif kind == "reload":
-            asyncio.ensure_future(self._reload())
+            self._reloading = asyncio.ensure_future(self._reload())  # one at a time: the supervisor waits
 
     async def _reload(self) -> None:
         try:
@@ -476,7 +480,7 @@ def serve(options: Options, snapshot: Snapshot) -> None:
     server = Supervisor(options, snapshot) if options.workers > 1 else App(options, snapshot)
 
     async def main() -> None:
-        await server.run()  # type: ignore[attr-defined]
+        await server.run()
 
     asyncio.run(main())
 

@@ -149,7 +149,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"ok: {len(zones.zones)} zone{'s' if len(zones.zones) != 1 else ''} "
           f"({zones.record_count} records), {len(snapshot.services)} services, "
           f"{len(snapshot.config.datacenters)} data centers; probes contact "
-          f"{', '.join(probes) if probes else 'nothing'}; geo database {meta.database_type} ({meta.path.name}, built {meta.build_date})")
+          f"{', '.join(probes) if probes else 'nothing'}; "
+          f"geo database {meta.database_type} ({meta.path.name}, built {meta.build_date})")
     return 0
 
 

@@ -12,6 +12,7 @@ import dns.rdatatype
 from gslb.health import HealthView
 from gslb.policy import choose
 from gslb.snapshot import Snapshot
+from gslb.zones import ServiceAnswer
 
 
 def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
@@ -49,9 +50,10 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
     service = resolution.service
     if service is None:
         out["kind"] = "static"
-        out["rcode"] = dns.rcode.to_text(resolution.rcode)  # type: ignore[attr-defined]
+        out["rcode"] = dns.rcode.to_text(dns.rcode.Rcode(resolution.rcode))
         out["answer"] = [f"{owner} {rds.ttl} {dns.rdatatype.to_text(rds.rdtype)} {rd}"
-                         for owner, rds in resolution.answer for rd in rds]  # type: ignore[union-attr]
+                         for item in resolution.answer if not isinstance(item, ServiceAnswer)
+                         for owner, rds in [item] for rd in rds]
         out["ecs_scope"] = 0
         out["why"] = "static zone data: the same answer for every client (ECS scope 0)"
         return out

@@ -53,7 +53,7 @@ class WireRdata:
         file.write(self.wire)
 
     def to_rdata(self) -> dns.rdata.Rdata:
-        return dns.rdata.from_wire(IN, self.rdtype, self.wire, 0, len(self.wire))
+        return dns.rdata.from_wire(IN, dns.rdatatype.RdataType(self.rdtype), self.wire, 0, len(self.wire))
 
     def to_text(self, origin: Any = None, relativize: bool = True, **kw: Any) -> str:
         return self.to_rdata().to_text()
@@ -141,7 +141,8 @@ class _Reader:
             if text == "@":
                 name = self.origin
             elif text.endswith("."):
-                name = Name([label.encode() for label in text[:-1].split(".")] + [b""]) if text != "." else dns.name.root
+                labels = text[:-1].split(".") if text != "." else []
+                name = Name([label.encode() for label in labels] + [b""])
             else:
                 name = Name([label.encode() for label in text.split(".")] + list(self.origin.labels))
             if any(not label for label in name.labels[:-1]):
@@ -253,15 +254,15 @@ def _strings(args: list[str]) -> tuple[bytes, ...]:
 def _mx(reader: _Reader, args: list[str]) -> dns.rdata.Rdata:
     if len(args) != 2 or not _NUMBER.match(args[0]) or int(args[0]) > 65535:
         raise _Unusual("MX")
-    return dns.rdtypes.ANY.MX.MX(IN, dns.rdatatype.MX, int(args[0]), reader.name(args[1]))
+    return dns.rdtypes.ANY.MX.MX(IN, dns.rdatatype.MX, int(args[0]), reader.name(args[1]))  # type: ignore[no-untyped-call]
 
 
 _MAKERS: dict[int, Callable[[_Reader, list[str]], dns.rdata.Rdata | WireRdata]] = {
     dns.rdatatype.A: _a,
     dns.rdatatype.AAAA: _aaaa,
-    dns.rdatatype.CNAME: lambda r, a: dns.rdtypes.ANY.CNAME.CNAME(IN, dns.rdatatype.CNAME, r.name(_one(a))),
-    dns.rdatatype.NS: lambda r, a: dns.rdtypes.ANY.NS.NS(IN, dns.rdatatype.NS, r.name(_one(a))),
-    dns.rdatatype.PTR: lambda r, a: dns.rdtypes.ANY.PTR.PTR(IN, dns.rdatatype.PTR, r.name(_one(a))),
+    dns.rdatatype.CNAME: lambda r, a: dns.rdtypes.ANY.CNAME.CNAME(IN, dns.rdatatype.CNAME, r.name(_one(a))),  # type: ignore[no-untyped-call]
+    dns.rdatatype.NS: lambda r, a: dns.rdtypes.ANY.NS.NS(IN, dns.rdatatype.NS, r.name(_one(a))),  # type: ignore[no-untyped-call]
+    dns.rdatatype.PTR: lambda r, a: dns.rdtypes.ANY.PTR.PTR(IN, dns.rdatatype.PTR, r.name(_one(a))),  # type: ignore[no-untyped-call]
     dns.rdatatype.MX: _mx,
     dns.rdatatype.TXT: _txt,
 }

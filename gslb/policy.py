@@ -318,9 +318,10 @@ def choose(
     of them: NODATA), so a dual-stack client is never sent to one site over IPv4 and to
     another over IPv6.  The one exception is an operator's: a VIP that ``health`` reports
     down (drained) is never answered, and a data center whose VIPs of the family are all
-    drained counts as down for that family (rather than answering NODATA).  When every member is down, ``all_down`` decides: "open" applies the
-    policy as if all were up, "fallback" answers the fallback addresses, "nodata" nothing,
-    "servfail" SERVFAIL.  While any member is down the TTL is ``ttl_degraded``.
+    drained counts as down for that family (rather than answering NODATA).  When every
+    member is down, ``all_down`` decides: "open" applies the policy as if all were up,
+    "fallback" answers the fallback addresses, "nodata" nothing, "servfail" SERVFAIL.
+    While any member is down the TTL is ``ttl_degraded``.
 
     ``location_dependent`` is False when no other client could get another answer now: one
     healthy member, failover, weighted, a geo map without rules, every all-down mode but open.

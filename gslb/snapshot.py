@@ -125,7 +125,7 @@ def _bind_services(zones: ZoneSet, config: Config) -> tuple[dict[dns.name.Name, 
             continue
         clash = static_addresses(zones, name)
         if clash:
-            kinds = "/".join(sorted(dns.rdatatype.to_text(t) for t in clash))
+            kinds = "/".join(sorted(dns.rdatatype.to_text(dns.rdatatype.RdataType(t)) for t in clash))
             problems.append(f"{where}: {zone.path} also has static {kinds} records at {service.name}")
             continue
         cut = _cut_above(zone, name, include_self=True)

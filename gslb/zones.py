@@ -214,7 +214,7 @@ class Zone:
         self.soa = nodes[origin][TYPE_SOA]
         soa = self.soa[0]
         # RFC 2308 §5: the negative TTL is the lesser of the SOA's TTL and its MINIMUM.
-        self.negative_ttl = min(self.soa.ttl, soa.minimum)  # type: ignore[attr-defined]
+        self.negative_ttl = min(self.soa.ttl, soa.minimum)
         self.negative_soa = _with_ttl(self.soa, self.negative_ttl)
         # Keyed case-insensitively, valued as the zone file spells them: an owner name in an
         # answer must not take the case of whoever asked first (answers are cached).
@@ -264,7 +264,7 @@ def wire_of(name: Name) -> bytes:
 
 
 def _with_ttl(rdataset: Rdataset, ttl: int) -> Rdataset:
-    copy = rdataset.copy()
+    copy: Rdataset = rdataset.copy()  # type: ignore[no-untyped-call]
     copy.ttl = ttl
     return copy
 
@@ -302,7 +302,7 @@ def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list
             # RFC 2181 §5.2: TTLs in an RRset must agree; like named, use the lowest.
             log.debug("%s:%d: TTL differs within the %s RRset", rec.file, rec.line, rec.name)
             rdataset.ttl = min(rdataset.ttl, rec.ttl)
-        rdataset.add(rec.rdata)  # type: ignore[arg-type]
+        rdataset.add(rec.rdata)
     where = str(path)
 
     def line_of(name: Name, rdtype: int) -> tuple[str, int]:
@@ -319,7 +319,7 @@ def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list
         if TYPE_CNAME in types:
             others = set(types) - CNAME_NEIGHBOURS
             if others:
-                kinds = ", ".join(sorted(dns.rdatatype.to_text(t) for t in others))
+                kinds = ", ".join(sorted(dns.rdatatype.to_text(dns.rdatatype.RdataType(t)) for t in others))
                 problems.append(
                     Problem(*line_of(name, TYPE_CNAME), f"{name} has a CNAME and other data ({kinds})")
                 )
@@ -383,7 +383,7 @@ class ZoneSet:
     def index(self) -> dict[bytes, ZoneIndex]:
         """Per zone origin (lower-case wire form), the names the fast path needs to answer
         NXDOMAIN without a full lookup."""
-        return {zone.origin.to_wire().lower(): ZoneIndex.of(zone) for zone in self.zones.values()}
+        return {zone.origin_wire: ZoneIndex.of(zone) for zone in self.zones.values()}
 
     def lookup(self, qname: Name, qtype: int) -> Resolution:
         zone = self.find_zone(qname)
@@ -448,7 +448,7 @@ class ZoneSet:
         cname = types.get(TYPE_CNAME)
         if cname is not None:
             result.answer.append((owner, cname))
-            return cname[0].target  # type: ignore[attr-defined,no-any-return]
+            return cname[0].target  # type: ignore[no-any-return]
         result.authority.append((zone.origin, zone.negative_soa))
         return None
 
@@ -464,7 +464,7 @@ class ZoneSet:
     def _glue(self, zone: Zone, ns: Rdataset) -> Section:
         glue: Section = []
         for rdata in ns:
-            target: Name = rdata.target  # type: ignore[attr-defined]
+            target: Name = rdata.target
             target_zone = self.find_zone(target)
             if target_zone is None:
                 continue

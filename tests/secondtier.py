@@ -142,7 +142,7 @@ def main() -> None:
     for balancer in balancers:
         balancer.start()
         print(f"{balancer.name}: nginx on {balancer.vip}:{PORT} -> backends "
-              f"{', '.join(str(b.port) for b in balancer.backends)} (pid {balancer.proc.pid if balancer.proc else '-'})")
+              f"{', '.join(str(b.port) for b in balancer.backends)}")
     print("Ctrl-C stops them all")
     try:
         signal.pause()

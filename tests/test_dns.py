@@ -119,7 +119,8 @@ def test_question_case_is_returned_exactly(example_server: Server) -> None:
 
 def test_labels_are_octet_strings(example_server: Server) -> None:
     # RFC 2181 §11: a dot or a NUL inside a label is valid; such a name is simply not ours.
-    wire = struct.pack("!6H", 0x4242, 0, 1, 0, 0, 0) + b"\x03a.b\x04\x00\xffxy\x07example\x03com\x00" + b"\x00\x01\x00\x01"
+    name = b"\x03a.b\x04\x00\xffxy\x07example\x03com\x00"
+    wire = struct.pack("!6H", 0x4242, 0, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
     reply = _udp_exchange(example_server.port, wire)
     assert reply is not None
     assert reply[:2] == b"\x42\x42"

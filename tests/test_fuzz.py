@@ -7,10 +7,10 @@ import socket
 import struct
 
 import dns.edns
-import dnslib
 import dns.message
 import dns.opcode
 import dns.rcode
+import dnslib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
