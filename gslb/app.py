@@ -96,6 +96,31 @@ def bind(address: ListenAddress, reuse_port: bool) -> Listener:
     raise OSError(f"no port free for both UDP and TCP on {address.host}")
 
 
+class Listening:
+    """The UDP and TCP servers of one process, around one handler."""
+
+    def __init__(self, handle: Callable[[bytes, str | None, bool], bytes | None], options: Options):
+        self.handle = handle
+        self.options = options
+        self.udp: list[UdpServer] = []
+        self.tcp: list[TcpServer] = []
+
+    async def add(self, listener: Listener) -> None:
+        udp = UdpServer(listener.udp, self.handle)
+        tcp = TcpServer(self.handle, idle_timeout=self.options.tcp_idle_timeout,
+                        max_connections=self.options.tcp_max_connections)
+        await tcp.start(listener.address, sock=listener.tcp)
+        udp.start()
+        self.udp.append(udp)
+        self.tcp.append(tcp)
+
+    async def stop(self) -> None:
+        for udp in self.udp:
+            await asyncio.to_thread(udp.stop)
+        for tcp in self.tcp:
+            await tcp.stop()
+
+
 class Control:
     """What one server has whatever its shape: the snapshot, probes, reloads and signals."""
 
@@ -204,8 +229,7 @@ class App(Control):
         self.answerer = Answerer(snapshot, self.monitor.view)
         if options.query_log > 0:
             self.answerer.query_log = QueryLog(self.answerer, options.query_log)
-        self.udp: list[UdpServer] = []
-        self.tcp: list[TcpServer] = []
+        self.listening = Listening(self.answerer.handle, options)
 
     def health_changed(self, view: HealthView) -> None:
         self.answerer.set_health(view)
@@ -219,29 +243,14 @@ class App(Control):
     async def run(self) -> None:
         for address in self.options.listen:
             listener = bind(address, reuse_port=False)
-            await self._listen(listener)
+            await self.listening.add(listener)
+            self.bound.append(listener.address)
+            log.info("listening on %s (UDP and TCP)", listener.address)
         try:
             await self.serve_until_stopped()
         finally:
-            await self.stop_listening()
+            await self.listening.stop()
         log.info("stopped")
-
-    async def _listen(self, listener: Listener) -> None:
-        udp = UdpServer(listener.udp, self.answerer.handle)
-        tcp = TcpServer(self.answerer.handle, idle_timeout=self.options.tcp_idle_timeout,
-                        max_connections=self.options.tcp_max_connections)
-        await tcp.start(listener.address, sock=listener.tcp)
-        udp.start()
-        self.udp.append(udp)
-        self.tcp.append(tcp)
-        self.bound.append(listener.address)
-        log.info("listening on %s (UDP and TCP)", listener.address)
-
-    async def stop_listening(self) -> None:
-        for udp in self.udp:
-            await asyncio.to_thread(udp.stop)
-        for tcp in self.tcp:
-            await tcp.stop()
 
 
 # -- several worker processes ------------------------------------------------------------
@@ -259,8 +268,7 @@ class Worker:
         self.listeners = listeners
         self.control = control
         self._reloading: asyncio.Future[None] | None = None
-        self.udp: list[UdpServer] = []
-        self.tcp: list[TcpServer] = []
+        self.listening = Listening(self.answerer.handle, options)
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
@@ -269,22 +277,13 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         for listener in self.listeners:
-            udp = UdpServer(listener.udp, self.answerer.handle)
-            tcp = TcpServer(self.answerer.handle, idle_timeout=self.options.tcp_idle_timeout,
-                            max_connections=self.options.tcp_max_connections)
-            await tcp.start(listener.address, sock=listener.tcp)
-            udp.start()
-            self.udp.append(udp)
-            self.tcp.append(tcp)
+            await self.listening.add(listener)
         loop.add_reader(self.control.fileno(), self._message)
         reporter = asyncio.create_task(self._report())
         await self._stop.wait()
         reporter.cancel()
         loop.remove_reader(self.control.fileno())
-        for udp in self.udp:
-            await asyncio.to_thread(udp.stop)
-        for tcp in self.tcp:
-            await tcp.stop()
+        await self.listening.stop()
 
     def _message(self) -> None:
         try:
