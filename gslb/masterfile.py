@@ -21,10 +21,6 @@ import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rdtypes.ANY.CNAME
-import dns.rdtypes.ANY.MX
-import dns.rdtypes.ANY.NS
-import dns.rdtypes.ANY.PTR
 import dns.ttl
 
 Name = dns.name.Name
@@ -74,6 +70,45 @@ class WireRdata:
         return hash((self.rdtype, self.wire))
 
 
+class NameRdata:
+    """CNAME, NS, PTR and MX data: a name (compressed in answers, RFC 3597 §4), with an MX
+    preference. Equal and hashed by the name in lower case, as dnspython's rdata are, without
+    encoding it first."""
+
+    __slots__ = ("_key", "preference", "rdtype", "target")
+    rdclass = IN
+
+    def __init__(self, rdtype: int, target: Name, preference: int | None = None):
+        self.rdtype = rdtype
+        self.target = target
+        self.preference = preference
+        self._key = (rdtype, preference, tuple(label.lower() for label in target.labels))
+
+    @property
+    def exchange(self) -> Name:  # MX's name for it
+        return self.target
+
+    def to_wire(self, file: Any = None, compress: Any = None, origin: Any = None, canonicalize: bool = False) -> None:
+        if self.preference is not None:
+            file.write(self.preference.to_bytes(2, "big"))
+        self.target.to_wire(file, compress, origin, canonicalize)
+
+    def to_text(self, origin: Any = None, relativize: bool = True, **kw: Any) -> str:
+        target = self.target.choose_relativity(origin, relativize).to_text()
+        return target if self.preference is None else f"{self.preference} {target}"
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, NameRdata):
+            return self._key == other._key
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+
 _IPV4 = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
 
 
@@ -106,7 +141,7 @@ class _Unusual(Exception):
 class Record:
     name: Name
     ttl: int
-    rdata: dns.rdata.Rdata | WireRdata
+    rdata: dns.rdata.Rdata | WireRdata | NameRdata
     file: str
     line: int
 
@@ -132,10 +167,10 @@ class _Reader:
         self.origin = origin
         self.default_ttl: int | None = None
         self.last_owner: Name | None = None
-        self.names: dict[tuple[str, Name], Name] = {}
+        self.names: dict[str, Name] = {}  # for the current origin
 
     def name(self, text: str) -> Name:
-        key = (text, self.origin)
+        key = text
         name = self.names.get(key)
         if name is None:
             if text == "@":
@@ -191,6 +226,7 @@ class _Reader:
             directive = first.upper()
             if directive == "$ORIGIN" and len(tokens) == 2:
                 self.origin = self.name(tokens[1])
+                self.names = {}  # relative names now mean something else
                 if not self.origin.is_subdomain(self.zone_origin):
                     raise _Unusual("$ORIGIN outside the zone")
                 return None
@@ -251,18 +287,18 @@ def _strings(args: list[str]) -> tuple[bytes, ...]:
     return tuple(out)
 
 
-def _mx(reader: _Reader, args: list[str]) -> dns.rdata.Rdata:
+def _mx(reader: _Reader, args: list[str]) -> NameRdata:
     if len(args) != 2 or not _NUMBER.match(args[0]) or int(args[0]) > 65535:
         raise _Unusual("MX")
-    return dns.rdtypes.ANY.MX.MX(IN, dns.rdatatype.MX, int(args[0]), reader.name(args[1]))  # type: ignore[no-untyped-call]
+    return NameRdata(dns.rdatatype.MX, reader.name(args[1]), int(args[0]))
 
 
-_MAKERS: dict[int, Callable[[_Reader, list[str]], dns.rdata.Rdata | WireRdata]] = {
+_MAKERS: dict[int, Callable[[_Reader, list[str]], dns.rdata.Rdata | WireRdata | NameRdata]] = {
     dns.rdatatype.A: _a,
     dns.rdatatype.AAAA: _aaaa,
-    dns.rdatatype.CNAME: lambda r, a: dns.rdtypes.ANY.CNAME.CNAME(IN, dns.rdatatype.CNAME, r.name(_one(a))),  # type: ignore[no-untyped-call]
-    dns.rdatatype.NS: lambda r, a: dns.rdtypes.ANY.NS.NS(IN, dns.rdatatype.NS, r.name(_one(a))),  # type: ignore[no-untyped-call]
-    dns.rdatatype.PTR: lambda r, a: dns.rdtypes.ANY.PTR.PTR(IN, dns.rdatatype.PTR, r.name(_one(a))),  # type: ignore[no-untyped-call]
+    dns.rdatatype.CNAME: lambda r, a: NameRdata(dns.rdatatype.CNAME, r.name(_one(a))),
+    dns.rdatatype.NS: lambda r, a: NameRdata(dns.rdatatype.NS, r.name(_one(a))),
+    dns.rdatatype.PTR: lambda r, a: NameRdata(dns.rdatatype.PTR, r.name(_one(a))),
     dns.rdatatype.MX: _mx,
     dns.rdatatype.TXT: _txt,
 }

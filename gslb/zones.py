@@ -41,6 +41,7 @@ Rdataset = dns.rdataset.Rdataset
 MAX_CNAME_CHAIN = 12  # loops and absurd chains end here, as in most servers
 MAX_SYNTAX_ERRORS_PER_FILE = 20
 WILDCARD = b"*"
+WILDCARD_WIRE = b"\x01*"
 # Types that may sit beside a CNAME (RFC 2181 §10.1, RFC 4035 §2.5).
 CNAME_NEIGHBOURS = {TYPE_CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.KEY}
 
@@ -205,29 +206,33 @@ def _line_text(file: str, line: int) -> str:
 
 
 class Zone:
-    """One zone's data, immutable once built."""
+    """One zone's data, immutable once built.
 
-    def __init__(self, origin: Name, path: str, nodes: dict[Name, dict[int, Rdataset]]):
+    Nodes are keyed by the owner's lower-case wire form (see wire_of): bytes hash once and
+    compare fast, and ancestors are suffixes; `names` keeps each owner as the file spells it.
+    """
+
+    def __init__(self, origin: Name, path: str, nodes: dict[bytes, dict[int, Rdataset]],
+                 names: dict[bytes, Name]):
         self.origin = origin
+        self.origin_wire = wire_of(origin)
         self.path = path
         self.nodes = nodes
-        self.soa = nodes[origin][TYPE_SOA]
+        self.names = names
+        self.soa = nodes[self.origin_wire][TYPE_SOA]
         soa = self.soa[0]
         # RFC 2308 §5: the negative TTL is the lesser of the SOA's TTL and its MINIMUM.
         self.negative_ttl = min(self.soa.ttl, soa.minimum)
         self.negative_soa = _with_ttl(self.soa, self.negative_ttl)
-        # Keyed case-insensitively, valued as the zone file spells them: an owner name in an
-        # answer must not take the case of whoever asked first (answers are cached).
-        self.cuts = {n: n for n, types in nodes.items() if TYPE_NS in types and n != origin}
-        # Every name that exists, empty non-terminals included (RFC 4592 §2.2.2), in
-        # lower-case wire form: ancestors are then suffixes, and cheap to walk.
-        self.origin_wire = wire_of(origin)
+        # Valued as the zone file spells them: an owner name in an answer must not take the
+        # case of whoever asked first (answers are cached).
+        self.cuts = {w: names[w] for w, types in nodes.items() if TYPE_NS in types and w != self.origin_wire}
+        # Every name that exists, empty non-terminals included (RFC 4592 §2.2.2).
         self.existing: set[bytes] = set()
-        for name in nodes:
-            self.add_existing(name)
+        for wire in nodes:
+            self.add_existing(wire)
 
-    def add_existing(self, name: Name) -> None:
-        wire = wire_of(name)
+    def add_existing(self, wire: bytes) -> None:
         while wire not in self.existing and len(wire) >= len(self.origin_wire):
             self.existing.add(wire)
             if wire == self.origin_wire:
@@ -253,8 +258,8 @@ class ZoneIndex:
         return cls(
             zone.origin_wire,
             frozenset(zone.existing),
-            frozenset(wire_of(name.parent()) for name in zone.nodes if name.labels[0] == WILDCARD),
-            frozenset(wire_of(name) for name in zone.cuts),
+            frozenset(wire[2:] for wire in zone.nodes if wire.startswith(WILDCARD_WIRE)),
+            frozenset(zone.cuts),
         )
 
 
@@ -283,39 +288,64 @@ def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list
     if len(problems) >= MAX_SYNTAX_ERRORS_PER_FILE:
         problems.append(Problem(str(path), 0, f"stopped after {len(problems)} errors"))
         return None, problems
-    nodes: dict[Name, dict[int, Rdataset]] = {}
-    first_line: dict[tuple[Name, int], tuple[str, int]] = {}
+    # Grouped by the owner object first (the fast reader hands out one object per owner
+    # text): a dnspython Name hashes slowly, so each name is hashed once, not per record.
+    groups: dict[int, tuple[Name, dict[int, Rdataset], dict[int, tuple[str, int]]]] = {}
     for rec in records:
         if isinstance(rec, _Record) and not rec.name.is_subdomain(origin):
             continue  # dnspython read it; reported by _read_records (the fast reader declines these)
         if rec.rdata.rdclass != dns.rdataclass.IN:
             problems.append(Problem(rec.file, rec.line, "only class IN is served"))
             continue
-        types = nodes.setdefault(rec.name, {})
+        group = groups.get(id(rec.name))
+        if group is None:
+            group = groups[id(rec.name)] = (rec.name, {}, {})
+        _, types, lines = group
         rdtype = rec.rdata.rdtype
         rdataset = types.get(rdtype)
         if rdataset is None:
             rdataset = types[rdtype] = dns.rdataset.Rdataset(dns.rdataclass.IN, rdtype)
             rdataset.ttl = rec.ttl
-            first_line[(rec.name, rdtype)] = (rec.file, rec.line)
+            lines[rdtype] = (rec.file, rec.line)
         elif rdataset.ttl != rec.ttl:
             # RFC 2181 §5.2: TTLs in an RRset must agree; like named, use the lowest.
             log.debug("%s:%d: TTL differs within the %s RRset", rec.file, rec.line, rec.name)
             rdataset.ttl = min(rdataset.ttl, rec.ttl)
         rdataset.add(rec.rdata)
+    nodes: dict[bytes, dict[int, Rdataset]] = {}
+    names: dict[bytes, Name] = {}
+    first_line: dict[bytes, dict[int, tuple[str, int]]] = {}
+    for name, types, lines in groups.values():
+        key = wire_of(name)
+        known = nodes.get(key)
+        if known is None:
+            nodes[key] = types
+            names[key] = name
+            first_line[key] = lines
+            continue
+        for rdtype, rdataset in types.items():  # the same name spelled another way
+            if rdtype in known:
+                known[rdtype].update_ttl(rdataset.ttl)
+                for rdata in rdataset:
+                    known[rdtype].add(rdata)
+            else:
+                known[rdtype] = rdataset
+                first_line[key].setdefault(rdtype, lines[rdtype])
     where = str(path)
+    origin_wire = wire_of(origin)
 
     def line_of(name: Name, rdtype: int) -> tuple[str, int]:
-        return first_line.get((name, rdtype), (where, 1))
+        return first_line.get(wire_of(name), {}).get(rdtype, (where, 1))
 
-    apex = nodes.get(origin, {})
+    apex = nodes.get(origin_wire, {})
     if TYPE_SOA not in apex:
         problems.append(Problem(where, 1, f"no SOA record at the zone apex {origin}"))
     elif len(apex[TYPE_SOA]) != 1:
         problems.append(Problem(*line_of(origin, TYPE_SOA), "more than one SOA record at the apex"))
     if TYPE_NS not in apex:
         problems.append(Problem(where, 1, f"no NS records at the zone apex {origin}"))
-    for name, types in nodes.items():
+    for key, types in nodes.items():
+        name = names[key]
         if TYPE_CNAME in types:
             others = set(types) - CNAME_NEIGHBOURS
             if others:
@@ -325,14 +355,15 @@ def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list
                 )
             if len(types[TYPE_CNAME]) > 1:
                 problems.append(Problem(*line_of(name, TYPE_CNAME), f"{name} has more than one CNAME"))
-            if name == origin:
+            if key == origin_wire:
                 problems.append(Problem(*line_of(name, TYPE_CNAME), "a CNAME at the zone apex"))
-        if TYPE_SOA in types and name != origin:
+        if TYPE_SOA in types and key != origin_wire:
             problems.append(Problem(*line_of(name, TYPE_SOA), f"SOA record at {name}, below the apex"))
     if problems:
         return None, problems
-    zone = Zone(origin, where, nodes)
-    for name, types in nodes.items():
+    zone = Zone(origin, where, nodes, names)
+    for key, types in nodes.items() if zone.cuts else ():
+        name = names[key]
         cut = _cut_above(zone, name, include_self=False)
         if cut is not None and not (set(types) <= {TYPE_A, TYPE_AAAA}):
             file, line = line_of(name, next(iter(types)))
@@ -346,13 +377,17 @@ def _cut_above(zone: Zone, name: Name, include_self: bool) -> Name | None:
     """The highest delegation point between the apex and `name`."""
     if not zone.cuts:
         return None
-    labels = name.labels
-    depth = len(zone.origin)
-    stop = len(labels) if include_self else len(labels) - 1
-    for i in range(depth + 1, stop + 1):
-        candidate = Name(labels[len(labels) - i :])
-        if candidate in zone.cuts:
-            return candidate
+    wire = wire_of(name)
+    suffixes = []  # the name's ancestors below the apex, deepest first
+    while len(wire) > len(zone.origin_wire):
+        suffixes.append(wire)
+        wire = wire[wire[0] + 1 :]
+    if not include_self:
+        suffixes = suffixes[1:]
+    for candidate in reversed(suffixes):  # the highest cut wins
+        cut = zone.cuts.get(candidate)
+        if cut is not None:
+            return cut
     return None
 
 
@@ -377,7 +412,7 @@ class ZoneSet:
         for name in names:
             zone = self.find_zone(name)
             if zone is not None:
-                zone.add_existing(name)
+                zone.add_existing(wire_of(name))
         return ZoneSet(self.zones, names)
 
     def index(self) -> dict[bytes, ZoneIndex]:
@@ -414,12 +449,11 @@ class ZoneSet:
             if result.answer:
                 return None  # a CNAME into a delegation: the resolver follows it itself
             result.authoritative = False
-            cut = zone.cuts[cut]
-            ns = zone.nodes[cut][TYPE_NS]
+            ns = zone.nodes[wire_of(cut)][TYPE_NS]
             result.authority.append((cut, ns))
             result.additional.extend(self._glue(zone, ns))
             return None
-        types = zone.nodes.get(name)
+        types = zone.nodes.get(wire_of(name))
         owner = name
         if types is None and name not in self.services:
             if wire_of(name) in zone.existing:
@@ -459,7 +493,7 @@ class ZoneSet:
             if encloser == zone.origin or len(encloser) <= len(zone.origin):
                 return None
             encloser = encloser.parent()
-        return zone.nodes.get(Name((WILDCARD, *encloser.labels)))
+        return zone.nodes.get(WILDCARD_WIRE + wire_of(encloser))
 
     def _glue(self, zone: Zone, ns: Rdataset) -> Section:
         glue: Section = []
@@ -468,7 +502,7 @@ class ZoneSet:
             target_zone = self.find_zone(target)
             if target_zone is None:
                 continue
-            types = target_zone.nodes.get(target, {})
+            types = target_zone.nodes.get(wire_of(target), {})
             for rdtype in (TYPE_A, TYPE_AAAA):
                 if rdtype in types:
                     glue.append((target, types[rdtype]))
@@ -505,5 +539,5 @@ def static_addresses(zones: ZoneSet, name: Name) -> set[int]:
     zone = zones.find_zone(name)
     if zone is None:
         return set()
-    types = zone.nodes.get(name, {})
+    types = zone.nodes.get(wire_of(name), {})
     return {t for t in types if t in (TYPE_A, TYPE_AAAA, TYPE_CNAME)}
