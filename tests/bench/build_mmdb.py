@@ -60,8 +60,15 @@ VIPS = [
 NETWORKS = CLIENT_V4 + CLIENT_V6 + VIPS
 
 # What each located ECS network must resolve to (used by the self-check and run.py).
-EXPECT_COUNTRY = {"1.1.2.3": "US", "2.2.0.1": "DE", "3.3.9.9": "JP", "5.5.1.1": "AU",
-                  "2a02:2:2::1": "DE", "2400:3:3:ff::1": "JP", "198.51.100.1": "DE"}
+EXPECT_COUNTRY = {
+    "1.1.2.3": "US",
+    "2.2.0.1": "DE",
+    "3.3.9.9": "JP",
+    "5.5.1.1": "AU",
+    "2a02:2:2::1": "DE",
+    "2400:3:3:ff::1": "JP",
+    "198.51.100.1": "DE",
+}
 
 
 def record(key: str) -> dict:

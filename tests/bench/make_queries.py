@@ -28,8 +28,14 @@ from pathlib import Path
 
 ZONE = "example.test"
 QTYPES = {"A": 1, "NS": 2, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28}
-MIX = ([("www", "A")] * 50 + [("www", "AAAA")] * 10 + [("static", "A")] * 20
-       + [("static", "AAAA")] * 10 + [("", "SOA")] * 5 + [("", "NS")] * 5)
+MIX = (
+    [("www", "A")] * 50
+    + [("www", "AAAA")] * 10
+    + [("static", "A")] * 20
+    + [("static", "AAAA")] * 10
+    + [("", "SOA")] * 5
+    + [("", "NS")] * 5
+)
 LOCATED_V4 = [1, 2, 3, 4, 5, 6, 7]  # first (= second) octet of the located /16s
 # Public first octets the database does not know (none of them is special-purpose).
 UNKNOWN_V4 = [8, 9, *range(11, 100)]

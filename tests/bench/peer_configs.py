@@ -32,9 +32,12 @@ DC_PLACE = {
     "ap": ("JP", "AS", 35.69, 139.69),
 }
 ORDER = {
-    "NA": ["us", "eu", "ap"], "SA": ["us", "eu", "ap"],
-    "EU": ["eu", "us", "ap"], "AF": ["eu", "us", "ap"],
-    "AS": ["ap", "eu", "us"], "OC": ["ap", "us", "eu"],
+    "NA": ["us", "eu", "ap"],
+    "SA": ["us", "eu", "ap"],
+    "EU": ["eu", "us", "ap"],
+    "AF": ["eu", "us", "ap"],
+    "AS": ["ap", "eu", "us"],
+    "OC": ["ap", "us", "eu"],
 }
 DEFAULT_ORDER = ["us", "eu", "ap"]
 
@@ -65,7 +68,9 @@ def gdnsd(run: Path, port: int, mmdb: Path, extra_zone: Path | None = None) -> l
         f"          {dc} => {{ addrs_v4 => [ {v4} ], addrs_v6 => [ {v6} ] }}" for dc, (v4, v6) in VIPS.items()
     )
     geomap = "\n".join(f"          {cont} => [ {', '.join(order)} ]" for cont, order in ORDER.items())
-    write(etc / "config", f"""# written by tests/bench/run.py
+    write(
+        etc / "config",
+        f"""# written by tests/bench/run.py
 options => {{
   listen => [ 127.0.0.1:{port} ]
   udp_threads => 1
@@ -81,7 +86,7 @@ plugins => {{
         geoip2_db => test-city.mmdb
         datacenters => [ us, eu, ap ]
         map => {{
-          default => [ {', '.join(DEFAULT_ORDER)} ]
+          default => [ {", ".join(DEFAULT_ORDER)} ]
 {geomap}
         }}
       }}
@@ -98,7 +103,8 @@ plugins => {{
     }}
   }}
 }}
-""")
+""",
+    )
     write(etc / "zones" / "example.test", STATIC_ZONE + "www      30 DYNA geoip!www\n")
     if extra_zone is not None:  # file name = zone name for gdnsd
         shutil.copyfile(extra_zone, etc / "zones" / extra_zone.name.removesuffix(".zone"))
@@ -145,22 +151,33 @@ def pdns_lua(run: Path, port: int, mmdb: Path, extra_zone: Path | None = None) -
     d = run / "pdns-lua"
     d.mkdir(parents=True, exist_ok=True)
     (d / "test-city.mmdb").write_bytes(mmdb.read_bytes())
-    write(d / "example.test.zone", STATIC_ZONE
-          + f"www      30 IN LUA A    {_lua('A')}\n"
-          + f"www      30 IN LUA AAAA {_lua('AAAA')}\n")
-    extra = (f'zone "{extra_zone.name.removesuffix(".zone")}" {{ type master; file "{extra_zone}"; }};\n'
-             if extra_zone is not None else "")
-    write(d / "named.conf", f'options {{ directory "{d}"; }};\n'
-          f'zone "example.test" {{ type master; file "{d}/example.test.zone"; }};\n' + extra)
+    write(
+        d / "example.test.zone",
+        STATIC_ZONE + f"www      30 IN LUA A    {_lua('A')}\n" + f"www      30 IN LUA AAAA {_lua('AAAA')}\n",
+    )
+    extra = (
+        f'zone "{extra_zone.name.removesuffix(".zone")}" {{ type master; file "{extra_zone}"; }};\n'
+        if extra_zone is not None
+        else ""
+    )
+    write(
+        d / "named.conf",
+        f'options {{ directory "{d}"; }};\n'
+        f'zone "example.test" {{ type master; file "{d}/example.test.zone"; }};\n' + extra,
+    )
     # The geoip backend serves no zone; it is launched so LUA's continent() can read the DB.
     write(d / "geoip-zones.yaml", "domains: []\n")
-    write(d / "pdns.conf", f"""# written by tests/bench/run.py: bind backend + LUA records
+    write(
+        d / "pdns.conf",
+        f"""# written by tests/bench/run.py: bind backend + LUA records
 launch=bind,geoip
 bind-config={d}/named.conf
 geoip-database-files=mmdb:{d}/test-city.mmdb
 geoip-zones-file={d}/geoip-zones.yaml
 enable-lua-records=yes
-""" + _pdns_common(d, port))
+"""
+        + _pdns_common(d, port),
+    )
     return ["pdns_server", f"--config-dir={d}"]
 
 
@@ -171,17 +188,18 @@ def pdns_geo(run: Path, port: int, mmdb: Path) -> list[str]:
 
     def rrs(dc: str) -> str:
         v4, v6 = VIPS[dc]
-        return (f"      - a: {{ content: {v4}, ttl: 30 }}\n"
-                f"      - aaaa: {{ content: \"{v6}\", ttl: 30 }}\n")
+        return f'      - a: {{ content: {v4}, ttl: 30 }}\n      - aaaa: {{ content: "{v6}", ttl: 30 }}\n'
 
     conts = "".join(f"    {cont.lower()}.www.example.test:\n{rrs(order[0])}" for cont, order in ORDER.items())
-    write(d / "example.test.yaml", f"""# written by tests/bench/run.py: geoip backend, %cn service
+    write(
+        d / "example.test.yaml",
+        f"""# written by tests/bench/run.py: geoip backend, %cn service
 domains:
 - domain: example.test
   ttl: 300
   records:
     example.test:
-      - soa: {SOA.replace('.example.test.', '.example.test')}
+      - soa: {SOA.replace(".example.test.", ".example.test")}
       - ns: ns1.example.test
     ns1.example.test:
       - a: 127.0.0.1
@@ -191,12 +209,17 @@ domains:
 {conts}    default.www.example.test:
 {rrs(DEFAULT_ORDER[0])}  services:
     www.example.test: [ '%cn.www.example.test', 'default.www.example.test' ]
-""")
-    write(d / "pdns.conf", f"""# written by tests/bench/run.py: geoip backend only
+""",
+    )
+    write(
+        d / "pdns.conf",
+        f"""# written by tests/bench/run.py: geoip backend only
 launch=geoip
 geoip-database-files=mmdb:{d}/test-city.mmdb
 geoip-zones-file={d}/example.test.yaml
-""" + _pdns_common(d, port))
+"""
+        + _pdns_common(d, port),
+    )
     return ["pdns_server", f"--config-dir={d}"]
 
 
@@ -218,7 +241,9 @@ def knot(run: Path, port: int, mmdb: Path, extra_zone: Path | None = None) -> li
     if extra_zone is not None:
         shutil.copyfile(extra_zone, d / "zones" / extra_zone.name)
         extra = f"  - domain: {extra_zone.name.removesuffix('.zone')}\n"
-    write(d / "knot.conf", f"""# written by tests/bench/run.py
+    write(
+        d / "knot.conf",
+        f"""# written by tests/bench/run.py
 server:
     rundir: "{d}"
     listen: 127.0.0.1@{port}
@@ -249,7 +274,9 @@ template:
 zone:
   - domain: example.test
     module: mod-geoip/geo
-""" + extra)
+"""
+        + extra,
+    )
     return ["knotd", "-c", str(d / "knot.conf")]
 
 
@@ -262,12 +289,17 @@ def gslb_zones(zones: Path) -> Path:
         f'country = "{c}"\ncontinent = "{k}"\nlatitude = {lat}\nlongitude = {lon}\n\n'
         for dc, (c, k, lat, lon) in DC_PLACE.items()
     )
+
+    def toml_list(names: list[str]) -> str:
+        return "[" + ", ".join(f'"{x}"' for x in names) + "]"
+
     rules = "".join(
-        f'    {{ match = "continent:{cont}", order = [{", ".join(repr(x).replace(chr(39), chr(34)) for x in order)}] }},\n'
-        for cont, order in ORDER.items()
+        f'    {{ match = "continent:{cont}", order = {toml_list(order)} }},\n' for cont, order in ORDER.items()
     )
     default = ", ".join(f'"{x}"' for x in DEFAULT_ORDER)
-    write(zones / "gslb.toml", f"""# written by tests/bench/run.py
+    write(
+        zones / "gslb.toml",
+        f"""# written by tests/bench/run.py
 # No checks on any data center: nothing is probed (the server also runs with --no-probes).
 [geo]
 no_ecs = "resolver"
@@ -280,5 +312,6 @@ ttl = 30
 map = [
 {rules}]
 default = [{default}]
-""")
+""",
+    )
     return zones

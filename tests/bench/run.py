@@ -58,8 +58,13 @@ HZ = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 DEB_PACKAGES = [
-    "dnsperf", "gdnsd", "pdns-server", "pdns-backend-bind", "pdns-backend-geoip",
-    "knot", "knot-module-geoip",
+    "dnsperf",
+    "gdnsd",
+    "pdns-server",
+    "pdns-backend-bind",
+    "pdns-backend-geoip",
+    "knot",
+    "knot-module-geoip",
 ]
 PY_MODULES = {"mmdb_writer": "mmdb-writer", "maxminddb": "maxminddb", "netaddr": "netaddr"}
 PEERS = ["gdnsd", "knot", "pdns-geo", "pdns-lua"]
@@ -75,18 +80,20 @@ SCENARIOS: dict[str, tuple[list[str], str]] = {
     "tcp": (["-m", "tcp", "-B", "-d", "mix-ecs-varied.bin"], "NOERROR"),
 }
 QUICK_SCENARIOS = ["static", "mix-ecsvar", "nxdomain", "tcp"]
-# TCP: gslb closes a connection after 10,000 queries (server.TCP_MAX_QUERIES) and dnsperf
-# 2.10 does not reconnect, so a long single-connection run stalls.  The TCP scenario
-# therefore spreads a fixed number of queries (-n passes over the 50k-query file) over
-# many connections, fewer than 10,000 per connection, for every server alike.
 # Several client sockets (source ports), as several resolvers would be: SO_REUSEPORT spreads
 # queries over gslb's worker processes by source address and port, so with one socket every
 # query would reach the same worker.  The same for every server.
 UDP_CLIENTS = 8
-OPEN_LOOP_OUTSTANDING = 65000  # dnsperf -q for the fixed-rate loss runs (16-bit query IDs)
+OPEN_LOOP_OUTSTANDING = 20000  # dnsperf -q for the fixed-rate loss runs
+# TCP: gslb closes a connection after 10,000 queries (server.TCP_MAX_QUERIES), and dnsperf
+# 2.10 does not reconnect by itself: a long run on one connection stalls with 100 queries
+# lost.  So every server gets 32 connections, each of which dnsperf replaces after 9,000
+# queries (-O num-queries-per-conn), and the run is time-bounded like the UDP ones.
 TCP_CLIENTS = 32
-TCP_PASSES = 5  # 250k queries, ~7.8k per connection
-TCP_PASSES_QUICK = 2  # 100k queries, ~3.1k per connection
+TCP_QUERIES_PER_CONN = 9000
+# dnsperf socket buffers (KiB; capped by net.core.rmem_max/wmem_max), so that a busy client
+# core does not drop answers in its own receive buffer
+CLIENT_BUFFER_KB = 4096
 
 # --------------------------------------------------------------------------- processes
 
@@ -98,11 +105,26 @@ class Procs:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.lock = threading.Lock()
 
-    def start(self, name: str, cmd: list[str], *, log: Path | None = None, cwd: Path | None = None,
-              env: dict[str, str] | None = None, stdout: Any = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        cmd: list[str],
+        *,
+        log: Path | None = None,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        stdout: Any = None,
+    ) -> subprocess.Popen[bytes]:
         out = open(log, "ab") if log is not None else (stdout or subprocess.DEVNULL)  # noqa: SIM115
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
-                             stdin=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True)
+        p = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
         if log is not None:
             out.close()
         with self.lock:
@@ -229,8 +251,12 @@ def affinities(pid: int) -> str:
 def pin_tree(pid: int, cpu: int) -> None:
     # Knot pins its workers itself (peers README, pitfall 1): re-pin every thread.
     for p in tree(pid):
-        subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(p)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            ["taskset", "-a", "-p", "-c", str(cpu), str(p)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
 
 
 def cpu_busy() -> dict[int, tuple[int, int]]:
@@ -251,6 +277,24 @@ def busy_pct(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int
     return (b1 - b0) * 100 / (t1 - t0) if t1 > t0 else math.nan
 
 
+def udp_drops(port: int) -> int:
+    """Datagrams the kernel dropped on the sockets bound to 127.0.0.1:port (receive buffer full)."""
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if int(f[1].rsplit(":", 1)[1], 16) == port:
+                    total += int(f[-1])
+    return total
+
+
+def rcvbuf_errors() -> int:
+    """All UDP receive-buffer drops on this machine (server, client and anyone else)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+    return int(lines[1][lines[0].index("RcvbufErrors")])
+
+
 def load1() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -260,8 +304,9 @@ def load1() -> float:
 
 def ensure_packages(install: bool) -> dict[str, str]:
     def installed(pkg: str) -> str | None:
-        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}\t${Version}", pkg],
-                           capture_output=True, text=True, check=False)
+        r = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}\t${Version}", pkg], capture_output=True, text=True, check=False
+        )
         if r.returncode == 0 and "install ok installed" in r.stdout:
             return r.stdout.split("\t")[1]
         return None
@@ -276,8 +321,9 @@ def ensure_packages(install: bool) -> dict[str, str]:
             apt = ["sudo", *apt]
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         if subprocess.run(apt, env=env, stdout=subprocess.DEVNULL, check=False, timeout=900).returncode != 0:
-            subprocess.run([*apt[: apt.index("install")], "update"], env=env, stdout=subprocess.DEVNULL,
-                           check=False, timeout=600)
+            subprocess.run(
+                [*apt[: apt.index("install")], "update"], env=env, stdout=subprocess.DEVNULL, check=False, timeout=600
+            )
             subprocess.run(apt, env=env, stdout=subprocess.DEVNULL, check=True, timeout=900)
     for tool in ("taskset", "dnsperf", "gdnsd", "pdns_server", "knotd"):
         if shutil.which(tool) is None:
@@ -311,24 +357,36 @@ def free_ports(n: int, start: int = 5451) -> list[int]:
 
 
 def gslb_has_workers() -> bool:
-    r = subprocess.run([sys.executable, "-m", "gslb", "serve", "--help"], cwd=REPO,
-                       capture_output=True, text=True, check=False, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "gslb", "serve", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     return "--workers" in r.stdout
 
 
 def git_rev() -> str:
-    r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                       capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "gslb"],
-                           capture_output=True, text=True, check=False).stdout.strip()
+    r = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "gslb"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return r.stdout.strip() + ("+uncommitted changes in gslb/" if dirty else "")
 
 
 # --------------------------------------------------------------------------- DNS checks
 
 
-def dns_query(port: int, name: str, qtype: str, ecs: str | None = None, tcp: bool = False,
-              timeout: float = 2.0) -> tuple[str, list[str]]:
+def dns_query(
+    port: int, name: str, qtype: str, ecs: str | None = None, tcp: bool = False, timeout: float = 2.0
+) -> tuple[str, list[str]]:
     import dns.edns
     import dns.message
     import dns.query
@@ -380,8 +438,9 @@ def check_answers(port: int, *, tcp_too: bool = True, timeout: float = 2.0) -> l
                 bad.append(f"{name} {qtype} ecs={ecs} {'tcp' if tcp else 'udp'}: {type(exc).__name__} {exc}")
                 continue
             if got_rcode != rcode or got != sorted(want):
-                bad.append(f"{name} {qtype} ecs={ecs} {'tcp' if tcp else 'udp'}: "
-                           f"{got_rcode} {got}, expected {rcode} {want}")
+                bad.append(
+                    f"{name} {qtype} ecs={ecs} {'tcp' if tcp else 'udp'}: {got_rcode} {got}, expected {rcode} {want}"
+                )
     return bad
 
 
@@ -391,7 +450,7 @@ def wait_answering(port: int, p: subprocess.Popen[bytes], timeout: float, zone: 
         if p.poll() is not None:
             raise RuntimeError(f"exited with status {p.returncode}")
         try:
-            rcode, _ = dns_query(port, zone, "SOA", timeout=0.5)
+            rcode, _ = dns_query(port, zone, "SOA", timeout=0.1)
             if rcode == "NOERROR":
                 return time.monotonic() - start
         except Exception:
@@ -454,12 +513,33 @@ class Bench:
         self.args = args
         self.qdir = qdir
 
-    def dnsperf(self, port: int, extra: list[str], *, seconds: float | None, rate: int | None = None,
-                verbose: bool = False, during: Any = None, outstanding: int = 100) -> Perf:
-        cmd = ["taskset", "-c", str(self.args.client_cpu), "dnsperf", "-s", "127.0.0.1", "-p", str(port),
-               "-q", str(outstanding), *extra]
+    def dnsperf(
+        self,
+        port: int,
+        extra: list[str],
+        *,
+        seconds: float | None,
+        rate: int | None = None,
+        verbose: bool = False,
+        during: Any = None,
+        outstanding: int = 100,
+    ) -> Perf:
+        cmd = [
+            "taskset",
+            "-c",
+            str(self.args.client_cpu),
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-q",
+            str(outstanding),
+            *extra,
+        ]
         if "-c" not in extra:
             cmd += ["-c", str(UDP_CLIENTS)]
+        cmd += ["-b", str(CLIENT_BUFFER_KB)]
         if seconds is not None:
             cmd += ["-l", f"{seconds:g}"]
         if rate:
@@ -512,8 +592,9 @@ class Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.log.write_text("")
         self.started = time.monotonic()
-        self.proc = PROCS.start(self.name, ["taskset", "-c", str(cpu), *self.cmd], log=self.log,
-                                cwd=self.cwd, env=self.env)
+        self.proc = PROCS.start(
+            self.name, ["taskset", "-c", str(cpu), *self.cmd], log=self.log, cwd=self.cwd, env=self.env
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -527,10 +608,22 @@ class Server:
             return ""
 
 
-def gslb_server(name: str, label: str, port: int, zones: Path, mmdb: Path, run: Path,
-                workers: int | None) -> Server:
-    cmd = [sys.executable, "-m", "gslb", "serve", "--zones", str(zones), "--geodb", str(mmdb),
-           "--listen", f"127.0.0.1:{port}", "--no-probes", "--state-file", str(run / f"{name}.state.json")]
+def gslb_server(name: str, label: str, port: int, zones: Path, mmdb: Path, run: Path, workers: int | None) -> Server:
+    cmd = [
+        sys.executable,
+        "-m",
+        "gslb",
+        "serve",
+        "--zones",
+        str(zones),
+        "--geodb",
+        str(mmdb),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--no-probes",
+        "--state-file",
+        str(run / f"{name}.state.json"),
+    ]
     if workers is not None:
         cmd += ["--workers", str(workers)]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -570,6 +663,7 @@ class Runner:
         self.notes: list[str] = []
         self.meta: dict[str, Any] = {}
         self.stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.started: list[Server] = []
 
     def note(self, text: str) -> None:
         print(f"NOTE: {text}", flush=True)
@@ -596,9 +690,14 @@ class Runner:
             "host": platform.node(),
             "kernel": platform.release(),
             "cpus_online": os.cpu_count(),
-            "cpu_model": next((line.split(":", 1)[1].strip() for line in
-                               Path("/proc/cpuinfo").read_text().splitlines()
-                               if line.startswith("model name")), "?"),
+            "cpu_model": next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")
+                ),
+                "?",
+            ),
             "python": platform.python_version(),
             "dnspython": dns.version.version,
             "maxminddb": getattr(maxminddb, "__version__", "?"),
@@ -621,14 +720,20 @@ class Runner:
         want = a.servers
         gslb_variants: list[tuple[str, str, int | None]] = []
         if "gslb" in want:
-            gslb_variants.append(("gslb", "gslb (1 worker)" if self.has_workers else "gslb", 1 if self.has_workers else None))
+            gslb_variants.append(
+                ("gslb", "gslb (1 worker)" if self.has_workers else "gslb", 1 if self.has_workers else None)
+            )
         if "gslb-w2" in want and self.has_workers:
             gslb_variants.append(("gslb-w2", "gslb (--workers 2)", 2))
         peers = [p for p in PEERS if p in want]
         ports = free_ports(len(peers) + len(gslb_variants))
         out: list[Server] = []
-        labels = {"gdnsd": "gdnsd 3.8 geoip", "pdns-lua": "pdns 4.7 LUA records",
-                  "pdns-geo": "pdns 4.7 geoip backend", "knot": "knot 3.2 mod-geoip"}
+        labels = {
+            "gdnsd": "gdnsd 3.8 geoip",
+            "pdns-lua": "pdns 4.7 LUA records",
+            "pdns-geo": "pdns 4.7 geoip backend",
+            "knot": "knot 3.2 mod-geoip",
+        }
         for name in peers:
             port = ports.pop(0)
             cmd = getattr(peer_configs, name.replace("-", "_"))(self.run, port, self.mmdb)
@@ -669,42 +774,79 @@ class Runner:
 
     # -- one measurement ------------------------------------------------------------------
 
-    def measure(self, s: Server, phase: str, scenario: str, rep: int, extra: list[str], *,
-                seconds: float | None, rate: int | None = None, verbose: bool = False,
-                expect_rcode: str | None = None, during: Any = None,
-                open_loop: bool = False) -> dict[str, Any]:
+    def measure(
+        self,
+        s: Server,
+        phase: str,
+        scenario: str,
+        rep: int,
+        extra: list[str],
+        *,
+        seconds: float | None,
+        rate: int | None = None,
+        verbose: bool = False,
+        expect_rcode: str | None = None,
+        during: Any = None,
+        open_loop: bool = False,
+    ) -> dict[str, Any]:
         pids = tree(s.pid)
         ld = load1()
         c0 = cpu_ticks(pids)
         b0 = cpu_busy()
+        d0, e0 = udp_drops(s.port), rcvbuf_errors()
         t0 = time.monotonic()
         # open_loop: a fixed rate that dnsperf keeps up even when answers stall (as resolvers
         # do), so a stalled server loses queries instead of silently slowing the client down.
-        perf = self.bench.dnsperf(s.port, extra, seconds=seconds, rate=rate, verbose=verbose, during=during,
-                                  outstanding=OPEN_LOOP_OUTSTANDING if open_loop else 100)
+        perf = self.bench.dnsperf(
+            s.port,
+            extra,
+            seconds=seconds,
+            rate=rate,
+            verbose=verbose,
+            during=during,
+            outstanding=OPEN_LOOP_OUTSTANDING if open_loop else 100,
+        )
         t1 = time.monotonic()
         b1 = cpu_busy()
+        d1, e1 = udp_drops(s.port), rcvbuf_errors()
         c1 = cpu_ticks(tree(s.pid))
         ticks = sum(v - c0.get(p, 0) for p, v in c1.items())
         cpu = ticks / HZ / (t1 - t0) * 100 if t1 > t0 else math.nan
         alive = s.proc is not None and s.proc.poll() is None
         row: dict[str, Any] = {
-            "phase": phase, "server": s.name, "label": s.label, "scenario": scenario, "rep": rep,
-            "rate": rate or "max", "qps": round(perf.qps, 1), "cpu_pct": round(cpu, 1),
+            "phase": phase,
+            "server": s.name,
+            "label": s.label,
+            "scenario": scenario,
+            "rep": rep,
+            "rate": rate or "max",
+            "qps": round(perf.qps, 1),
+            "cpu_pct": round(cpu, 1),
             "qps_per_core": round(perf.qps * 100 / cpu, 1) if cpu >= 5 else math.nan,
-            "avg_ms": round(perf.avg_ms, 3), "max_ms": round(perf.max_ms, 3),
-            "p50_ms": round(perf.pct(50), 3), "p99_ms": round(perf.pct(99), 3),
+            "avg_ms": round(perf.avg_ms, 3),
+            "max_ms": round(perf.max_ms, 3),
+            "p50_ms": round(perf.pct(50), 3),
+            "p99_ms": round(perf.pct(99), 3),
             "p999_ms": round(perf.pct(99.9), 3),
             "asked": int(rate * seconds) if rate and seconds else "",
-            "sent": perf.sent, "completed": perf.completed, "lost": perf.lost,
+            "sent": perf.sent,
+            "completed": perf.completed,
+            "lost": perf.lost,
+            # lost queries the kernel dropped at the server's sockets, and UDP buffer drops on
+            # the whole machine (the rest were dropped by the client's sockets or elsewhere)
+            "srv_drops": d1 - d0,
+            "rcvbuf_errors": e1 - e0,
             "rcodes": " ".join(f"{k}:{v}" for k, v in sorted(perf.rcodes.items())),
             # how busy each core was in all (server + everything else on it; dnsperf + the rest):
             # client near 100 % = the client limited the run; server core well above the
             # server's own CPU % = other processes took part of its core
             "client_core_pct": round(busy_pct(b0, b1, self.args.client_cpu), 1),
             "server_core_pct": round(busy_pct(b0, b1, self.args.server_cpu), 1),
-            "load1": ld, "affinity": affinities(s.pid) if alive else "",
-            "wall_s": round(t1 - t0, 2), "error": perf.error, "alive": alive,
+            "load1": ld,
+            "affinity": affinities(s.pid) if alive else "",
+            "wall_s": round(t1 - t0, 2),
+            "error": perf.error,
+            "alive": alive,
         }
         if perf.error:
             self.note(f"{s.label} {scenario}: dnsperf failed: {perf.error[-300:]}")
@@ -713,18 +855,19 @@ class Runner:
         if not alive:
             self.note(f"{s.label} died during {scenario}: {s.log_text()[-1500:]}")
         self.rows.append(row)
-        print(f"  {phase:8} {s.name:11} {scenario:11} rep {rep}: qps {perf.qps:9.0f}  cpu {cpu:5.1f}%  "
-              f"lost {perf.lost:6d}  avg {perf.avg_ms:7.3f} ms  cores c/s {row['client_core_pct']:3.0f}/"
-              f"{row['server_core_pct']:3.0f}%  load {ld}  {row['rcodes']}  [{row['affinity']}]", flush=True)
+        print(
+            f"  {phase:8} {s.name:11} {scenario:11} rep {rep}: qps {perf.qps:9.0f}  cpu {cpu:5.1f}%  "
+            f"lost {perf.lost:6d}  avg {perf.avg_ms:7.3f} ms  cores c/s {row['client_core_pct']:3.0f}/"
+            f"{row['server_core_pct']:3.0f}%  load {ld}  {row['rcodes']}  [{row['affinity']}]",
+            flush=True,
+        )
         return row
 
     def scenario_args(self, scenario: str) -> tuple[list[str], str, float | None]:
         extra, rcode = SCENARIOS[scenario]
         seconds: float | None = self.args.duration
         if scenario == "tcp":
-            passes = TCP_PASSES_QUICK if self.args.quick else TCP_PASSES
-            extra = [*extra, "-c", str(TCP_CLIENTS), "-n", str(passes)]
-            seconds = self.args.duration * 1.5  # a cap for slow servers; fast ones end by -n
+            extra = [*extra, "-c", str(TCP_CLIENTS), "-O", f"num-queries-per-conn={TCP_QUERIES_PER_CONN}"]
         return list(extra), rcode, seconds
 
     def under_load_checker(self, s: Server, scenario: str) -> Any:
@@ -768,8 +911,9 @@ class Runner:
                     work = result = None
                     if scenario == "mix-ecsvar":
                         work, result = self.under_load_checker(s, scenario)
-                    row = self.measure(s, "matrix", scenario, rep, extra, seconds=seconds,
-                                       expect_rcode=rcode, during=work)
+                    row = self.measure(
+                        s, "matrix", scenario, rep, extra, seconds=seconds, expect_rcode=rcode, during=work
+                    )
                     if result is not None:
                         row["under_load_wrong"] = len(result.get("wrong", []))
                         row["under_load_timeouts"] = result.get("timeouts", 0)
@@ -779,12 +923,26 @@ class Runner:
         for s in servers:
             if s.proc is None or s.proc.poll() is not None:
                 continue
-            self.measure(s, "latency", "mix-ecsvar", 1, extra, seconds=self.args.latency_seconds,
-                         rate=1000, verbose=True, expect_rcode=rcode)
+            self.measure(
+                s,
+                "latency",
+                "mix-ecsvar",
+                1,
+                extra,
+                seconds=self.args.latency_seconds,
+                rate=1000,
+                verbose=True,
+                expect_rcode=rcode,
+            )
 
     def peak(self, name: str, scenario: str = "mix-ecsvar") -> float:
-        return median([r["qps"] for r in self.rows
-                       if r["phase"] == "matrix" and r["server"] == name and r["scenario"] == scenario])
+        return median(
+            [
+                r["qps"]
+                for r in self.rows
+                if r["phase"] == "matrix" and r["server"] == name and r["scenario"] == scenario
+            ]
+        )
 
     def lost_at_80(self, servers: list[Server]) -> None:
         extra, rcode, _ = self.scenario_args("mix-ecsvar")
@@ -794,17 +952,38 @@ class Runner:
             peak = self.peak(s.name)
             if math.isnan(peak) or peak <= 0:
                 continue
-            self.measure(s, "lost@80%", "mix-ecsvar", 1, extra, seconds=self.args.duration,
-                         rate=int(peak * 0.8), expect_rcode=rcode, open_loop=True)
+            # as the peak was measured (at most 100 queries in flight: dnsperf waits for a slow
+            # server), and open loop (up to 20,000 in flight: it keeps sending, as resolvers do)
+            for mode, open_loop in (("-q 100", False), (f"-q {OPEN_LOOP_OUTSTANDING}", True)):
+                self.measure(
+                    s,
+                    "lost@80%",
+                    mode,
+                    1,
+                    extra,
+                    seconds=self.args.duration,
+                    rate=int(peak * 0.8),
+                    expect_rcode=rcode,
+                    open_loop=open_loop,
+                )
 
     def footprint(self, servers: list[Server]) -> None:
         for s in servers:
             if s.proc is None or s.proc.poll() is not None:
                 continue
             mem = memory(s.pid)
-            self.rows.append({"phase": "memory", "server": s.name, "label": s.label, "scenario": "example.test",
-                              "rss_mib": round(mem["rss_mib"], 1), "pss_mib": round(mem["pss_mib"], 1),
-                              "procs": mem["procs"], "ready_s": round(s.ready_s, 2)})
+            self.rows.append(
+                {
+                    "phase": "memory",
+                    "server": s.name,
+                    "label": s.label,
+                    "scenario": "example.test",
+                    "rss_mib": round(mem["rss_mib"], 1),
+                    "pss_mib": round(mem["pss_mib"], 1),
+                    "procs": mem["procs"],
+                    "ready_s": round(s.ready_s, 2),
+                }
+            )
 
     def correctness(self, servers: list[Server], when: str) -> None:
         for s in servers:
@@ -814,8 +993,16 @@ class Runner:
             s.problems += [f"{when}: {b}" for b in bad]
             status = "all answers as expected" if not bad else f"{len(bad)} WRONG: " + "; ".join(bad)
             print(f"  check {when:6} {s.label:24} {status}", flush=True)
-            self.rows.append({"phase": "check", "server": s.name, "label": s.label, "scenario": when,
-                              "wrong": len(bad), "error": "; ".join(bad)})
+            self.rows.append(
+                {
+                    "phase": "check",
+                    "server": s.name,
+                    "label": s.label,
+                    "scenario": when,
+                    "wrong": len(bad),
+                    "error": "; ".join(bad),
+                }
+            )
             if bad:
                 self.note(f"{s.label} answers differ from the expected ones ({when}): {bad}")
 
@@ -825,8 +1012,9 @@ class Runner:
         a = self.args
         variants: list[tuple[str, str, int | None]] = []
         if "gslb" in a.servers:
-            variants.append(("gslb-big", "gslb (1 worker)" if self.has_workers else "gslb",
-                             1 if self.has_workers else None))
+            variants.append(
+                ("gslb-big", "gslb (1 worker)" if self.has_workers else "gslb", 1 if self.has_workers else None)
+            )
         if "gslb-w2" in a.servers and self.has_workers:
             variants.append(("gslb-big-w2", "gslb (--workers 2)", 2))
         if a.big_records <= 0:
@@ -836,17 +1024,21 @@ class Runner:
         t = time.monotonic()
         make_queries.write_big_zone(zones / "big.test.zone", self.qdir / "bigzone.txt", a.big_records)
         size = (zones / "big.test.zone").stat().st_size
-        print(f"big zone: {a.big_records} records, {size / 1e6:.1f} MB, written in {time.monotonic() - t:.1f} s",
-              flush=True)
+        print(
+            f"big zone: {a.big_records} records, {size / 1e6:.1f} MB, written in {time.monotonic() - t:.1f} s",
+            flush=True,
+        )
         labels = {"gdnsd": "gdnsd 3.8", "knot": "knot 3.2", "pdns-lua": "pdns 4.7 bind backend"}
         for peer in ("gdnsd", "knot", "pdns-lua"):
             if peer not in a.servers:
                 continue
             port = free_ports(1)[0]
             cmd = getattr(peer_configs, peer.replace("-", "_"))(
-                self.run / "bigzone", port, self.mmdb, extra_zone=zones / "big.test.zone")
-            s = Server(f"{peer}-big", labels[peer], port, cmd, self.run / "bigzone" / f"{peer}.log",
-                       cwd=self.run / "bigzone")
+                self.run / "bigzone", port, self.mmdb, extra_zone=zones / "big.test.zone"
+            )
+            s = Server(
+                f"{peer}-big", labels[peer], port, cmd, self.run / "bigzone" / f"{peer}.log", cwd=self.run / "bigzone"
+            )
             print(f"starting {s.label} with the {a.big_records}-record zone on 127.0.0.1:{port}", flush=True)
             s.start(a.server_cpu)
             try:
@@ -882,8 +1074,13 @@ class Runner:
     def _big_zone_peer(self, s: Server, records: int) -> None:
         """A peer's load time and memory with the same large zone, for comparison."""
         assert s.proc is not None
-        row: dict[str, Any] = {"phase": "bigzone", "server": s.name, "label": s.label, "scenario": "big.test",
-                               "records": records}
+        row: dict[str, Any] = {
+            "phase": "bigzone",
+            "server": s.name,
+            "label": s.label,
+            "scenario": "big.test",
+            "records": records,
+        }
         try:
             wait_answering(s.port, s.proc, self.args.big_timeout, zone="big.test")
             row["first_answer_s"] = round(time.monotonic() - s.started, 2)
@@ -896,18 +1093,26 @@ class Runner:
             row["error"] = str(exc)
             self.note(f"{s.label} with the big zone: {exc}; log: {s.log_text()[-800:]}")
         self.rows.append(row)
-        print(f"  bigzone  {s.name}: first answer {row.get('first_answer_s')} s, RSS {row.get('rss_mib')} MiB",
-              flush=True)
+        print(
+            f"  bigzone  {s.name}: first answer {row.get('first_answer_s')} s, RSS {row.get('rss_mib')} MiB", flush=True
+        )
 
     def _big_zone_one(self, s: Server, records: int) -> None:
         a = self.args
         assert s.proc is not None
-        row: dict[str, Any] = {"phase": "bigzone", "server": s.name, "label": s.label, "scenario": "big.test",
-                               "records": records}
+        row: dict[str, Any] = {
+            "phase": "bigzone",
+            "server": s.name,
+            "label": s.label,
+            "scenario": "big.test",
+            "records": records,
+        }
         serving = self._wait_log(s, r"serving \d+ zones", 0, a.big_timeout)
         if not serving:
-            self.note(f"{s.label}: no 'serving N zones' within {a.big_timeout:.0f} s with the big zone; "
-                      f"log: {s.log_text()[-1500:]}")
+            self.note(
+                f"{s.label}: no 'serving N zones' within {a.big_timeout:.0f} s with the big zone; "
+                f"log: {s.log_text()[-1500:]}"
+            )
             row["error"] = "did not load"
             self.rows.append(row)
             return
@@ -952,11 +1157,18 @@ class Runner:
         if m:
             row["records_logged"] = m.group(1)
         mem = memory(s.pid)
-        row.update(rss_after_reload_mib=round(mem["rss_mib"], 1), hwm_mib=round(mem["hwm_mib"], 1))
+        row.update(
+            rss_after_reload_mib=round(mem["rss_mib"], 1),
+            pss_after_reload_mib=round(mem["pss_mib"], 1),
+            hwm_mib=round(mem["hwm_mib"], 1),
+        )
         self.rows.append(row)
-        print(f"  bigzone  {s.name}: load {row['load_s']} s, first answer {row['first_answer_s']} s, "
-              f"RSS {row['rss_mib']} MiB (PSS {row['pss_mib']}), reload {row['reload_s']} s, "
-              f"peak RSS {row['hwm_mib']} MiB", flush=True)
+        print(
+            f"  bigzone  {s.name}: load {row['load_s']} s, first answer {row['first_answer_s']} s, "
+            f"RSS {row['rss_mib']} MiB (PSS {row['pss_mib']}), reload {row['reload_s']} s, "
+            f"peak RSS {row['hwm_mib']} MiB",
+            flush=True,
+        )
         # queries lost during a reload under load, and the same load without a reload
         reload_s = row["reload_s"] if not math.isnan(row["reload_s"]) else 5.0
         seconds = max(a.reload_seconds, math.ceil(reload_s * 1.5 + 4))
@@ -976,8 +1188,9 @@ class Runner:
             got = self._wait_log(s, r"reloaded \(SIGHUP\)", hup["offset"], seconds + 60, count=want)
             hup["reload_s"] = round(got[-1] - hup["t"], 2) if got else math.nan
 
-        r = self.measure(s, "reload", "SIGHUP", 1, extra, seconds=seconds, rate=a.reload_qps, during=send_hup,
-                         open_loop=True)
+        r = self.measure(
+            s, "reload", "SIGHUP", 1, extra, seconds=seconds, rate=a.reload_qps, during=send_hup, open_loop=True
+        )
         r["reload_s"] = hup.get("reload_s", math.nan)
         if s.proc is not None and s.proc.poll() is None:
             try:
@@ -1002,12 +1215,14 @@ class Runner:
         m = self.meta
         w(f"# gslb vs GeoDNS peers: {m['date_utc']}")
         w("")
-        w(f"Machine: {m['cpus_online']} CPUs ({m['cpu_model']}), kernel {m['kernel']}; servers on CPU "
-          f"{a.server_cpu}, dnsperf on CPU {a.client_cpu}; load1 at start {m['load1_start']}. "
-          f"gslb {m['gslb_rev']}, Python {m['python']}. {a.reps} rep(s), {a.duration:g} s per UDP run"
-          f"{' (--quick)' if a.quick else ''}.")
+        w(
+            f"Machine: {m['cpus_online']} CPUs ({m['cpu_model']}), kernel {m['kernel']}; servers on CPU "
+            f"{a.server_cpu}, dnsperf on CPU {a.client_cpu}; load1 at start {m['load1_start']}. "
+            f"gslb {m['gslb_rev']}, Python {m['python']}. {a.reps} rep(s), {a.duration:g} s per UDP run"
+            f"{' (--quick)' if a.quick else ''}."
+        )
         w("")
-        w("## Throughput (dnsperf max rate, -q 100, -c 8 sockets; TCP: -c 32)")
+        w("## Throughput (dnsperf max rate, -q 100, -c 8 sockets, -b 4096; TCP: -c 32)")
         w("")
         w("Cell: **QPS** / server CPU % (whole process tree) / QPS per server core. Median over reps.")
         w("")
@@ -1022,16 +1237,23 @@ class Runner:
                 cells.append(f"**{fmt_k(q)}** / {fmt(c, 0)}% / {fmt_k(pc)}" + (f" (lost {lost})" if lost else ""))
             w(f"| {labels[n]} | " + " | ".join(cells) + " |")
         w("")
-        w("Busy % of the client core (dnsperf) / of the server core (the server and anything else "
-          "running there) during the same runs. A client core near 100 % means dnsperf, not the "
-          "server, set the QPS; compare QPS per core then.")
+        w(
+            "Busy % of the client core (dnsperf) / of the server core (the server and anything else "
+            "running there) during the same runs. A client core near 100 % means dnsperf, not the "
+            "server, set the QPS; compare QPS per core then."
+        )
         w("")
         w("| server | " + " | ".join(scen) + " |")
         w("|---" * (len(scen) + 1) + "|")
         for n in names:
-            w(f"| {labels[n]} | " + " | ".join(
-                f"{fmt(cell(n, sc, 'client_core_pct'), 0)} / {fmt(cell(n, sc, 'server_core_pct'), 0)}"
-                for sc in scen) + " |")
+            w(
+                f"| {labels[n]} | "
+                + " | ".join(
+                    f"{fmt(cell(n, sc, 'client_core_pct'), 0)} / {fmt(cell(n, sc, 'server_core_pct'), 0)}"
+                    for sc in scen
+                )
+                + " |"
+            )
         w("")
         gslbs = [n for n in names if n.startswith("gslb")]
         peers = [n for n in names if not n.startswith("gslb")]
@@ -1047,8 +1269,11 @@ class Runner:
                     cells = []
                     for sc in scen:
                         q = cell(g, sc, "qps") / cell(p, sc, "qps") if cell(p, sc, "qps") else math.nan
-                        c = (cell(g, sc, "qps_per_core") / cell(p, sc, "qps_per_core")
-                             if cell(p, sc, "qps_per_core") else math.nan)
+                        c = (
+                            cell(g, sc, "qps_per_core") / cell(p, sc, "qps_per_core")
+                            if cell(p, sc, "qps_per_core")
+                            else math.nan
+                        )
                         cells.append(f"{fmt(q)} ({fmt(c)})")
                     w(f"| {labels[g]} | {labels[p]} | " + " | ".join(cells) + " |")
             w("")
@@ -1059,19 +1284,27 @@ class Runner:
             w("| server | avg ms | p50 ms | p99 ms | p99.9 ms | max ms | lost | server CPU % |")
             w("|---|---|---|---|---|---|---|---|")
             for r in lrows:
-                w(f"| {r['label']} | {fmt(r['avg_ms'], 3)} | {fmt(r['p50_ms'], 3)} | {fmt(r['p99_ms'], 3)} | "
-                  f"{fmt(r['p999_ms'], 3)} | {fmt(r['max_ms'], 2)} | {r['lost']} | {fmt(r['cpu_pct'], 1)} |")
+                w(
+                    f"| {r['label']} | {fmt(r['avg_ms'], 3)} | {fmt(r['p50_ms'], 3)} | {fmt(r['p99_ms'], 3)} | "
+                    f"{fmt(r['p999_ms'], 3)} | {fmt(r['max_ms'], 2)} | {r['lost']} | {fmt(r['cpu_pct'], 1)} |"
+                )
             w("")
         l80 = [r for r in self.rows if r["phase"] == "lost@80%"]
         if l80:
             w(f"## Lost queries at 80 % of gslb's peak (mix-ecsvar, {a.duration:g} s)")
             w("")
-            w("| server | peak QPS | asked QPS | got QPS | sent | lost | avg ms | max ms | server CPU % |")
-            w("|---|---|---|---|---|---|---|---|---|")
+            w(
+                "| server | in flight | peak QPS | asked QPS | got QPS | sent | lost | dropped at server socket | "
+                "avg ms | max ms | server CPU % | client core busy % |"
+            )
+            w("|---|---|---|---|---|---|---|---|---|---|---|---|")
             for r in l80:
-                w(f"| {r['label']} | {fmt_k(self.peak(r['server']))} | {fmt_k(r['rate'])} | {fmt_k(r['qps'])} | "
-                  f"{r['sent']} | **{r['lost']}** | {fmt(r['avg_ms'], 3)} | {fmt(r['max_ms'], 1)} | "
-                  f"{fmt(r['cpu_pct'], 0)} |")
+                w(
+                    f"| {r['label']} | {r['scenario']} | {fmt_k(self.peak(r['server']))} | {fmt_k(r['rate'])} | "
+                    f"{fmt_k(r['qps'])} | "
+                    f"{r['sent']} | **{r['lost']}** | {r['srv_drops']} | {fmt(r['avg_ms'], 3)} | "
+                    f"{fmt(r['max_ms'], 1)} | {fmt(r['cpu_pct'], 0)} | {fmt(r['client_core_pct'], 0)} |"
+                )
             w("")
         mem = [r for r in self.rows if r["phase"] == "memory"]
         big = [r for r in self.rows if r["phase"] == "bigzone"]
@@ -1082,31 +1315,42 @@ class Runner:
             w("| server | RSS MiB | PSS MiB | processes | start to first answer s |")
             w("|---|---|---|---|---|")
             for r in mem:
-                w(f"| {r['label']} | {fmt(r['rss_mib'], 1)} | {fmt(r['pss_mib'], 1)} | {r['procs']} | "
-                  f"{fmt(r['ready_s'], 2)} |")
+                w(
+                    f"| {r['label']} | {fmt(r['rss_mib'], 1)} | {fmt(r['pss_mib'], 1)} | {r['procs']} | "
+                    f"{fmt(r['ready_s'], 2)} |"
+                )
             w("")
         if big:
             w(f"## gslb with a {a.big_records:,}-record zone (big.test: A/AAAA/TXT/MX, plus example.test)")
             w("")
-            w("| server | load s (start to \"serving\") | first answer s | RSS MiB | PSS MiB | reload s "
-              "(SIGHUP to \"reloaded\") | reload as logged s | peak RSS MiB | RSS after reload MiB |")
+            w(
+                '| server | load s (start to "serving") | first answer s | RSS MiB | PSS MiB | reload s '
+                '(SIGHUP to "reloaded") | reload as logged s | peak RSS MiB | RSS / PSS after reload MiB |'
+            )
             w("|---|---|---|---|---|---|---|---|---|")
             for r in big:
-                w(f"| {r['label']} | {fmt(r.get('load_s'), 2)} | {fmt(r.get('first_answer_s'), 2)} | "
-                  f"{fmt(r.get('rss_mib'), 1)} | {fmt(r.get('pss_mib'), 1)} | {fmt(r.get('reload_s'), 2)} | "
-                  f"{r.get('reload_logged_s', '-')} | {fmt(r.get('hwm_mib'), 1)} | "
-                  f"{fmt(r.get('rss_after_reload_mib'), 1)} |")
+                w(
+                    f"| {r['label']} | {fmt(r.get('load_s'), 2)} | {fmt(r.get('first_answer_s'), 2)} | "
+                    f"{fmt(r.get('rss_mib'), 1)} | {fmt(r.get('pss_mib'), 1)} | {fmt(r.get('reload_s'), 2)} | "
+                    f"{r.get('reload_logged_s', '-')} | {fmt(r.get('hwm_mib'), 1)} | "
+                    f"{fmt(r.get('rss_after_reload_mib'), 1)} / {fmt(r.get('pss_after_reload_mib'), 1)} |"
+                )
             w("")
         if rel:
             w(f"## Queries lost during a reload under load (big.test names, {a.reload_qps:,} qps)")
             w("")
-            w("| server | run | seconds | asked | sent | lost | got QPS | avg ms | max ms | reload s | "
-              "server CPU % |")
-            w("|---|---|---|---|---|---|---|---|---|---|---|")
+            w(
+                "| server | run | seconds | asked | sent | lost | dropped at server socket | got QPS | "
+                "avg ms | max ms | reload s | server CPU % |"
+            )
+            w("|---|---|---|---|---|---|---|---|---|---|---|---|")
             for r in rel:
-                w(f"| {r['label']} | {r['scenario']} | {r['wall_s']} | {r['asked']} | {r['sent']} | **{r['lost']}** | "
-                  f"{fmt_k(r['qps'])} | {fmt(r['avg_ms'], 3)} | {fmt(r['max_ms'], 1)} | "
-                  f"{fmt(r.get('reload_s', math.nan), 2)} | {fmt(r['cpu_pct'], 0)} |")
+                w(
+                    f"| {r['label']} | {r['scenario']} | {r['wall_s']} | {r['asked']} | {r['sent']} | "
+                    f"**{r['lost']}** | {r['srv_drops']} | "
+                    f"{fmt_k(r['qps'])} | {fmt(r['avg_ms'], 3)} | {fmt(r['max_ms'], 1)} | "
+                    f"{fmt(r.get('reload_s', math.nan), 2)} | {fmt(r['cpu_pct'], 0)} |"
+                )
             w("")
         checks = [r for r in self.rows if r["phase"] == "check"]
         if checks:
@@ -1115,9 +1359,15 @@ class Runner:
             for n in names:
                 bad = [r for r in checks if r["server"] == n and r["wrong"]]
                 ul = [r for r in mrows if r["server"] == n and r.get("under_load_wrong")]
-                w(f"* {labels[n]}: " + ("all as expected" if not bad and not ul else
-                                        "; ".join(f"{r['scenario']}: {r['error']}" for r in bad)
-                                        + (f"; wrong under load in {len(ul)} run(s)" if ul else "")))
+                w(
+                    f"* {labels[n]}: "
+                    + (
+                        "all as expected"
+                        if not bad and not ul
+                        else "; ".join(f"{r['scenario']}: {r['error']}" for r in bad)
+                        + (f"; wrong under load in {len(ul)} run(s)" if ul else "")
+                    )
+                )
             w("")
         affs = sorted({r["affinity"] for r in self.rows if r.get("affinity")})
         if affs != [str(a.server_cpu)]:
@@ -1145,9 +1395,16 @@ class Runner:
         def clean(v: Any) -> Any:
             return None if isinstance(v, float) and math.isnan(v) else v
 
-        Path(f"{base}.json").write_text(json.dumps(
-            {"meta": self.meta, "notes": self.notes,
-             "rows": [{k: clean(v) for k, v in r.items()} for r in self.rows]}, indent=1))
+        Path(f"{base}.json").write_text(
+            json.dumps(
+                {
+                    "meta": self.meta,
+                    "notes": self.notes,
+                    "rows": [{k: clean(v) for k, v in r.items()} for r in self.rows],
+                },
+                indent=1,
+            )
+        )
         Path(f"{base}.md").write_text(text + "\n")
         print(f"\nwrote {base}.csv, {base}.json and {base}.md", flush=True)
 
@@ -1158,13 +1415,13 @@ class Runner:
         self.prepare()
         servers = self.servers()
         alive = self.start_all(servers)
+        self.started = alive
         # warm-up is part of the check: the first answers fill gslb's caches
         print("answer checks before measuring:", flush=True)
         self.correctness(alive, "before")
         print("warming up (one pass over each cacheable query file)", flush=True)
         self.warm_up(alive)
-        print(f"throughput matrix: {len(alive)} servers x {len(a.scenarios)} scenarios x {a.reps} rep(s)",
-              flush=True)
+        print(f"throughput matrix: {len(alive)} servers x {len(a.scenarios)} scenarios x {a.reps} rep(s)", flush=True)
         self.matrix(alive)
         if not a.skip_latency:
             print("latency at 1,000 qps:", flush=True)
@@ -1186,17 +1443,21 @@ class Runner:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help=f"3 s runs, scenarios {','.join(QUICK_SCENARIOS)}, 3 s latency run")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help=f"3 s runs, scenarios {','.join(QUICK_SCENARIOS)}, 3 s latency run"
+    )
     ap.add_argument("-l", "--duration", type=float, help="seconds per dnsperf run (default 10; --quick 3)")
     ap.add_argument("--reps", type=int, default=1, help="repetitions of the throughput matrix (median)")
     ap.add_argument("--scenarios", help=f"comma list from {','.join(SCENARIOS)}")
-    ap.add_argument("--servers", default="gdnsd,knot,pdns-geo,pdns-lua,gslb,gslb-w2",
-                    help="comma list (default: all; gslb-w2 needs `gslb serve --workers`)")
-    ap.add_argument("--big-records", type=int, default=100_000,
-                    help="records in the large zone (0: skip that part)")
+    ap.add_argument(
+        "--servers",
+        default="gdnsd,knot,pdns-geo,pdns-lua,gslb,gslb-w2",
+        help="comma list (default: all; gslb-w2 needs `gslb serve --workers`)",
+    )
+    ap.add_argument("--big-records", type=int, default=100_000, help="records in the large zone (0: skip that part)")
     ap.add_argument("--big-timeout", type=float, default=600, help="seconds to wait for the big zone to load")
     ap.add_argument("--reload-qps", type=int, default=20_000, help="fixed rate for the reload-under-load runs")
     ap.add_argument("--reload-seconds", type=float, help="length of the reload-under-load runs (default 10)")
@@ -1230,6 +1491,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_term(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    signal.signal(signal.SIGINT, on_term)  # also when started in the background (SIGINT ignored)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
     runner = Runner(args)
@@ -1237,6 +1499,10 @@ def main(argv: list[str] | None = None) -> int:
         return runner.main()
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process started", file=sys.stderr)
+        if runner.rows:
+            with contextlib.suppress(Exception):
+                runner.notes.append("interrupted: partial results")
+                runner.save(runner.report(runner.started))
         return 130
     finally:
         PROCS.stop_all()
