@@ -1,8 +1,9 @@
 """Wiring and lifecycle: build the snapshot, start listeners, probes and workers, reload, signals.
 
-One process (`--workers 1`) does everything. With more, a supervisor probes, watches files
-and reloads, and forks workers that each answer on their own SO_REUSEPORT sockets; it
-sends every health verdict and reload to them over a pipe, and they send their counters back.
+By default a supervisor probes, watches files and reloads, and forks workers that answer on
+the sockets it bound; it sends them every health verdict over a pipe, they send their
+counters back, and a reload forks a new generation. `--workers 0` does everything in one
+process (a reload then competes with answering for the interpreter).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0  # seconds between checks of the zone and config files
 COUNTER_INTERVAL = 1.0  # seconds between a worker's counter reports
-WORKER_RELOAD_TIMEOUT = 120.0
+WORKER_START_TIMEOUT = 30.0
 
 Connection = multiprocessing.connection.Connection
 
@@ -257,17 +258,19 @@ class App(Control):
 
 
 class Worker:
-    """A forked process answering on its own sockets; the supervisor tells it what changes."""
+    """A forked process answering on the supervisor's sockets, with the snapshot it was forked with.
+
+    A reload forks a new generation of workers from the supervisor's new snapshot, and only
+    then retires this one: it stops taking packets from the shared sockets, where the new
+    generation finds them, so no query is lost to a reload.
+    """
 
     def __init__(self, snapshot: Snapshot, options: Options, listeners: list[Listener], control: Connection):
         self.answerer = Answerer(snapshot, HealthView())
         if options.query_log > 0:  # each worker logs a sample of its own queries
             self.answerer.query_log = QueryLog(self.answerer, options.query_log)
-        self.options = options
-        self.sources = options.sources
         self.listeners = listeners
         self.control = control
-        self._reloading: asyncio.Future[None] | None = None
         self.listening = Listening(self.answerer.handle, options)
         self._stop = asyncio.Event()
 
@@ -279,11 +282,14 @@ class Worker:
         for listener in self.listeners:
             await self.listening.add(listener)
         loop.add_reader(self.control.fileno(), self._message)
+        self.control.send(("ready",))
         reporter = asyncio.create_task(self._report())
         await self._stop.wait()
         reporter.cancel()
         loop.remove_reader(self.control.fileno())
         await self.listening.stop()
+        with contextlib.suppress(OSError):  # the last counts, for the supervisor's totals
+            self.control.send(("counters", dataclasses.asdict(self.answerer.counters)))
 
     def _message(self) -> None:
         try:
@@ -291,22 +297,9 @@ class Worker:
         except (EOFError, OSError):
             self._stop.set()  # the supervisor is gone
             return
-        kind = message[0]
-        if kind == "health":
+        if message[0] == "health":
             _, version, states = message
             self.answerer.set_health(HealthView(version, MappingProxyType(states)))
-        elif kind == "reload":
-            self._reloading = asyncio.ensure_future(self._reload())  # one at a time: the supervisor waits
-
-    async def _reload(self) -> None:
-        try:
-            snapshot = await asyncio.to_thread(build, self.sources)
-        except SnapshotError as exc:
-            log.error("worker %d: reload failed, keeping the old data: %s", os.getpid(), exc.problems[:1])
-            self.control.send(("reloaded", False))
-            return
-        self.answerer.set_snapshot(snapshot)
-        self.control.send(("reloaded", True))
 
     async def _report(self) -> None:
         while True:
@@ -320,60 +313,71 @@ class _Child:
     pid: int
     control: Connection
     counters: dict[str, Any] = field(default_factory=dict)
-    reloaded: asyncio.Queue[bool] = field(default_factory=asyncio.Queue)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Supervisor(Control):
-    """Probes, watches and reloads; forks `workers` processes that answer."""
+    """Probes, watches and reloads; forks `workers` processes that answer.
+
+    The supervisor binds the sockets once and every worker, of every generation, inherits
+    them: a socket's queue outlives the worker reading it. A reload builds the snapshot here,
+    where no query waits on the build, then forks the next generation with it.
+    """
 
     def __init__(self, options: Options, snapshot: Snapshot):
         super().__init__(options, snapshot)
         self.children: list[_Child | None] = [None] * options.workers
+        self.retiring: list[_Child] = []
+        self.listeners: list[Listener] = []
         self.exited_counters = Counters()
         self.health = self.monitor.view
 
     def health_changed(self, view: HealthView) -> None:
         self.health = view
         message = ("health", view.version, dict(view.states))
-        for child in self.children:
+        for child in [*self.children, *self.retiring]:
             if child is not None:
                 with contextlib.suppress(OSError):
                     child.control.send(message)
 
     async def install(self, snapshot: Snapshot) -> None:
-        """Have every worker load the new files, and wait until each has."""
-        waiting = []
+        """Fork a generation of workers with the new snapshot; retire the old once it answers."""
+        old = [child for child in self.children if child is not None]
+        for index in range(len(self.children)):
+            self._spawn(index, snapshot)
         for child in self.children:
             if child is not None:
-                with contextlib.suppress(OSError):
-                    child.control.send(("reload",))
-                    waiting.append(child)
-        for child in waiting:
-            try:
-                async with asyncio.timeout(WORKER_RELOAD_TIMEOUT):
-                    await child.reloaded.get()
-            except TimeoutError:
-                log.error("worker %d did not reload in %.0f s", child.pid, WORKER_RELOAD_TIMEOUT)
+                try:
+                    async with asyncio.timeout(WORKER_START_TIMEOUT):
+                        await child.ready.wait()
+                except TimeoutError:
+                    log.error("worker (pid %d) did not start in %.0f s", child.pid, WORKER_START_TIMEOUT)
+        for child in old:
+            self.retiring.append(child)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+        # Once the old generation is gone, every answer comes from the new snapshot: only
+        # then is the reload done (a worker notices within UDP_WAKE seconds).
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        while self.retiring and time.monotonic() < deadline:
+            self._collect_retired()
+            await asyncio.sleep(0.02)
 
     def counters(self) -> Counters:
         total = dataclasses.asdict(self.exited_counters)
-        for child in self.children:
+        for child in [*self.children, *self.retiring]:
             if child is not None:
                 _add(total, child.counters)
         return Counters(**total)
 
     async def run(self) -> None:
-        # Resolve port 0 once, so every worker binds the same port in one SO_REUSEPORT group.
-        self.addresses = []
         for address in self.options.listen:
-            first = bind(address, reuse_port=True)
-            self.addresses.append(first.address)
-            first.udp.close()
-            first.tcp.close()
+            listener = bind(address, reuse_port=False)
+            self.listeners.append(listener)
+            self.bound.append(listener.address)
         for index in range(len(self.children)):
-            self._spawn(index)
-        for address in self.addresses:
-            self.bound.append(address)
+            self._spawn(index, self.snapshot)
+        for address in self.bound:
             log.info("listening on %s (UDP and TCP, %d workers)", address, len(self.children))
         try:
             await self.serve_until_stopped([self._reap])
@@ -381,19 +385,18 @@ class Supervisor(Control):
             await self._stop_children()
         log.info("stopped")
 
-    def _spawn(self, index: int) -> None:
-        listeners = [bind(address, reuse_port=True) for address in self.addresses]
+    def _spawn(self, index: int, snapshot: Snapshot) -> None:
         ours, theirs = multiprocessing.Pipe()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
             try:
                 ours.close()
-                for child in self.children:
+                for child in [*self.children, *self.retiring]:
                     if child is not None:
                         child.control.close()
                 signal.set_wakeup_fd(-1)
-                worker = Worker(self.snapshot, self.options, listeners, theirs)
+                worker = Worker(snapshot, self.options, self.listeners, theirs)
                 worker.answerer.set_health(self.health)
                 asyncio.run(worker.run())
             except BaseException:
@@ -403,9 +406,6 @@ class Supervisor(Control):
                 logging.shutdown()
                 os._exit(code)
         theirs.close()
-        for listener in listeners:
-            listener.udp.close()
-            listener.tcp.close()
         child = _Child(pid, ours)
         self.children[index] = child
         asyncio.get_running_loop().add_reader(ours.fileno(), self._message, child)
@@ -419,25 +419,45 @@ class Supervisor(Control):
             return
         if message[0] == "counters":
             child.counters = message[1]
-        elif message[0] == "reloaded":
-            child.reloaded.put_nowait(message[1])
+        elif message[0] == "ready":
+            child.ready.set()
 
     async def _reap(self) -> None:
         """Restart a worker that died, so the port keeps its full set of answerers."""
         while True:
             await asyncio.sleep(0.2)
+            self._collect_retired()
             for index, child in enumerate(self.children):
                 if child is None:
                     continue
-                pid, status = os.waitpid(child.pid, os.WNOHANG)
-                if pid == 0:
+                status = self._exited(child)
+                if status is None:
                     continue
-                log.error("worker %d (pid %d) exited with status %d; restarting it", index, pid,
-                          os.waitstatus_to_exitcode(status))
+                log.error("worker %d (pid %d) exited with status %d; restarting it", index, child.pid, status)
                 self._forget(child)
-                self._spawn(index)
+                self._spawn(index, self.snapshot)
+
+    def _collect_retired(self) -> None:
+        for old in list(self.retiring):
+            if self._exited(old) is not None:
+                self.retiring.remove(old)
+                self._forget(old)
+
+    @staticmethod
+    def _exited(child: _Child) -> int | None:
+        pid, status = os.waitpid(child.pid, os.WNOHANG)
+        return os.waitstatus_to_exitcode(status) if pid else None
 
     def _forget(self, child: _Child) -> None:
+        while True:  # its last counts may still be in the pipe
+            try:
+                if not child.control.poll():
+                    break
+                message = child.control.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "counters":
+                child.counters = message[1]
         total = dataclasses.asdict(self.exited_counters)
         _add(total, child.counters)
         self.exited_counters = Counters(**total)
@@ -446,14 +466,12 @@ class Supervisor(Control):
         child.control.close()
 
     async def _stop_children(self) -> None:
-        for child in self.children:
-            if child is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGTERM)
+        children = [child for child in [*self.children, *self.retiring] if child is not None]
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        for child in self.children:
-            if child is None:
-                continue
+        for child in children:
             while time.monotonic() < deadline:
                 pid, _ = os.waitpid(child.pid, os.WNOHANG)
                 if pid:
@@ -476,7 +494,7 @@ def _add(total: dict[str, Any], more: dict[str, Any]) -> None:
 
 def serve(options: Options, snapshot: Snapshot) -> None:
     server: Control
-    server = Supervisor(options, snapshot) if options.workers > 1 else App(options, snapshot)
+    server = Supervisor(options, snapshot) if options.workers > 0 else App(options, snapshot)
 
     async def main() -> None:
         await server.run()

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="where health verdicts are kept across restarts "
                             "(default: .gslb-state.json beside the zones)")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                       help="processes answering queries on the same port (SO_REUSEPORT); "
-                            "default: one per core. With 1, one process does everything")
+                       help="processes answering queries, forked by a supervisor that probes and "
+                            "reloads (default: one per core); 0: one process does everything")
     serve.add_argument("--tcp-idle-timeout", type=float, default=TCP_IDLE_TIMEOUT, metavar="SECONDS",
                        help=f"close TCP connections idle this long (default {TCP_IDLE_TIMEOUT:g})")
     serve.add_argument("--tcp-max-connections", type=int, default=TCP_MAX_CONNECTIONS, metavar="N",
@@ -174,8 +174,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gslb: --listen: {exc}", file=sys.stderr)
         return 2
     state_file = Path(args.state_file) if args.state_file else sources.zones / ".gslb-state.json"
-    if args.workers < 1:
-        print("gslb: --workers must be at least 1", file=sys.stderr)
+    if args.workers < 0:
+        print("gslb: --workers must be 0 or more", file=sys.stderr)
         return 2
     options = Options(sources, listen, state_file=state_file, watch=not args.no_watch,
                       probes=not args.no_probes, workers=args.workers,

@@ -228,7 +228,7 @@ def _process(control: Control) -> Iterator[Metric]:
     yield GaugeMetricFamily("gslb_start_time_seconds", "When this server started (Unix time).",
                             value=control.started)
     yield GaugeMetricFamily("gslb_workers", "Processes answering DNS queries.",
-                            value=control.options.workers)
+                            value=max(control.options.workers, 1))  # 0: the one process itself
     info = GaugeMetricFamily("gslb_build_info", "Always 1; the version as a label.",
                              labels=["version"])
     info.add_metric([__version__], 1.0)

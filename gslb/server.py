@@ -19,6 +19,7 @@ DEFAULT_PORT = 5300
 TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 §6.2.3: close idle connections after seconds, not minutes
 TCP_MAX_CONNECTIONS = 256
 TCP_MAX_QUERIES = 10_000  # per connection, so one client cannot hold a slot forever
+UDP_WAKE = 0.5  # seconds: how often a blocked receive loop checks whether to stop
 UDP_RECV_SIZE = 4096  # a query never needs more; a 64 KiB buffer per packet costs a large alloc
 
 
@@ -59,6 +60,11 @@ def udp_socket(address: ListenAddress, reuse_port: bool = False) -> socket.socke
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    # A blocking receive that gives up now and then, so a receive loop can notice it should
+    # stop even when other processes share the socket (no per-packet cost, unlike settimeout).
+    seconds = int(UDP_WAKE)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                    struct.pack("ll", seconds, int((UDP_WAKE - seconds) * 1e6)))
     sock.bind((address.host, address.port))
     return sock
 
@@ -99,12 +105,11 @@ class UdpServer:
                     log.debug("sendto %s: %s", peer, exc)
 
     def stop(self) -> None:
+        # The receive loop notices within UDP_WAKE seconds (SO_RCVTIMEO); it finishes the
+        # packet in hand first. The socket may be shared with other processes: only this
+        # process's descriptor is closed.
         self._stopping = True
-        # Wake the blocked recvfrom with an empty datagram to ourselves.
-        host, port = self.address[:2]
-        with contextlib.suppress(OSError), socket.socket(self.sock.family, socket.SOCK_DGRAM) as s:
-            s.sendto(b"", (host if host not in ("0.0.0.0", "::") else "127.0.0.1", port))
-        self._thread.join(timeout=2)
+        self._thread.join(timeout=UDP_WAKE + 2)
         self.sock.close()
 
 

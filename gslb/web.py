@@ -378,7 +378,7 @@ class WebServer:
             "started": control.started,
             "listen": [str(a) for a in control.bound],
             "http": str(self.address) if self.address else None,
-            "workers": control.options.workers,
+            "workers": max(control.options.workers, 1),
             "probes": control.options.probes,
             "admin": self._token is not None,
             "snapshot": {

@@ -275,7 +275,7 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 def test_tcp_idle_timeout_and_connection_cap(start_server: type[Server], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "1",
+    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
                           "--tcp-idle-timeout", "0.5", "--tcp-max-connections", "3",
                           "--state-file", str(tmp_path / "s.json"))
     idle = socket.create_connection(("127.0.0.1", server.port), timeout=5)

@@ -103,7 +103,7 @@ def token_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ops_server(start_server: type[Server], tmp_path: Path, token_file: Path) -> Server:
-    return start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "1",
+    return start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
                         "--state-file", str(tmp_path / "state.json"),
                         "--http", "127.0.0.1:0", "--token-file", str(token_file))
 
@@ -125,7 +125,7 @@ def big_zones(tmp_path: Path) -> Path:
 def test_metrics_move_exactly_with_queries(start_server: type[Server], tmp_path: Path,
                                            big_zones: Path) -> None:
     need("dig")
-    server = start_server("--zones", str(big_zones), "--no-probes", "--workers", "1",
+    server = start_server("--zones", str(big_zones), "--no-probes", "--workers", "0",
                           "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0")
     before = scrape(server)
     for _ in range(7):  # UDP A from Germany, the same network: cached after the first
@@ -228,7 +228,7 @@ def test_probe_metrics_and_state_gauges(start_server: type[Server], tmp_path: Pa
     config = config.replace('vips = ["127.0.2.1", "2001:db8:2::1"]',
                             'vips = ["127.0.2.1", "2001:db8:2::1"]\nprobe = "127.0.0.1"')
     (zones / "gslb.toml").write_text(config)
-    server = start_server("--zones", str(zones), "--workers", "1", "--no-watch",
+    server = start_server("--zones", str(zones), "--workers", "0", "--no-watch",
                           "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0")
     # Probes of one target run one after another: once the third has arrived, two are recorded.
     _wait_probes(3)
@@ -257,7 +257,7 @@ def test_probe_metrics_and_state_gauges(start_server: type[Server], tmp_path: Pa
 def test_admin_actions_need_the_token(start_server: type[Server], tmp_path: Path,
                                       ops_server: Server) -> None:
     # No token configured: refused outright, with how to configure one.
-    tokenless = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "1",
+    tokenless = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
                              "--state-file", str(tmp_path / "other.json"), "--http", "127.0.0.1:0")
     with client(tokenless, TOKEN) as http:
         for path in ("/api/drain", "/api/undrain", "/api/reload"):
@@ -352,7 +352,7 @@ def test_draining_one_vip(ops_server: Server) -> None:
 def test_reload_over_the_api(start_server: type[Server], tmp_path: Path, token_file: Path) -> None:
     zones = tmp_path / "zones"
     shutil.copytree(EXAMPLE_ZONES, zones)
-    server = start_server("--zones", str(zones), "--no-probes", "--workers", "1", "--no-watch",
+    server = start_server("--zones", str(zones), "--no-probes", "--workers", "0", "--no-watch",
                           "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0",
                           "--token-file", str(token_file))
     address = f"127.0.0.1:{http_port(server)}"
@@ -423,7 +423,7 @@ def test_http_limits(ops_server: Server) -> None:
 
 
 def test_http_off_and_port_taken(start_server: type[Server], tmp_path: Path) -> None:
-    off = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "1",
+    off = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
                        "--state-file", str(tmp_path / "a.json"), "--http", "off")
     assert not any("http on" in line for line in off.lines)
     with socket.socket() as taken:
@@ -431,7 +431,7 @@ def test_http_off_and_port_taken(start_server: type[Server], tmp_path: Path) -> 
         taken.listen()
         port = taken.getsockname()[1]
         # The endpoint cannot listen: logged, and DNS goes on regardless.
-        server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "1",
+        server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
                               "--state-file", str(tmp_path / "b.json"),
                               "--http", f"127.0.0.1:{port}")
         server.wait_log(rf"http: cannot listen on 127\.0\.0\.1:{port}")
