@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -391,6 +392,10 @@ class Supervisor(Control):
         if pid == 0:  # the worker
             code = 0
             try:
+                # What came from the supervisor (the snapshot above all) is never garbage
+                # here: keep the collector from walking it, which would copy every page the
+                # fork shares (copy-on-write) and stall answers while it does.
+                gc.freeze()
                 ours.close()
                 for child in [*self.children, *self.retiring]:
                     if child is not None:
