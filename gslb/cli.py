@@ -20,6 +20,7 @@ from gslb.snapshot import Snapshot, SnapshotError, Sources, build
 from gslb.web import DEFAULT_HTTP, read_token
 
 log = logging.getLogger("gslb")
+STATE_FILE = ".gslb-state.json"  # beside the zones unless --state-file says otherwise
 
 
 def _sources(args: argparse.Namespace) -> Sources:
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--subnet", metavar="CIDR", help="an EDNS Client Subnet, e.g. 192.0.2.0/24")
     explain.add_argument("--qtype", default="A", type=str.upper, choices=["A", "AAAA"])
     explain.add_argument("--json", action="store_true", help="print JSON")
+    explain.add_argument("--state-file", metavar="FILE",
+                         help="health verdicts saved by `gslb serve` (default: .gslb-state.json beside "
+                              "the zones); a running server's own explain is at /api/explain")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -173,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"gslb: --listen: {exc}", file=sys.stderr)
         return 2
-    state_file = Path(args.state_file) if args.state_file else sources.zones / ".gslb-state.json"
+    state_file = Path(args.state_file) if args.state_file else sources.zones / STATE_FILE
     if args.workers < 0:
         print("gslb: --workers must be 0 or more", file=sys.stderr)
         return 2
@@ -194,8 +198,13 @@ def _explain(args: argparse.Namespace) -> int:
     snapshot = _load(args)
     if snapshot is None:
         return 1
+    from gslb.health import HealthMonitor
+
+    state_file = Path(args.state_file) if args.state_file else snapshot.sources.zones / STATE_FILE
+    # The last verdicts the server saved (nothing is probed here; no file: all up).
+    health = HealthMonitor(snapshot.config.targets(), state_file=state_file).view
     try:
-        result = explain_query(snapshot, args.name, args.qtype, args.client, args.subnet)
+        result = explain_query(snapshot, args.name, args.qtype, args.client, args.subnet, health)
     except ValueError as exc:
         print(f"gslb explain: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -106,6 +109,13 @@ def test_restart_keeps_the_last_verdicts(start_server: type[Server], balancers: 
     balancers["eu"].stop()
     _until(lambda: _answer(server)[0] == "127.0.1.1", timeout=10)
     assert server.stop() == 0
+    # `gslb explain` reads the saved verdicts too.
+    explained = subprocess.run(
+        [sys.executable, "-m", "gslb", "explain", "--zones", str(EXAMPLE_ZONES), "--state-file", str(state),
+         "--subnet", "85.214.0.0/24", "--json", "www.example.com"], capture_output=True, text=True, timeout=30)
+    result = json.loads(explained.stdout)
+    assert result["answer"] == ["127.0.1.1"] and result["ttl"] == 10
+    assert {c["name"]: c["up"] for c in result["candidates"]} == {"eu": False, "us": True, "ap": True}
     # Started again while eu is still dark: the saved verdict holds from the first query on.
     again = start_server("--zones", str(EXAMPLE_ZONES), "--state-file", str(state))
     assert _answer(again) == ("127.0.1.1", 10)
