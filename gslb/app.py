@@ -73,15 +73,13 @@ class Listener:
     tcp: socket.socket
 
 
-def bind(address: ListenAddress, reuse_port: bool) -> Listener:
+def bind(address: ListenAddress) -> Listener:
     """A UDP and a TCP socket on one port (port 0: a free one, the same for both)."""
     for _ in range(20):
-        udp = udp_socket(address, reuse_port=reuse_port)
+        udp = udp_socket(address)
         port = udp.getsockname()[1]
         tcp = socket.socket(address.family, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if address.family == socket.AF_INET6:
             tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
@@ -111,7 +109,7 @@ class Listening:
         udp = UdpServer(listener.udp, self.handle)
         tcp = TcpServer(self.handle, idle_timeout=self.options.tcp_idle_timeout,
                         max_connections=self.options.tcp_max_connections)
-        await tcp.start(listener.address, sock=listener.tcp)
+        await tcp.start(listener.tcp)
         udp.start()
         self.udp.append(udp)
         self.tcp.append(tcp)
@@ -244,7 +242,7 @@ class App(Control):
 
     async def run(self) -> None:
         for address in self.options.listen:
-            listener = bind(address, reuse_port=False)
+            listener = bind(address)
             await self.listening.add(listener)
             self.bound.append(listener.address)
             log.info("listening on %s (UDP and TCP)", listener.address)
@@ -373,7 +371,7 @@ class Supervisor(Control):
 
     async def run(self) -> None:
         for address in self.options.listen:
-            listener = bind(address, reuse_port=False)
+            listener = bind(address)
             self.listeners.append(listener)
             self.bound.append(listener.address)
         for index in range(len(self.children)):

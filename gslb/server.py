@@ -52,10 +52,8 @@ class ListenAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def udp_socket(address: ListenAddress, reuse_port: bool = False) -> socket.socket:
+def udp_socket(address: ListenAddress) -> socket.socket:
     sock = socket.socket(address.family, socket.SOCK_DGRAM)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if address.family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     with contextlib.suppress(OSError):
@@ -128,20 +126,10 @@ class TcpServer:
         self.connections: set[_DnsOverTcp] = set()
         self.server: asyncio.base_events.Server | None = None
 
-    async def start(self, address: ListenAddress, reuse_port: bool = False,
-                    sock: socket.socket | None = None) -> None:
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on a bound, listening socket (the supervisor's, shared by its workers)."""
         loop = asyncio.get_running_loop()
-        if sock is not None:
-            self.server = await loop.create_server(lambda: _DnsOverTcp(self), sock=sock)
-        else:
-            self.server = await loop.create_server(
-                lambda: _DnsOverTcp(self), address.host, address.port, reuse_port=reuse_port, backlog=512
-            )
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+        self.server = await loop.create_server(lambda: _DnsOverTcp(self), sock=sock)
 
     async def stop(self) -> None:
         if self.server is not None:
