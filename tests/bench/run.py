@@ -1071,16 +1071,14 @@ class Runner:
             time.sleep(0.02)
         return seen
 
+    @staticmethod
+    def _big_zone_row(s: Server, records: int) -> dict[str, Any]:
+        return {"phase": "bigzone", "server": s.name, "label": s.label, "scenario": "big.test", "records": records}
+
     def _big_zone_peer(self, s: Server, records: int) -> None:
         """A peer's load time and memory with the same large zone, for comparison."""
         assert s.proc is not None
-        row: dict[str, Any] = {
-            "phase": "bigzone",
-            "server": s.name,
-            "label": s.label,
-            "scenario": "big.test",
-            "records": records,
-        }
+        row = self._big_zone_row(s, records)
         try:
             wait_answering(s.port, s.proc, self.args.big_timeout, zone="big.test")
             row["first_answer_s"] = round(time.monotonic() - s.started, 2)
@@ -1100,13 +1098,7 @@ class Runner:
     def _big_zone_one(self, s: Server, records: int) -> None:
         a = self.args
         assert s.proc is not None
-        row: dict[str, Any] = {
-            "phase": "bigzone",
-            "server": s.name,
-            "label": s.label,
-            "scenario": "big.test",
-            "records": records,
-        }
+        row = self._big_zone_row(s, records)
         serving = self._wait_log(s, r"serving \d+ zones", 0, a.big_timeout)
         if not serving:
             self.note(
