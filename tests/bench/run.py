@@ -621,6 +621,8 @@ def gslb_server(name: str, label: str, port: int, zones: Path, mmdb: Path, run: 
         "--listen",
         f"127.0.0.1:{port}",
         "--no-probes",
+        "--http",
+        "off",
         "--state-file",
         str(run / f"{name}.state.json"),
     ]
