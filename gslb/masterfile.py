@@ -152,7 +152,8 @@ def read(path: Path, origin: Name) -> list[Record] | None:
         text = path.read_text(encoding="ascii")
     except (UnicodeDecodeError, OSError):
         return None
-    if "\\" in text or "$INCLUDE" in text.upper() or "$GENERATE" in text.upper():
+    upper = text.upper()
+    if "\\" in text or "$INCLUDE" in upper or "$GENERATE" in upper:
         return None
     try:
         return _Reader(str(path), origin).read(text)

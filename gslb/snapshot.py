@@ -15,7 +15,7 @@ import dns.rdatatype
 from gslb import config as configuration
 from gslb.config import Config, ConfigError, Service
 from gslb.geo import GeoDatabase, GeoError, IPAddress, IPNetwork, Location
-from gslb.zones import ZoneError, ZoneIndex, ZoneSet, _cut_above, load_zones, static_addresses
+from gslb.zones import ZoneError, ZoneIndex, ZoneSet, cut_above, load_zones, static_addresses
 
 CONFIG_NAME = "gslb.toml"
 
@@ -153,7 +153,7 @@ def _bind_services(zones: ZoneSet, config: Config) -> tuple[dict[dns.name.Name, 
             kinds = "/".join(sorted(dns.rdatatype.to_text(dns.rdatatype.RdataType(t)) for t in clash))
             problems.append(f"{where}: {zone.path} also has static {kinds} records at {service.name}")
             continue
-        cut = _cut_above(zone, name, include_self=True)
+        cut = cut_above(zone, name, include_self=True)
         if cut is not None:
             problems.append(f"{where}: below the delegation {cut} in {zone.path}")
             continue

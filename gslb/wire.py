@@ -216,12 +216,6 @@ def _skip_name(wire: bytes, offset: int) -> tuple[int, int]:
         offset += 1 + length
 
 
-def header_only(wire: bytes) -> tuple[int, int]:
-    """ID and flags of a message at least 12 bytes long."""
-    qid, flags = struct.unpack_from("!HH", wire)
-    return qid, flags
-
-
 def opt_record(edns: Edns | None, scope: int | None = None, extended_rcode: int = 0) -> bytes:
     """Our OPT record for a reply to a query that carried `edns`.
 

@@ -40,8 +40,7 @@ Rdataset = dns.rdataset.Rdataset
 
 MAX_CNAME_CHAIN = 12  # loops and absurd chains end here, as in most servers
 MAX_SYNTAX_ERRORS_PER_FILE = 20
-WILDCARD = b"*"
-WILDCARD_WIRE = b"\x01*"
+WILDCARD_WIRE = b"\x01*"  # the label "*" (RFC 4592), as it starts a wire-form name
 # Types that may sit beside a CNAME (RFC 2181 §10.1, RFC 4035 §2.5).
 CNAME_NEIGHBOURS = {TYPE_CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.KEY}
 
@@ -364,7 +363,7 @@ def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list
     zone = Zone(origin, where, nodes, names)
     for key, types in nodes.items() if zone.cuts else ():
         name = names[key]
-        cut = _cut_above(zone, name, include_self=False)
+        cut = cut_above(zone, name, include_self=False)
         if cut is not None and not (set(types) <= {TYPE_A, TYPE_AAAA}):
             file, line = line_of(name, next(iter(types)))
             problems.append(Problem(file, line, f"{name} is below the delegation {cut} (occluded)"))
@@ -373,7 +372,7 @@ def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list
     return zone, []
 
 
-def _cut_above(zone: Zone, name: Name, include_self: bool) -> Name | None:
+def cut_above(zone: Zone, name: Name, include_self: bool) -> Name | None:
     """The highest delegation point between the apex and `name`."""
     if not zone.cuts:
         return None
@@ -443,7 +442,7 @@ class ZoneSet:
 
     def _lookup_in(self, zone: Zone, name: Name, qtype: int, result: Resolution) -> Name | None:
         """Add the answer for `name` in `zone` to `result`; return a CNAME target to follow."""
-        cut = _cut_above(zone, name, include_self=True)
+        cut = cut_above(zone, name, include_self=True)
         if cut is not None and not (cut == name and qtype == TYPE_DS):
             # A referral (RFC 1034 §4.3.2 step 3.b); DS at the cut is the parent's (RFC 4035 §3.1.4.1).
             if result.answer:
