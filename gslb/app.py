@@ -288,7 +288,7 @@ class Worker:
         loop.remove_reader(self.control.fileno())
         await self.listening.stop()
         with contextlib.suppress(OSError):  # the last counts, for the supervisor's totals
-            self.control.send(("counters", dataclasses.asdict(self.answerer.counters)))
+            self.control.send(("counters", counts(self.answerer.counters)))
 
     def _message(self) -> None:
         try:
@@ -304,7 +304,7 @@ class Worker:
         while True:
             await asyncio.sleep(COUNTER_INTERVAL)
             with contextlib.suppress(OSError):
-                self.control.send(("counters", dataclasses.asdict(self.answerer.counters)))
+                self.control.send(("counters", counts(self.answerer.counters)))
 
 
 @dataclass
@@ -363,7 +363,7 @@ class Supervisor(Control):
             await asyncio.sleep(0.02)
 
     def counters(self) -> Counters:
-        total = dataclasses.asdict(self.exited_counters)
+        total = counts(self.exited_counters)
         for child in [*self.children, *self.retiring]:
             if child is not None:
                 _add(total, child.counters)
@@ -461,7 +461,7 @@ class Supervisor(Control):
                 break
             if message[0] == "counters":
                 child.counters = message[1]
-        total = dataclasses.asdict(self.exited_counters)
+        total = counts(self.exited_counters)
         _add(total, child.counters)
         self.exited_counters = Counters(**total)
         with contextlib.suppress(Exception):
@@ -485,12 +485,30 @@ class Supervisor(Control):
                     os.kill(child.pid, signal.SIGKILL)
 
 
+def counts(counters: Counters) -> dict[str, Any]:
+    """A worker's counters as plain data for the supervisor, copied while UDP threads bump them.
+
+    dict.copy() and list.copy() are one C call each under the GIL; dataclasses.asdict walks a
+    dict in Python and raises "dictionary changed size during iteration" when a UDP thread
+    counts a new (transport, type, rcode) meanwhile.
+    """
+    out: dict[str, Any] = {}
+    for item in dataclasses.fields(counters):
+        value = getattr(counters, item.name)
+        out[item.name] = value.copy() if isinstance(value, dict | list) else value
+    return out
+
+
 def _add(total: dict[str, Any], more: dict[str, Any]) -> None:
+    """Add one process's counts (as from `counts`) into `total`, key by key."""
     for key, value in more.items():
         if isinstance(value, dict):
             bucket = total.setdefault(key, {})
             for k, v in value.items():
                 bucket[k] = bucket.get(k, 0) + v
+        elif isinstance(value, list):  # histogram buckets: added bucket by bucket, not appended
+            mine = total.get(key) or [0] * len(value)
+            total[key] = [a + b for a, b in zip(mine, value, strict=True)]
         else:
             total[key] = total.get(key, 0) + value
 

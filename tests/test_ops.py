@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gslb.answer import LATENCY_BOUNDS, Counters
+from gslb.app import _add, counts
 from gslb.config import load
 from gslb.geo import Location
 from gslb.health import HealthView, Status
@@ -67,6 +71,27 @@ def value(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
     return metrics.get((name, frozenset(labels.items())), 0.0)
 
 
+def replies_counted(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+    return sum(v for (name, _), v in metrics.items() if name == "gslb_dns_queries_total")
+
+
+def scrape_when_counted(server: Server, replies: int,
+                        timeout: float = 5) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """/metrics once every worker has reported `replies` replies in all (workers report each second).
+
+    Fails at once on more than were sent: counters only grow.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = scrape(server)
+        counted = replies_counted(metrics)
+        assert counted <= replies, f"{counted} replies counted, {replies} sent"
+        if counted == replies:
+            return metrics
+        assert time.monotonic() < deadline, f"only {counted} of {replies} replies counted in {timeout} s"
+        time.sleep(0.05)
+
+
 def ecs_query(name: str, subnet: str, rdtype: str = "A") -> dns.message.Message:
     address, prefix = subnet.split("/")
     return dns.message.make_query(name, rdtype, use_edns=0,
@@ -103,7 +128,8 @@ def token_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ops_server(start_server: type[Server], tmp_path: Path, token_file: Path) -> Server:
-    return start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
+    # The default mode: a supervisor serving HTTP, workers answering DNS.
+    return start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
                         "--state-file", str(tmp_path / "state.json"),
                         "--http", "127.0.0.1:0", "--token-file", str(token_file))
 
@@ -122,12 +148,14 @@ def big_zones(tmp_path: Path) -> Path:
     return directory
 
 
+@pytest.mark.parametrize("workers", [2, 0])
 def test_metrics_move_exactly_with_queries(start_server: type[Server], tmp_path: Path,
-                                           big_zones: Path) -> None:
+                                           big_zones: Path, workers: int) -> None:
     need("dig")
-    server = start_server("--zones", str(big_zones), "--no-probes", "--workers", "0",
+    server = start_server("--zones", str(big_zones), "--no-probes", "--workers", str(workers),
                           "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0")
     before = scrape(server)
+    assert replies_counted(before) == 0
     for _ in range(7):  # UDP A from Germany, the same network: cached after the first
         assert server.send(ecs_query("www.example.com.", GERMANY)).rcode() == dns.rcode.NOERROR
     for _ in range(3):  # TCP AAAA from Japan
@@ -146,7 +174,8 @@ def test_metrics_move_exactly_with_queries(start_server: type[Server], tmp_path:
     assert reply.rcode() == dns.rcode.FORMERR
     big = server.query("big.example.com.", "TXT", use_edns=False)
     assert big.flags & dns.flags.TC
-    after = scrape(server)
+    total = 7 + 3 + 4 + 2 + 1 + 1
+    after = scrape_when_counted(server, total)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -160,24 +189,88 @@ def test_metrics_move_exactly_with_queries(start_server: type[Server], tmp_path:
     assert delta("gslb_dns_refused_total") == 2
     assert delta("gslb_dns_formerr_total") == 1
     assert delta("gslb_dns_truncated_total") == 1
-    total = 7 + 3 + 4 + 2 + 1 + 1
     assert delta("gslb_dns_path_total", path="fast") + delta("gslb_dns_path_total",
                                                               path="general") == total
-    assert delta("gslb_dns_path_total", path="fast") >= 6 + 2 + 1  # repeats hit the cache
+    # Repeats hit the cache: each process's own, so each misses the first of a kind once.
+    processes = max(workers, 1)
+    assert delta("gslb_dns_path_total", path="fast") >= 6 + 2 + 1 - 3 * (processes - 1)
     assert 0 < value(after, "gslb_dns_cache_hit_ratio") < 1
-    # One query in 64 is timed; the histogram is whole (+Inf bucket == count).
+    # One query in 64 is timed (by each process of its own); the histogram is whole
+    # (+Inf bucket == count) and its buckets were merged, not appended, across workers.
     assert value(after, "gslb_dns_query_duration_seconds_bucket", le="+Inf") == value(
         after, "gslb_dns_query_duration_seconds_count")
-    for _ in range(64):
+    assert not any(name == "gslb_dns_query_duration_seconds_bucket" and dict(labels)["le"] == "+Inf"
+                   and v != value(after, "gslb_dns_query_duration_seconds_count")
+                   for (name, labels), v in after.items())
+    for _ in range(64 * 4):
         server.send(ecs_query("www.example.com.", GERMANY))
-    timed = scrape(server)
-    assert value(timed, "gslb_dns_query_duration_seconds_count") == value(
-        after, "gslb_dns_query_duration_seconds_count") + 1
+    timed = scrape_when_counted(server, total + 64 * 4)
+    timed_count = value(timed, "gslb_dns_query_duration_seconds_count")
+    # Each of n processes times every 64th of its own queries: floor(T/64) - (n-1) .. floor(T/64).
+    assert (total + 256) // 64 - (processes - 1) <= timed_count <= (total + 256) // 64
+    assert value(timed, "gslb_dns_query_duration_seconds_bucket", le="+Inf") == timed_count
     assert value(timed, "gslb_dns_query_duration_seconds_sum") > 0
     assert value(timed, "gslb_datacenter_up", datacenter="eu") == 1
     assert value(timed, "gslb_service_ttl_seconds", service="www.example.com.") == 30
     assert value(timed, "gslb_reloads_total", result="ok") == 0
-    assert value(timed, "gslb_workers") == 1
+    assert value(timed, "gslb_workers") == processes
+
+
+def _udp_burst(port: int, wires: list[bytes]) -> int:
+    """Send a burst of queries before reading any reply, so every worker takes some; replies read."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        for wire in wires:
+            sock.sendto(wire, ("127.0.0.1", port))
+        for _ in wires:
+            sock.recv(4096)
+    return len(wires)
+
+
+def _tcp_queries(port: int, wires: list[bytes]) -> int:
+    """Several queries on one connection, sent at once (RFC 7766 pipelining); every reply read."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(b"".join(len(w).to_bytes(2, "big") + w for w in wires))
+        stream = sock.makefile("rb")
+        for _ in wires:
+            length = int.from_bytes(stream.read(2), "big")
+            assert len(stream.read(length)) == length
+    return len(wires)
+
+
+def test_counters_of_every_worker_add_up_exactly(start_server: type[Server], tmp_path: Path) -> None:
+    """Every reply each worker sends is counted once: in /metrics and in the status page's total."""
+    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
+                          "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0",
+                          "--log-format", "json", "--query-log", "1")
+    workers = {int(m.group(1)) for line in server.lines
+               if (m := re.search(r"worker \d+ started \(pid (\d+)\)", line))}
+    assert len(workers) == 2
+    names = ["www.example.com.", "static.example.com.", "nope.example.com.", "example.org."]
+    udp = tcp = 0
+    for burst in range(20):
+        wires = [ecs_query(names[(burst + i) % 4], f"85.{burst}.{i}.0/24").to_wire() for i in range(10)]
+        udp += _udp_burst(server.port, wires)
+    for connection in range(8):
+        wires = [dns.message.make_query(names[(connection + i) % 4], "AAAA").to_wire() for i in range(5)]
+        tcp += _tcp_queries(server.port, wires)
+    metrics = scrape_when_counted(server, udp + tcp)
+    by_transport = {t: sum(v for (name, labels), v in metrics.items()
+                           if name == "gslb_dns_queries_total" and dict(labels)["transport"] == t)
+                    for t in ("udp", "tcp")}
+    assert by_transport == {"udp": udp, "tcp": tcp}
+    assert value(metrics, "gslb_dns_path_total", path="fast") + value(
+        metrics, "gslb_dns_path_total", path="general") == udp + tcp
+    # The query log says which worker answered what: each did its share, and every share counted.
+    deadline = time.monotonic() + 5
+    while (logged := Counter(json.loads(line)["pid"] for line in list(server.lines)
+                             if '"gslb.query"' in line)).total() < udp + tcp:
+        assert time.monotonic() < deadline, f"{logged.total()} of {udp + tcp} queries logged"
+        time.sleep(0.02)  # the log reader thread catches up with the workers' stderr
+    assert logged.total() == udp + tcp
+    assert set(logged) == workers, f"not every worker answered: {logged}"
+    with client(server) as http:
+        assert http.get("/api/status").json()["queries"]["total"] == udp + tcp
 
 
 class _Target(http.server.BaseHTTPRequestHandler):
@@ -228,7 +321,7 @@ def test_probe_metrics_and_state_gauges(start_server: type[Server], tmp_path: Pa
     config = config.replace('vips = ["127.0.2.1", "2001:db8:2::1"]',
                             'vips = ["127.0.2.1", "2001:db8:2::1"]\nprobe = "127.0.0.1"')
     (zones / "gslb.toml").write_text(config)
-    server = start_server("--zones", str(zones), "--workers", "0", "--no-watch",
+    server = start_server("--zones", str(zones), "--workers", "2", "--no-watch",
                           "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0")
     # Probes of one target run one after another: once the third has arrived, two are recorded.
     _wait_probes(3)
@@ -257,7 +350,7 @@ def test_probe_metrics_and_state_gauges(start_server: type[Server], tmp_path: Pa
 def test_admin_actions_need_the_token(start_server: type[Server], tmp_path: Path,
                                       ops_server: Server) -> None:
     # No token configured: refused outright, with how to configure one.
-    tokenless = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
+    tokenless = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
                              "--state-file", str(tmp_path / "other.json"), "--http", "127.0.0.1:0")
     with client(tokenless, TOKEN) as http:
         for path in ("/api/drain", "/api/undrain", "/api/reload"):
@@ -286,7 +379,7 @@ def test_admin_actions_need_the_token(start_server: type[Server], tmp_path: Path
         assert response.status_code == 200
         assert response.json() == {"drained": "eu", "kind": "datacenter", "already": False}
         assert http.post("/api/drain", json={"target": "eu"}).json()["already"] is True
-    assert answer(ops_server) == ["127.0.1.1"]
+    answers_become(ops_server, ["127.0.1.1"])
     assert all(TOKEN not in line for line in ops_server.lines)
 
 
@@ -335,7 +428,7 @@ def test_draining_one_vip(ops_server: Server) -> None:
         response = http.post("/api/drain", json={"target": "127.0.2.1"})
         assert response.json()["kind"] == "vip"
         # eu has no other IPv4 VIP: down for A; its IPv6 VIP still answers AAAA.
-        assert answer(ops_server) == ["127.0.1.1"]
+        answers_become(ops_server, ["127.0.1.1"])
         assert answer(ops_server, "2003::/32", "AAAA") == ["2001:db8:2::1"]
         why = http.get("/api/explain", params={"name": "www.example.com", "subnet": GERMANY})
         assert "eu down: every IPv4 VIP drained" in why.json()["why"]
@@ -345,14 +438,14 @@ def test_draining_one_vip(ops_server: Server) -> None:
                               {"address": "2001:db8:2::1", "drained": False}]
         assert value(scrape(ops_server), "gslb_vip_drained", datacenter="eu", vip="127.0.2.1") == 1
         assert http.post("/api/undrain", json={"target": "127.0.2.1"}).json()["was_drained"]
-        assert answer(ops_server) == ["127.0.2.1"]
+        answers_become(ops_server, ["127.0.2.1"])
         assert not http.post("/api/undrain", json={"target": "eu"}).json()["was_drained"]
 
 
 def test_reload_over_the_api(start_server: type[Server], tmp_path: Path, token_file: Path) -> None:
     zones = tmp_path / "zones"
     shutil.copytree(EXAMPLE_ZONES, zones)
-    server = start_server("--zones", str(zones), "--no-probes", "--workers", "0", "--no-watch",
+    server = start_server("--zones", str(zones), "--no-probes", "--workers", "2", "--no-watch",
                           "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0",
                           "--token-file", str(token_file))
     address = f"127.0.0.1:{http_port(server)}"
@@ -423,7 +516,7 @@ def test_http_limits(ops_server: Server) -> None:
 
 
 def test_http_off_and_port_taken(start_server: type[Server], tmp_path: Path) -> None:
-    off = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
+    off = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
                        "--state-file", str(tmp_path / "a.json"), "--http", "off")
     assert not any("http on" in line for line in off.lines)
     with socket.socket() as taken:
@@ -431,7 +524,7 @@ def test_http_off_and_port_taken(start_server: type[Server], tmp_path: Path) -> 
         taken.listen()
         port = taken.getsockname()[1]
         # The endpoint cannot listen: logged, and DNS goes on regardless.
-        server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
+        server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
                               "--state-file", str(tmp_path / "b.json"),
                               "--http", f"127.0.0.1:{port}")
         server.wait_log(rf"http: cannot listen on 127\.0\.0\.1:{port}")
@@ -568,3 +661,51 @@ def test_policy_leaves_drained_vips_out(service: str, drained: tuple[str, ...], 
     decision = choose(CONFIG.services[service], CONFIG.datacenters, BERLIN, view, family)
     assert decision.addresses == addresses
     assert decision.datacenters == datacenters
+
+
+# -- pure parts: merging the workers' counters ------------------------------------------------
+
+
+def test_worker_counts_add_key_by_key_and_bucket_by_bucket() -> None:
+    workers = [Counters(), Counters()]
+    for seconds, worker in ((1e-6, 0), (3e-5, 0), (3e-5, 1), (1.0, 1)):
+        workers[worker].observe(seconds)
+        workers[worker].by_key[(False, 1, 0)] = workers[worker].by_key.get((False, 1, 0), 0) + 1
+    workers[1].by_answer[("www.example.com.", "eu")] = 5
+    workers[0].ticks, workers[1].ticks = 10, 32
+    total = counts(Counters())
+    for worker in workers:
+        _add(total, counts(worker))
+    merged = Counters(**total)
+    assert len(merged.latency_buckets) == len(LATENCY_BOUNDS) + 1
+    assert merged.latency_buckets[0] == 1 and merged.latency_buckets[-1] == 1
+    assert sum(merged.latency_buckets) == merged.latency_count == 4
+    assert merged.by_key == {(False, 1, 0): 4}
+    assert merged.by_answer == {("www.example.com.", "eu"): 5}
+    assert merged.ticks == 42
+
+
+def test_worker_counts_copy_safely_while_a_udp_thread_counts() -> None:
+    """A worker reports while its UDP threads add keys; the copy must never raise."""
+    counters = Counters()
+    stop = threading.Event()
+
+    def count_new_kinds() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            counters.by_key[(False, i % 50_000, 0)] = 1
+            if i % 50_000 == 0:
+                counters.by_key.clear()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows at once
+    thread = threading.Thread(target=count_new_kinds, daemon=True)
+    thread.start()
+    try:
+        for _ in range(1000):
+            counts(counters)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sys.setswitchinterval(interval)
