@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import dns.message
 import dns.rcode
 import pytest
 
@@ -74,30 +76,55 @@ def test_a_changed_file_is_picked_up_without_a_signal(start_server: type[Server]
     assert server.query("a.other.test.").rcode() == dns.rcode.NOERROR
 
 
-def test_queries_during_reloads_never_see_half_a_snapshot(start_server: type[Server], zone_dir: Path) -> None:
-    """Two zones change together; every answer must come from one version or the other."""
+def _pair(port: int, first: str, second: str) -> tuple[str, str]:
+    """Both names asked in one TCP segment: one process answers both, with no reload between."""
+    wires = [dns.message.make_query(name, "A").to_wire() for name in (first, second)]
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(b"".join(len(w).to_bytes(2, "big") + w for w in wires))
+        stream = sock.makefile("rb")
+        replies = [dns.message.from_wire(stream.read(int.from_bytes(stream.read(2), "big")))
+                   for _ in wires]
+    return replies[0].answer[0][0].address, replies[1].answer[0][0].address
+
+
+@pytest.mark.parametrize("workers", ["2", "0"])
+def test_queries_during_reloads_never_see_half_a_snapshot(start_server: type[Server], zone_dir: Path,
+                                                          workers: str) -> None:
+    """Two zones change together; every pair of answers must come from one version or the other.
+
+    While each reload runs, both zones are asked in turn (the order alternating), as a pair in
+    one TCP segment and one after the other over UDP; a pair from two versions is half a snapshot.
+    """
     other = ZONE.replace("reload.test.", "other.test.")
     _write(zone_dir / "other.test.zone", other.format(last=1))
-    server = start_server("--zones", str(zone_dir), "--no-probes", "--no-watch",
+    server = start_server("--zones", str(zone_dir), "--no-probes", "--no-watch", "--workers", workers,
                           "--state-file", str(zone_dir.parent / "s.json"))
+    names = ("a.reload.test.", "a.other.test.")
     for version in range(2, 6):
         _write(zone_dir / "reload.test.zone", ZONE.format(last=version))
         _write(zone_dir / "other.test.zone", other.format(last=version))
         mark = server.mark()
         server.proc.send_signal(signal.SIGHUP)
-        seen = set()
-        while True:
-            a = server.query("a.reload.test.").answer[0][0].address
-            seen.add(a)
+        seen: set[str] = set()
+        pairs = 0
+        done = False
+        while not done:
+            first, second = names if pairs % 2 == 0 else names[::-1]
+            answers = _pair(server.port, first, second)
+            assert answers[0] == answers[1], f"half a snapshot: {first} {answers[0]}, {second} {answers[1]}"
+            seen.update(answers)
+            seen.update(server.query(name).answer[0][0].address for name in (first, second))
+            pairs += 1
             try:
-                server.wait_log(r"reloaded \(SIGHUP\)", timeout=0.01, start=mark)
-                break
+                server.wait_log(r"reloaded \(SIGHUP\)", timeout=0.001, start=mark)
+                done = True
             except AssertionError:
-                continue
+                pass
         assert seen <= {f"127.0.0.{version - 1}", f"127.0.0.{version}"}
-        a = server.query("a.reload.test.").answer[0][0].address
-        b = server.query("a.other.test.").answer[0][0].address
-        assert a == b == f"127.0.0.{version}"
+        for name in names:
+            for tcp in (False, True):
+                assert server.query(name, tcp=tcp).answer[0][0].address == f"127.0.0.{version}"
+        assert _pair(server.port, *names) == (f"127.0.0.{version}",) * 2
 
 
 def _gslb(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
