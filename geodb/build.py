@@ -35,7 +35,7 @@ from mmdb_writer import MMDBWriter
 from netaddr import IPSet  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT = ROOT / "geodb" / "geolite2-country-2018.mmdb"
+DEFAULT_OUTPUT = ROOT / "gslb" / "data" / "geolite2-country-2018.mmdb"
 DEFAULT_CENTROIDS = ROOT / "gslb" / "data" / "country_centroids.csv"
 
 # (country iso_code or "", continent code or ""): the whole of what the output keeps.

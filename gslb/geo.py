@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import datetime
 import functools
+import importlib.resources
 import ipaddress
 import logging
 import math
@@ -53,11 +54,11 @@ class GeoError(Exception):
     """A geo database or table that cannot be used; the message names the file."""
 
 
-# The embedded default database (see geodb/README.md); the project is installed editable,
-# so the repository's geodb/ sits next to the package directory.
-GEODB_DIR: Final = Path(__file__).resolve().parent.parent / "geodb"
+# The embedded default database (see geodb/README.md) and the centroid table are package
+# data in gslb/data/, found the same way in a checkout, an installed wheel or a pipx venv.
+GEODB_DIR: Final = Path(str(importlib.resources.files("gslb").joinpath("data")))
 DEFAULT_DATABASE: Final = GEODB_DIR / "geolite2-country-2018.mmdb"
-CENTROIDS_FILE: Final = Path(__file__).resolve().parent / "data" / "country_centroids.csv"
+CENTROIDS_FILE: Final = GEODB_DIR / "country_centroids.csv"
 
 # Mean Earth radius (IUGG), the usual choice for a spherical-Earth great-circle distance.
 EARTH_RADIUS_KM: Final = 6371.0088
