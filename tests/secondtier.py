@@ -1,12 +1,18 @@
 """A real second tier for end-to-end tests and the README demo: nginx per data center, two backends each.
 
     python -m tests.secondtier DIR    # starts it all on 127.0.{1,2,3}.1:8080 until Ctrl-C
+
+Every run has a random token that only its nginx and its backends send, so a test that reaches
+some other process listening on the address fails at once, saying so, instead of on its body.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import http.server
+import random
+import secrets
 import shutil
 import signal
 import socket
@@ -18,13 +24,18 @@ from pathlib import Path
 
 DATACENTERS = {"us": "127.0.1.1", "eu": "127.0.2.1", "ap": "127.0.3.1"}
 PORT = 8080
+START_TIMEOUT = 10.0  # seconds for nginx to serve our token
+
+
+class SecondTierError(Exception):
+    """nginx did not start, or something other than our second tier answers on its address."""
 
 NGINX_CONF = """\
 daemon off;
 master_process on;
 worker_processes 1;
 pid {dir}/nginx.pid;
-error_log stderr warn;
+error_log {dir}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
     access_log off;
@@ -39,7 +50,7 @@ http {{
     }}
     server {{
         listen {vip}:{port};
-        location = /health {{ return 200 "ok {name}\\n"; }}
+        location = /health {{ return 200 "ok {name} {token}\\n"; }}
         location / {{ proxy_pass http://backends; }}
     }}
 }}
@@ -47,22 +58,22 @@ http {{
 
 
 class Backend:
-    """A small HTTP server on loopback that says which backend answered."""
+    """A small HTTP server that answers every GET with one body (by default, on loopback port 0)."""
 
-    def __init__(self, label: str):
-        label_bytes = f"backend {label}\n".encode()
+    def __init__(self, body: str, host: str = "127.0.0.1", port: int = 0):
+        body_bytes = body.encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(label_bytes)))
+                self.send_header("Content-Length", str(len(body_bytes)))
                 self.end_headers()
-                self.wfile.write(label_bytes)
+                self.wfile.write(body_bytes)
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -75,38 +86,87 @@ class Backend:
 class Balancer:
     """One data center's nginx, on its VIP, proxying to two backends."""
 
-    def __init__(self, name: str, directory: Path):
+    def __init__(self, name: str, directory: Path, vip: str | None = None, port: int = PORT,
+                 token: str | None = None):
         self.name = name
-        self.vip = DATACENTERS[name]
+        self.vip = vip or DATACENTERS[name]
+        self.port = port
+        self.token = token or secrets.token_hex(8)
         self.directory = directory / name
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.backends = [Backend(f"{name}-1"), Backend(f"{name}-2")]
-        conf = NGINX_CONF.format(dir=self.directory, vip=self.vip, port=PORT, name=name,
+        # Each says which backend answered, and the run's token.
+        self.backends = [Backend(f"backend {name}-{i} {self.token}\n") for i in (1, 2)]
+        conf = NGINX_CONF.format(dir=self.directory, vip=self.vip, port=port, name=name, token=self.token,
                                  backend1=self.backends[0].port, backend2=self.backends[1].port)
         self.conf = self.directory / "nginx.conf"
         self.conf.write_text(conf)
+        self.error_log = self.directory / "error.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.hang: socket.socket | None = None
 
+    @property
+    def health_body(self) -> str:
+        return f"ok {self.name} {self.token}\n"
+
     def start(self) -> None:
+        """Start nginx and return once it serves this run's token; SecondTierError if not."""
+        if _listening(self.vip, self.port):
+            raise SecondTierError(f"{self.vip}:{self.port} is taken by another process: not starting nginx there")
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen([nginx, "-c", str(self.conf), "-p", str(self.directory)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(self.vip, PORT, up=True)
+        with (self.directory / "nginx.stderr").open("wb") as stderr:
+            # -e: nginx's own errors go to our file from the start, not to /var/log/nginx.
+            self.proc = subprocess.Popen([nginx, "-c", str(self.conf), "-p", str(self.directory),
+                                          "-e", str(self.error_log)],
+                                         stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            status = self.proc.poll()
+            if status is not None:
+                self.proc = None
+                raise SecondTierError(f"nginx for {self.name} exited with status {status}: {self._errors()}")
+            body = _get(self.vip, self.port, "/health")
+            if body == self.health_body:
+                return
+            if body is not None:  # a listener that is not ours
+                self.stop()
+                raise SecondTierError(f"{self.vip}:{self.port} answers {body!r}, not our nginx for {self.name}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SecondTierError(f"nginx for {self.name} did not serve {self.vip}:{self.port} in "
+                                      f"{START_TIMEOUT:.0f} s: {self._errors()}")
+            time.sleep(0.02)
+
+    def _errors(self) -> str:
+        for path in (self.error_log, self.directory / "nginx.stderr"):  # stderr: before the log opened
+            text = path.read_text(errors="replace").strip() if path.exists() else ""
+            if text:
+                return text
+        return "(nothing in its error log)"
+
+    def fetch(self, path: str = "/") -> str:
+        """GET through this nginx; SecondTierError unless the body is our backends' (or nginx's)."""
+        body = _get(self.vip, self.port, path, timeout=5)
+        if body is None or not body.rstrip("\n").endswith(self.token):
+            raise SecondTierError(f"{self.vip}:{self.port}{path} answered {body!r}: not this run's second tier")
+        return body
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # fast shutdown: connections drop now
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Once the master has exited its listening socket is closed: nothing to wait for.
         self.proc = None
-        _wait_port(self.vip, PORT, up=False)
 
     def start_hanging(self) -> None:
         """Accept connections on the VIP and never answer, like a wedged balancer."""
         self.stop()
         self.hang = socket.socket()
         self.hang.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.hang.bind((self.vip, PORT))
+        self.hang.bind((self.vip, self.port))
         self.hang.listen(128)  # the kernel completes handshakes; nobody ever reads
 
     def stop_hanging(self) -> None:
@@ -122,28 +182,61 @@ class Balancer:
             backend.close()
 
 
-def _wait_port(host: str, port: int, up: bool, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _listening(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def _get(host: str, port: int, path: str, timeout: float = 0.5) -> str | None:
+    """The body of GET `path`, or None when nothing answers HTTP there."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().read().decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+def free_addresses(count: int, rng: random.Random | None = None) -> tuple[list[str], int]:
+    """`count` loopback addresses in a /16 of 127/8 chosen at random, and a TCP port free on all.
+
+    Other software on the machine listens on 127.0.0.1 and, in the README's demo, on
+    127.0.x.1:8080; a second octet of 100-254 and a port the kernel hands out stay clear of both
+    and of another test run at the same time. The port is checked free on every address.
+    """
+    rng = rng or random.Random()
+    for _ in range(50):
+        second = rng.randrange(100, 255)
+        addresses = [f"127.{second}.{third}.1" for third in range(1, count + 1)]
+        with socket.socket() as probe:
+            probe.bind((addresses[0], 0))
+            port = probe.getsockname()[1]
+        if all(_bindable(address, port) for address in addresses):
+            return addresses, port
+    raise SecondTierError("no loopback addresses with a free port found")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
         try:
-            with socket.create_connection((host, port), timeout=0.2):
-                if up:
-                    return
+            sock.bind((host, port))
         except OSError:
-            if not up:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"{host}:{port} did not come {'up' if up else 'down'}")
+            return False
+    return not _listening(host, port)
 
 
 def main() -> None:
     directory = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/gslb-secondtier")
-    balancers = [Balancer(name, directory) for name in DATACENTERS]
+    token = secrets.token_hex(4)
+    balancers = [Balancer(name, directory, token=token) for name in DATACENTERS]
     for balancer in balancers:
         balancer.start()
-        print(f"{balancer.name}: nginx on {balancer.vip}:{PORT} -> backends "
+        print(f"{balancer.name}: nginx on {balancer.vip}:{balancer.port} -> backends "
               f"{', '.join(str(b.port) for b in balancer.backends)}")
-    print("Ctrl-C stops them all")
+    print(f"every body ends in this run's token, {token}; Ctrl-C stops them all")
     try:
         signal.pause()
     except KeyboardInterrupt:
