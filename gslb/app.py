@@ -62,6 +62,7 @@ class Options:
     http: ListenAddress | None = None  # status page, /metrics and the admin API; None: off
     token: str | None = field(default=None, repr=False)  # for admin actions; None: refused
     query_log: float = 0.0  # share of queries logged (gslb.query); 0: off
+    udp_loop: str = "auto"  # auto | compiled | python (see server.udp_loop)
 
 
 @dataclass
@@ -99,14 +100,16 @@ def bind(address: ListenAddress) -> Listener:
 class Listening:
     """The UDP and TCP servers of one process, around one handler."""
 
-    def __init__(self, handle: Callable[[bytes, str | None, bool], bytes | None], options: Options):
+    def __init__(self, handle: Callable[[bytes, str | None, bool], bytes | None], options: Options,
+                 answerer: Answerer | None = None):
         self.handle = handle
         self.options = options
+        self.answerer = answerer  # given: UDP may run the compiled loop over its tables
         self.udp: list[UdpServer] = []
         self.tcp: list[TcpServer] = []
 
     async def add(self, listener: Listener) -> None:
-        udp = UdpServer(listener.udp, self.handle)
+        udp = UdpServer(listener.udp, self.handle, answerer=self.answerer, loop=self.options.udp_loop)
         tcp = TcpServer(self.handle, idle_timeout=self.options.tcp_idle_timeout,
                         max_connections=self.options.tcp_max_connections)
         await tcp.start(listener.tcp)
@@ -229,7 +232,7 @@ class App(Control):
         self.answerer = Answerer(snapshot, self.monitor.view)
         if options.query_log > 0:
             self.answerer.query_log = QueryLog(self.answerer, options.query_log)
-        self.listening = Listening(self.answerer.handle, options)
+        self.listening = Listening(self.answerer.handle, options, self.answerer)
 
     def health_changed(self, view: HealthView) -> None:
         self.answerer.set_health(view)
@@ -270,7 +273,7 @@ class Worker:
             self.answerer.query_log = QueryLog(self.answerer, options.query_log)
         self.listeners = listeners
         self.control = control
-        self.listening = Listening(self.answerer.handle, options)
+        self.listening = Listening(self.answerer.handle, options, self.answerer)
         self._stop = asyncio.Event()
 
     async def run(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from gslb import __version__, logs
 from gslb.explain import explain_query
-from gslb.server import DEFAULT_PORT, TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, ListenAddress
+from gslb.server import DEFAULT_PORT, TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, UDP_LOOPS, ListenAddress, udp_loop
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
 from gslb.web import DEFAULT_HTTP, read_token
 
@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tcp-max-connections", type=int, default=TCP_MAX_CONNECTIONS, metavar="N",
                        help=f"TCP connections per process; more are closed at once "
                             f"(default {TCP_MAX_CONNECTIONS})")
+    serve.add_argument("--udp-loop", default="auto", choices=UDP_LOOPS,
+                       help="compiled: batched receive and send with the common query answered in C "
+                            "(gslb._fastudp, built at install when gcc and python3-dev are there); "
+                            "python: the pure-Python loop; auto (default): compiled when built")
     serve.add_argument("--no-probes", action="store_true", help="do not probe; every data center is up")
     serve.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only, not on file changes")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -181,11 +185,16 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 0:
         print("gslb: --workers must be 0 or more", file=sys.stderr)
         return 2
+    try:
+        udp_loop(args.udp_loop)
+    except ValueError as exc:
+        print(f"gslb: --udp-loop: {exc}", file=sys.stderr)
+        return 2
     options = Options(sources, listen, state_file=state_file, watch=not args.no_watch,
                       probes=not args.no_probes, workers=args.workers,
                       tcp_idle_timeout=args.tcp_idle_timeout,
                       tcp_max_connections=args.tcp_max_connections,
-                      http=http, token=token, query_log=args.query_log)
+                      http=http, token=token, query_log=args.query_log, udp_loop=args.udp_loop)
     try:
         serve(options, snapshot)
     except OSError as exc:

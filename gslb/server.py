@@ -11,9 +11,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+try:  # the compiled UDP loop (gslb/_fastudp.c); optional, built when a C compiler is there
+    from gslb import _fastudp
+except ImportError:  # not built (no compiler at install time) or built for another Python
+    _fastudp = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes, str | None, bool], bytes | None]
+UDP_LOOPS = ("auto", "compiled", "python")
 
 DEFAULT_PORT = 5300
 TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 §6.2.3: close idle connections after seconds, not minutes
@@ -67,22 +73,53 @@ def udp_socket(address: ListenAddress) -> socket.socket:
     return sock
 
 
-class UdpServer:
-    """A blocking receive loop in its own thread: the fastest way to serve UDP from Python.
+def udp_loop(choice: str) -> str:
+    """Which UDP loop `--udp-loop CHOICE` runs: "compiled" or "python"; ValueError if it cannot."""
+    if choice not in UDP_LOOPS:
+        raise ValueError(f"unknown UDP loop {choice!r} (one of {', '.join(UDP_LOOPS)})")
+    if choice == "python" or (choice == "auto" and _fastudp is None):
+        return "python"
+    if _fastudp is None:
+        raise ValueError("the compiled UDP loop (gslb._fastudp) is not built: install gcc and python3-dev, "
+                         "then reinstall gslb (pip install -e .), or use --udp-loop python")
+    return "compiled"
 
+
+class UdpServer:
+    """A blocking receive loop in its own thread, compiled or in Python.
+
+    The compiled loop (gslb._fastudp.Loop, when built and given the Answerer) receives and
+    sends in batches (recvmmsg/sendmmsg), answers the common query from the answerer's tables
+    in C, and calls `handle` for the rest. The Python loop is one recvfrom/sendto per query:
     asyncio's datagram transport costs about a third more per packet here (see README,
-    Performance); the loop only calls `handle`, which never blocks.
+    Performance). Either way `handle` never blocks.
     """
 
-    def __init__(self, sock: socket.socket, handle: Handler):
+    def __init__(self, sock: socket.socket, handle: Handler, *, answerer: object | None = None,
+                 loop: str = "auto"):
         self.sock = sock
         self.handle = handle
         self.address = sock.getsockname()
+        self.kind = udp_loop(loop) if answerer is not None else "python"
+        self._compiled = None
+        if self.kind == "compiled":
+            self._compiled = _fastudp.Loop(sock.fileno(), answerer, handle)
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"udp {self.address[:2]}", daemon=True)
+        target = self._run if self._compiled is None else self._run_compiled
+        self._thread = threading.Thread(target=target, name=f"udp {self.address[:2]}", daemon=True)
 
     def start(self) -> None:
+        log.info("UDP on %s: %s", ListenAddress(*self.address[:2]),
+                 f"compiled loop (batches of {_fastudp.BATCH})" if self._compiled is not None else "Python loop")
         self._thread.start()
+
+    def _run_compiled(self) -> None:
+        assert self._compiled is not None
+        try:
+            self._compiled.run()  # returns within UDP_WAKE seconds of stop()
+        except OSError as exc:
+            if not self._stopping:
+                log.error("UDP loop on %s stopped: %s", self.address[:2], exc)
 
     def _run(self) -> None:
         recvfrom, sendto, handle = self.sock.recvfrom, self.sock.sendto, self.handle
@@ -104,9 +141,11 @@ class UdpServer:
 
     def stop(self) -> None:
         # The receive loop notices within UDP_WAKE seconds (SO_RCVTIMEO); it finishes the
-        # packet in hand first. The socket may be shared with other processes: only this
-        # process's descriptor is closed.
+        # packet (or batch) in hand first. The socket may be shared with other processes:
+        # only this process's descriptor is closed.
         self._stopping = True
+        if self._compiled is not None:
+            self._compiled.stop()
         self._thread.join(timeout=UDP_WAKE + 2)
         self.sock.close()
 

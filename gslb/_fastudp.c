@@ -1,0 +1,1067 @@
+/* The UDP hot loop of gslb, compiled: batched receive and send (recvmmsg/sendmmsg) and the
+ * fast path of gslb.answer.Answerer (`_fast`) over the same tables, byte for byte.
+ *
+ * What this file answers itself: the common query (one question, class IN, an optional OPT
+ * whose options are walked: ECS used, anything else ignored) whose reply is already encoded
+ * in the answerer's State: a static entry, a negative (NXDOMAIN/REFUSED) entry, or a steered
+ * service whose client network is located in the service's RankTable and whose (question,
+ * ranking) pick is cached. Everything else, and anything this code is unsure of, goes back
+ * to Python: `answerer.handle(wire, host, False)`, whose reply is sent in the same batch.
+ *
+ * Invariants: every read of a packet is bounds-checked against its length; a reply is built
+ * only after its whole length is known to fit; any Python error while reading the tables
+ * sends the packet to Python (which answers it or SERVFAILs it), never out of the loop.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define BATCH 64           /* datagrams per recvmmsg/sendmmsg */
+#define RECV_SIZE 4096     /* as the Python loop: a query never needs more */
+#define REPLY_MAX 1232     /* a reply built here never exceeds the largest UDP limit */
+#define OPT_HEAD 11        /* our OPT RR without options */
+#define SAMPLE_MASK 63     /* gslb.answer.LATENCY_SAMPLE_MASK */
+#define MAX_LABELS 128
+#define RANK_CACHE 8
+
+typedef unsigned __int128 u128;
+
+/* ---- names and types, looked up once ------------------------------------------------- */
+
+static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_snapshot, *s_picks, *s_by_resolver,
+    *s_counters, *s_ticks, *s_by_key, *s_by_answer, *s_query_log, *s_flag_bytes, *s_head, *s_head_opt, *s_body,
+    *s_scoped, *s_scope, *s_udp_key, *s_answer_key, *s_ranks, *s_starts4, *s_ranks4, *s_starts6_hi, *s_starts6_lo,
+    *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe;
+
+static PyObject *EntryType;    /* gslb.answer.Entry */
+static PyObject *SteeredType;  /* the type of a steered service's value in State.static, or NULL */
+static PyObject *Uncached;     /* gslb.answer.UNCACHED */
+
+static int intern_names(void) {
+#define NAME(var, text) if (!(var = PyUnicode_InternFromString(text))) return -1;
+    NAME(s_state, "state") NAME(s_static, "static") NAME(s_negative, "negative") NAME(s_refused, "refused")
+    NAME(s_index, "index") NAME(s_snapshot, "snapshot") NAME(s_picks, "picks") NAME(s_by_resolver, "by_resolver")
+    NAME(s_counters, "counters") NAME(s_ticks, "ticks") NAME(s_by_key, "by_key") NAME(s_by_answer, "by_answer")
+    NAME(s_query_log, "query_log") NAME(s_flag_bytes, "flag_bytes") NAME(s_head, "head")
+    NAME(s_head_opt, "head_opt") NAME(s_body, "body") NAME(s_scoped, "scoped") NAME(s_scope, "scope")
+    NAME(s_udp_key, "udp_key") NAME(s_answer_key, "answer_key") NAME(s_ranks, "ranks")
+    NAME(s_starts4, "starts4") NAME(s_ranks4, "ranks4") NAME(s_starts6_hi, "starts6_hi")
+    NAME(s_starts6_lo, "starts6_lo") NAME(s_ranks6, "ranks6") NAME(s_default_rank, "default_rank")
+    NAME(s_names, "names") NAME(s_cuts, "cuts") NAME(s_wildcard_parents, "wildcard_parents")
+    NAME(s_origin, "origin") NAME(s_observe, "observe")
+#undef NAME
+    return 0;
+}
+
+/* The types the tables hold, from gslb.answer (and gslb.ranks), imported on first use. */
+static int load_types(void) {
+    if (EntryType != NULL)
+        return 0;
+    PyObject *answer = PyImport_ImportModule("gslb.answer");
+    if (answer == NULL)
+        return -1;
+    PyObject *entry = PyObject_GetAttrString(answer, "Entry");
+    PyObject *uncached = entry ? PyObject_GetAttrString(answer, "UNCACHED") : NULL;
+    if (uncached == NULL) {
+        Py_XDECREF(entry);
+        Py_DECREF(answer);
+        return -1;
+    }
+    PyObject *steered = PyObject_GetAttrString(answer, "Steered");
+    if (steered == NULL) {
+        PyErr_Clear();
+        PyObject *ranks = PyImport_ImportModule("gslb.ranks");
+        if (ranks != NULL) {
+            steered = PyObject_GetAttrString(ranks, "Steered");
+            Py_DECREF(ranks);
+        }
+        if (steered == NULL)
+            PyErr_Clear(); /* no steered services in this version of the tables */
+    }
+    Py_DECREF(answer);
+    EntryType = entry;
+    Uncached = uncached;
+    SteeredType = steered;
+    return 0;
+}
+
+/* ---- one batch's view of the answerer ------------------------------------------------ */
+
+typedef struct {
+    PyObject *owner;  /* the RankTable (strong) */
+    Py_buffer starts4, ranks4, starts6_hi, starts6_lo, ranks6;
+    Py_ssize_t n4, n6;
+    long default_rank;
+    int ok;
+} Ranks;
+
+typedef struct {
+    PyObject *answerer, *state, *statics, *negative, *refused, *index, *picks, *counters, *by_key, *by_answer;
+    int by_resolver;
+    int disabled;       /* 1: answer nothing here (query log on, or the tables unreadable) */
+    long long ticks;    /* counters.ticks, kept here during a batch and written back */
+    int ticks_dirty;
+    Ranks ranks[RANK_CACHE];
+    int nranks;
+} Ctx;
+
+typedef struct {
+    int family;  /* 0: no address (a Python caller passed None), 4, 6 */
+    unsigned char addr[16];
+} Source;
+
+static int ctx_read_ticks(Ctx *c) {
+    PyObject *t = PyObject_GetAttr(c->counters, s_ticks);
+    if (t == NULL)
+        return -1;
+    c->ticks = PyLong_AsLongLong(t);
+    Py_DECREF(t);
+    if (c->ticks == -1 && PyErr_Occurred())
+        return -1;
+    c->ticks_dirty = 0;
+    return 0;
+}
+
+static int ctx_flush_ticks(Ctx *c) {
+    if (!c->ticks_dirty)
+        return 0;
+    PyObject *t = PyLong_FromLongLong(c->ticks);
+    if (t == NULL)
+        return -1;
+    int r = PyObject_SetAttr(c->counters, s_ticks, t);
+    Py_DECREF(t);
+    c->ticks_dirty = 0;
+    return r;
+}
+
+static void ctx_open(Ctx *c, PyObject *answerer) {
+    memset(c, 0, sizeof(*c));
+    c->answerer = answerer;
+    c->disabled = 1;
+    PyObject *qlog = PyObject_GetAttr(answerer, s_query_log);
+    if (qlog == NULL)
+        goto fail;
+    int logging = qlog != Py_None;
+    Py_DECREF(qlog);
+    if (logging)
+        return; /* every query goes to Python, which logs it */
+    if (!(c->counters = PyObject_GetAttr(answerer, s_counters)))
+        goto fail;
+    if (!(c->by_key = PyObject_GetAttr(c->counters, s_by_key)) || !PyDict_Check(c->by_key))
+        goto fail;
+    if (!(c->by_answer = PyObject_GetAttr(c->counters, s_by_answer)) || !PyDict_Check(c->by_answer))
+        goto fail;
+    if (!(c->state = PyObject_GetAttr(answerer, s_state)))
+        goto fail;
+    if (!(c->statics = PyObject_GetAttr(c->state, s_static)) || !PyDict_Check(c->statics))
+        goto fail;
+    if (!(c->negative = PyObject_GetAttr(c->state, s_negative)) || !PyDict_Check(c->negative))
+        goto fail;
+    if (!(c->refused = PyObject_GetAttr(c->state, s_refused)) || !PyDict_Check(c->refused))
+        goto fail;
+    c->index = PyObject_GetAttr(c->state, s_index);
+    if (c->index == NULL) { /* older tables: the index lives on the snapshot */
+        PyErr_Clear();
+        PyObject *snapshot = PyObject_GetAttr(c->state, s_snapshot);
+        if (snapshot == NULL)
+            goto fail;
+        c->index = PyObject_GetAttr(snapshot, s_index);
+        Py_DECREF(snapshot);
+    }
+    if (c->index == NULL || !PyDict_Check(c->index))
+        goto fail;
+    c->picks = PyObject_GetAttr(c->state, s_picks);
+    if (c->picks == NULL)
+        PyErr_Clear(); /* no steered answers in these tables */
+    else if (!PyDict_Check(c->picks))
+        Py_CLEAR(c->picks);
+    PyObject *by_resolver = PyObject_GetAttr(c->state, s_by_resolver);
+    if (by_resolver == NULL)
+        goto fail;
+    c->by_resolver = PyObject_IsTrue(by_resolver);
+    Py_DECREF(by_resolver);
+    if (c->by_resolver < 0)
+        goto fail;
+    if (load_types() < 0 || ctx_read_ticks(c) < 0)
+        goto fail;
+    c->disabled = 0;
+    return;
+fail:
+    PyErr_Clear();
+}
+
+static void ranks_release(Ranks *r) {
+    if (r->ok) {
+        PyBuffer_Release(&r->starts4);
+        PyBuffer_Release(&r->ranks4);
+        PyBuffer_Release(&r->starts6_hi);
+        PyBuffer_Release(&r->starts6_lo);
+        PyBuffer_Release(&r->ranks6);
+    }
+    Py_CLEAR(r->owner);
+    r->ok = 0;
+}
+
+static void ctx_close(Ctx *c) {
+    if (!c->disabled && ctx_flush_ticks(c) < 0)
+        PyErr_WriteUnraisable(c->answerer);
+    for (int i = 0; i < c->nranks; i++)
+        ranks_release(&c->ranks[i]);
+    c->nranks = 0;
+    Py_CLEAR(c->state);
+    Py_CLEAR(c->statics);
+    Py_CLEAR(c->negative);
+    Py_CLEAR(c->refused);
+    Py_CLEAR(c->index);
+    Py_CLEAR(c->picks);
+    Py_CLEAR(c->counters);
+    Py_CLEAR(c->by_key);
+    Py_CLEAR(c->by_answer);
+}
+
+/* ---- the RankTable ------------------------------------------------------------------- */
+
+static int get_array(PyObject *table, PyObject *name, Py_buffer *view, Py_ssize_t itemsize) {
+    PyObject *obj = PyObject_GetAttr(table, name);
+    if (obj == NULL)
+        return -1;
+    int r = PyObject_GetBuffer(obj, view, PyBUF_FORMAT | PyBUF_ND);
+    Py_DECREF(obj);
+    if (r < 0)
+        return -1;
+    if (view->ndim != 1 || view->itemsize != itemsize) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "unexpected RankTable array");
+        return -1;
+    }
+    return 0;
+}
+
+/* The RankTable of a steered value, its arrays held for the batch; NULL (no error set) if unusable. */
+static Ranks *ctx_ranks(Ctx *c, PyObject *table) {
+    for (int i = 0; i < c->nranks; i++)
+        if (c->ranks[i].owner == table)
+            return c->ranks[i].ok ? &c->ranks[i] : NULL;
+    if (c->nranks == RANK_CACHE) {
+        ranks_release(&c->ranks[RANK_CACHE - 1]);
+        c->nranks--;
+    }
+    Ranks *r = &c->ranks[c->nranks++];
+    memset(r, 0, sizeof(*r));
+    Py_INCREF(table);
+    r->owner = table;
+    Py_buffer *views[] = {&r->starts4, &r->ranks4, &r->starts6_hi, &r->starts6_lo, &r->ranks6};
+    PyObject *names[] = {s_starts4, s_ranks4, s_starts6_hi, s_starts6_lo, s_ranks6};
+    static const Py_ssize_t sizes[] = {4, 4, 8, 8, 4};
+    int got = 0;
+    for (; got < 5; got++)
+        if (get_array(table, names[got], views[got], sizes[got]) < 0)
+            goto fail;
+    PyObject *def = PyObject_GetAttr(table, s_default_rank);
+    if (def == NULL)
+        goto fail;
+    r->default_rank = PyLong_AsLong(def);
+    Py_DECREF(def);
+    if (r->default_rank < 0)
+        goto fail;
+    r->n4 = r->starts4.len / 4;
+    r->n6 = r->starts6_hi.len / 8;
+    if (r->n4 < 1 || r->ranks4.len / 4 != r->n4 || r->n6 < 1 || r->starts6_lo.len / 8 != r->n6 ||
+        r->ranks6.len / 4 != r->n6 || ((uint32_t *)r->starts4.buf)[0] != 0 ||
+        ((uint64_t *)r->starts6_hi.buf)[0] != 0 || ((uint64_t *)r->starts6_lo.buf)[0] != 0)
+        goto fail;
+    r->ok = 1;
+    return r;
+fail:
+    PyErr_Clear();
+    for (int i = 0; i < got; i++)
+        PyBuffer_Release(views[i]);
+    r->ok = 0; /* remembered as unusable for this batch: its queries go to Python */
+    return NULL;
+}
+
+static int bit_length128(u128 x) {
+    uint64_t hi = (uint64_t)(x >> 64), lo = (uint64_t)x;
+    if (hi)
+        return 128 - __builtin_clzll(hi);
+    return lo ? 64 - __builtin_clzll(lo) : 0;
+}
+
+/* The ECS scope: the largest aligned block around `a` inside [lo, hi] (family of `bits` bits). */
+static int scope_of(u128 a, u128 lo, u128 hi, u128 max, int bits) {
+    int k1 = lo == 0 ? bits : bit_length128(a ^ (lo - 1)) - 1;
+    int k2 = hi == max ? bits : bit_length128(a ^ (hi + 1)) - 1;
+    return bits - (k1 < k2 ? k1 : k2);
+}
+
+static void locate4(const Ranks *r, uint32_t a, long *rank, int *scope) {
+    const uint32_t *starts = (const uint32_t *)r->starts4.buf;
+    Py_ssize_t lo = 0, hi = r->n4; /* bisect_right */
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (a < starts[mid])
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    Py_ssize_t i = lo - 1; /* >= 0: starts[0] == 0 */
+    *rank = ((const uint32_t *)r->ranks4.buf)[i];
+    u128 first = starts[i];
+    u128 last = i + 1 < r->n4 ? (u128)starts[i + 1] - 1 : 0xFFFFFFFFu;
+    *scope = scope_of(a, first, last, 0xFFFFFFFFu, 32);
+}
+
+static void locate6(const Ranks *r, const unsigned char *addr, long *rank, int *scope) {
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+    if (memcmp(addr, mapped, 12) == 0) {
+        uint32_t a = (uint32_t)addr[12] << 24 | (uint32_t)addr[13] << 16 | (uint32_t)addr[14] << 8 | addr[15];
+        locate4(r, a, rank, scope);
+        *scope += 96;
+        return;
+    }
+    u128 a = 0;
+    for (int k = 0; k < 16; k++)
+        a = a << 8 | addr[k];
+    const uint64_t *shi = (const uint64_t *)r->starts6_hi.buf, *slo = (const uint64_t *)r->starts6_lo.buf;
+    Py_ssize_t lo = 0, hi = r->n6;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        u128 s = (u128)shi[mid] << 64 | slo[mid];
+        if (a < s)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    Py_ssize_t i = lo - 1;
+    *rank = ((const uint32_t *)r->ranks6.buf)[i];
+    u128 max = ~(u128)0;
+    u128 first = (u128)shi[i] << 64 | slo[i];
+    u128 last = i + 1 < r->n6 ? ((u128)shi[i + 1] << 64 | slo[i + 1]) - 1 : max;
+    *scope = scope_of(a, first, last, max, 128);
+}
+
+/* ---- the tables: negative answers -------------------------------------------------- */
+
+/* 1 if bytes(name[from:len]) is in `container`, 0 if not, -1 on error. */
+static int has_suffix(PyObject *container, const unsigned char *name, int from, int len) {
+    PyObject *suffix = PyBytes_FromStringAndSize((const char *)name + from, len - from);
+    if (suffix == NULL)
+        return -1;
+    int r = PySequence_Contains(container, suffix);
+    Py_DECREF(suffix);
+    return r;
+}
+
+/* Mirrors gslb.answer._negative: the cached NXDOMAIN/REFUSED for a name never asked before.
+ * `name` is the lower-case wire name (terminating zero included, `len` bytes). Returns a new
+ * reference, NULL with no error when there is none, NULL with an error set on failure. */
+static PyObject *negative_entry(Ctx *c, const unsigned char *name, int len, PyObject *qtype) {
+    int offsets[MAX_LABELS + 1];
+    int count = 0, pos = 0;
+    while (name[pos]) {
+        if (count == MAX_LABELS)
+            return NULL;
+        offsets[count++] = pos;
+        pos += name[pos] + 1;
+    }
+    offsets[count++] = pos;
+    int depth = -1;
+    PyObject *zone = NULL;
+    for (int d = 0; d < count; d++) {
+        PyObject *suffix = PyBytes_FromStringAndSize((const char *)name + offsets[d], len - offsets[d]);
+        if (suffix == NULL)
+            return NULL;
+        zone = PyDict_GetItemWithError(c->index, suffix);
+        Py_DECREF(suffix);
+        if (zone != NULL) {
+            depth = d;
+            break;
+        }
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    if (depth < 0) {
+        PyObject *entry = PyDict_GetItemWithError(c->refused, qtype);
+        Py_XINCREF(entry);
+        return entry;
+    }
+    Py_INCREF(zone);
+    PyObject *names = NULL, *cuts = NULL, *wild = NULL, *result = NULL;
+    if (!(names = PyObject_GetAttr(zone, s_names)) || !(cuts = PyObject_GetAttr(zone, s_cuts)) ||
+        !(wild = PyObject_GetAttr(zone, s_wildcard_parents)))
+        goto done;
+    for (int j = depth - 1; j >= 0; j--) {
+        int r = has_suffix(cuts, name, offsets[j], len);
+        if (r != 0)
+            goto done; /* a referral (or an error) */
+        r = has_suffix(names, name, offsets[j], len);
+        if (r < 0)
+            goto done;
+        if (!r) {
+            r = has_suffix(wild, name, offsets[j + 1], len);
+            if (r != 0)
+                goto done; /* synthesized from a wildcard */
+            PyObject *origin = PyObject_GetAttr(zone, s_origin);
+            if (origin == NULL)
+                goto done;
+            PyObject *key = Py_BuildValue("(NiO)", origin, len, qtype);
+            if (key == NULL)
+                goto done;
+            result = PyDict_GetItemWithError(c->negative, key);
+            Py_XINCREF(result);
+            Py_DECREF(key);
+            goto done;
+        }
+    }
+done:
+    Py_XDECREF(names);
+    Py_XDECREF(cuts);
+    Py_XDECREF(wild);
+    Py_DECREF(zone);
+    return result;
+}
+
+/* ---- reply assembly ----------------------------------------------------------------- */
+
+typedef struct {
+    const char *flags; /* 2 bytes */
+    const char *head;  /* 8 bytes */
+    const char *body;
+    Py_ssize_t body_len;
+    int scoped;        /* 1: the located scope goes in the ECS echo */
+    int scope;         /* the scope for tables that keep it in the entry (no `scoped`) */
+    PyObject *udp_key, *answer_key; /* new references */
+} Parts;
+
+static void parts_release(Parts *p) {
+    Py_CLEAR(p->udp_key);
+    Py_CLEAR(p->answer_key);
+}
+
+/* Reads what a reply needs from an Entry; -1 (error set) if it is not what is expected. The
+ * pointers stay valid while the entry lives (its attributes are immutable bytes). */
+static int entry_parts(PyObject *entry, int flag_index, int with_opt, Parts *p) {
+    memset(p, 0, sizeof(*p));
+    PyObject *flag_bytes = PyObject_GetAttr(entry, s_flag_bytes);
+    if (flag_bytes == NULL)
+        return -1;
+    int ok = PyTuple_Check(flag_bytes) && PyTuple_GET_SIZE(flag_bytes) > flag_index;
+    PyObject *flags = ok ? PyTuple_GET_ITEM(flag_bytes, flag_index) : NULL;
+    Py_DECREF(flag_bytes); /* the entry keeps the tuple and its items */
+    if (flags == NULL || !PyBytes_Check(flags) || PyBytes_GET_SIZE(flags) != 2)
+        goto bad;
+    p->flags = PyBytes_AS_STRING(flags);
+    PyObject *head = PyObject_GetAttr(entry, with_opt ? s_head_opt : s_head);
+    if (head == NULL)
+        return -1;
+    Py_DECREF(head);
+    if (!PyBytes_Check(head) || PyBytes_GET_SIZE(head) != 8)
+        goto bad;
+    p->head = PyBytes_AS_STRING(head);
+    PyObject *body = PyObject_GetAttr(entry, s_body);
+    if (body == NULL)
+        return -1;
+    Py_DECREF(body);
+    if (!PyBytes_Check(body))
+        goto bad;
+    p->body = PyBytes_AS_STRING(body);
+    p->body_len = PyBytes_GET_SIZE(body);
+    PyObject *scoped = PyObject_GetAttr(entry, s_scoped);
+    if (scoped != NULL) {
+        p->scoped = PyObject_IsTrue(scoped);
+        Py_DECREF(scoped);
+        if (p->scoped < 0)
+            return -1;
+        p->scope = -1;
+    } else {
+        PyErr_Clear();
+        PyObject *scope = PyObject_GetAttr(entry, s_scope);
+        if (scope == NULL)
+            return -1;
+        long value = PyLong_AsLong(scope);
+        Py_DECREF(scope);
+        if (value < 0 || value > 255) {
+            if (!PyErr_Occurred())
+                goto bad;
+            return -1;
+        }
+        p->scope = (int)value;
+    }
+    if (!(p->udp_key = PyObject_GetAttr(entry, s_udp_key)))
+        return -1;
+    if (!(p->answer_key = PyObject_GetAttr(entry, s_answer_key))) {
+        parts_release(p);
+        return -1;
+    }
+    return 0;
+bad:
+    parts_release(p);
+    PyErr_SetString(PyExc_TypeError, "unexpected Entry");
+    return -1;
+}
+
+static int bump(PyObject *dict, PyObject *key) {
+    PyObject *old = PyDict_GetItemWithError(dict, key);
+    if (old == NULL && PyErr_Occurred())
+        return -1;
+    long long value = 1;
+    if (old != NULL) {
+        value = PyLong_AsLongLong(old) + 1;
+        if (value == 0 && PyErr_Occurred())
+            return -1;
+    }
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL)
+        return -1;
+    int r = PyDict_SetItem(dict, key, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int ecs_valid(const unsigned char *e, int len) {
+    /* gslb.answer._ecs_valid: RFC 7871 §7.1.1 */
+    if (len < 4 || e[0] || (e[1] != 1 && e[1] != 2) || e[3])
+        return 0;
+    int source = e[2];
+    if (source > (e[1] == 1 ? 32 : 128) || len - 4 != (source + 7) / 8)
+        return 0;
+    return !(source % 8 && e[len - 1] & (0xFF >> (source % 8)));
+}
+
+/* The answer to one query from the tables: 1 with the reply in out[0..*out_len), 0 to hand it
+ * to Python, -1 with a Python error set (also handed to Python, after the caller clears it). */
+static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source *src, unsigned char *out,
+                      Py_ssize_t *out_len) {
+    if (c->disabled)
+        return 0;
+    /* QR clear, opcode QUERY, one question, no answer or authority records. */
+    if (n < 17 || w[2] & 0xF8 || memcmp(w + 4, "\x00\x01\x00\x00\x00\x00", 6) != 0 || w[10])
+        return 0;
+    Py_ssize_t i = 12;
+    for (;;) {
+        unsigned length = w[i];
+        if (length == 0)
+            break;
+        if (length > 63)
+            return 0;
+        i += length + 1;
+        if (i >= n)
+            return 0;
+    }
+    Py_ssize_t name_len = i - 11; /* with the terminating zero */
+    if (name_len > 255)
+        return 0;
+    Py_ssize_t qend = i + 5;
+    if (qend > n || w[qend - 2] != 0 || w[qend - 1] != 1)
+        return 0;
+    /* OPT: exactly one, root owner, type 41, version 0, filling the rest; options walked. */
+    int arcount = w[11], has_opt = 0, dnssec = 0;
+    Py_ssize_t limit = 512, ecs = -1, ecs_len = 0;
+    if (arcount == 0) {
+        if (qend != n)
+            return 0;
+    } else {
+        if (arcount != 1 || n < qend + 11 || w[qend] != 0 || w[qend + 1] != 0 || w[qend + 2] != 0x29 ||
+            w[qend + 6])
+            return 0;
+        Py_ssize_t rdlen = w[qend + 9] << 8 | w[qend + 10];
+        if (qend + 11 + rdlen != n)
+            return 0;
+        Py_ssize_t payload = w[qend + 3] << 8 | w[qend + 4];
+        limit = payload < 512 ? 512 : payload > 1232 ? 1232 : payload;
+        dnssec = w[qend + 7] & 0x80;
+        has_opt = 1;
+        for (Py_ssize_t pos = qend + 11; pos < n;) {
+            if (pos + 4 > n)
+                return 0;
+            Py_ssize_t code = w[pos] << 8 | w[pos + 1], olen = w[pos + 2] << 8 | w[pos + 3];
+            if (pos + 4 + olen > n)
+                return 0;
+            if (code == 8) {
+                if (ecs >= 0)
+                    return 0;
+                ecs = pos + 4;
+                ecs_len = olen;
+            }
+            pos += 4 + olen;
+        }
+        if (ecs >= 0 && !ecs_valid(w + ecs, (int)ecs_len))
+            return 0;
+    }
+    /* The question key: lower-case name (ASCII letters only), QTYPE, QCLASS. */
+    PyObject *key = PyBytes_FromStringAndSize(NULL, name_len + 4);
+    if (key == NULL)
+        return -1;
+    unsigned char *k = (unsigned char *)PyBytes_AS_STRING(key);
+    for (Py_ssize_t j = 0; j < name_len + 4; j++) {
+        unsigned char b = w[12 + j];
+        k[j] = (j < name_len && b >= 'A' && b <= 'Z') ? b + 32 : b;
+    }
+    int rc = 0, scope = 0;
+    PyObject *entry = PyDict_GetItemWithError(c->statics, key); /* borrowed */
+    PyObject *held = NULL;  /* a reference we own to the entry used */
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            goto error;
+        PyObject *qtype = PyBytes_FromStringAndSize((const char *)k + name_len, 2);
+        if (qtype == NULL)
+            goto error;
+        held = negative_entry(c, k, (int)name_len, qtype);
+        Py_DECREF(qtype);
+        if (held == NULL) {
+            if (PyErr_Occurred())
+                goto error;
+            goto done; /* not a known negative: Python */
+        }
+    } else if (SteeredType != NULL && (PyObject *)Py_TYPE(entry) == SteeredType) {
+        if (c->picks == NULL)
+            goto done;
+        PyObject *table = PyObject_GetAttr(entry, s_ranks);
+        if (table == NULL)
+            goto error;
+        Ranks *r = ctx_ranks(c, table);
+        Py_DECREF(table);
+        if (r == NULL)
+            goto done;
+        long rank = r->default_rank;
+        if (ecs >= 0) {
+            const unsigned char *e = w + ecs;
+            if (e[2] != 0) {
+                unsigned char addr[16] = {0};
+                memcpy(addr, e + 4, (size_t)ecs_len - 4);
+                if (e[1] == 1)
+                    locate4(r, (uint32_t)addr[0] << 24 | (uint32_t)addr[1] << 16 | (uint32_t)addr[2] << 8 | addr[3],
+                            &rank, &scope);
+                else
+                    locate6(r, addr, &rank, &scope);
+            }
+        } else if (c->by_resolver) {
+            if (src->family == 4)
+                locate4(r, (uint32_t)src->addr[0] << 24 | (uint32_t)src->addr[1] << 16 |
+                               (uint32_t)src->addr[2] << 8 | src->addr[3], &rank, &scope);
+            else if (src->family == 6)
+                locate6(r, src->addr, &rank, &scope);
+            else
+                goto done;
+        }
+        PyObject *pick_key = Py_BuildValue("(Ol)", key, rank);
+        if (pick_key == NULL)
+            goto error;
+        held = PyDict_GetItemWithError(c->picks, pick_key);
+        Py_DECREF(pick_key);
+        if (held == NULL) {
+            if (PyErr_Occurred())
+                goto error;
+            goto done; /* not picked yet for this ranking: Python picks and caches it */
+        }
+        Py_INCREF(held);
+    } else {
+        held = entry;
+        Py_INCREF(held);
+    }
+    if ((PyObject *)Py_TYPE(held) != EntryType)
+        goto done; /* UNCACHED, or anything else: Python */
+    Parts p;
+    if (entry_parts(held, (w[2] & 0x01) | (w[3] & 0x10) >> 3, has_opt, &p) < 0)
+        goto error;
+    int reply_scope = p.scope >= 0 ? p.scope : p.scoped ? scope : 0;
+    Py_ssize_t qlen = qend - 12;
+    Py_ssize_t opt_len = !has_opt ? 0 : ecs < 0 ? OPT_HEAD : OPT_HEAD + 4 + ecs_len;
+    Py_ssize_t total = 12 + qlen + p.body_len + opt_len;
+    if (total > limit || total > REPLY_MAX) {
+        parts_release(&p);
+        goto done; /* Python sends it with TC */
+    }
+    unsigned char *o = out;
+    memcpy(o, w, 2);
+    memcpy(o + 2, p.flags, 2);
+    memcpy(o + 4, p.head, 8);
+    memcpy(o + 12, w + 12, (size_t)qlen);
+    o += 12 + qlen;
+    memcpy(o, p.body, (size_t)p.body_len);
+    o += p.body_len;
+    if (has_opt) {
+        static const unsigned char opt_head[7] = {0, 0, 0x29, 0x04, 0xd0, 0, 0};
+        memcpy(o, opt_head, 7);
+        o[7] = dnssec ? 0x80 : 0;
+        o[8] = 0;
+        if (ecs < 0) {
+            o[9] = o[10] = 0;
+            o += OPT_HEAD;
+        } else {
+            Py_ssize_t rdlen = ecs_len + 4;
+            o[9] = (unsigned char)(rdlen >> 8);
+            o[10] = (unsigned char)rdlen;
+            o[11] = 0;
+            o[12] = 8;
+            o[13] = (unsigned char)(ecs_len >> 8);
+            o[14] = (unsigned char)ecs_len;
+            memcpy(o + 15, w + ecs, 3);
+            o[18] = (unsigned char)reply_scope;
+            memcpy(o + 19, w + ecs + 4, (size_t)ecs_len - 4);
+            o += OPT_HEAD + 4 + ecs_len;
+        }
+    }
+    *out_len = o - out;
+    if (bump(c->by_key, p.udp_key) < 0 || (p.answer_key != Py_None && bump(c->by_answer, p.answer_key) < 0)) {
+        parts_release(&p);
+        goto error;
+    }
+    parts_release(&p);
+    c->ticks++;
+    c->ticks_dirty = 1;
+    rc = 1;
+    goto done;
+error:
+    rc = -1;
+done:
+    Py_XDECREF(held);
+    Py_DECREF(key);
+    return rc;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* answer_one with the latency sample of Answerer.handle (one query in SAMPLE_MASK + 1). */
+static int answer_timed(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source *src, unsigned char *out,
+                        Py_ssize_t *out_len) {
+    int sample = !c->disabled && !((c->ticks + 1) & SAMPLE_MASK);
+    double started = sample ? now() : 0;
+    int rc = answer_one(c, w, n, src, out, out_len);
+    if (rc < 0) {
+        PyErr_Clear(); /* Python answers it, and logs what is wrong */
+        return 0;
+    }
+    if (rc == 1 && sample) {
+        if (ctx_flush_ticks(c) < 0)
+            PyErr_Clear();
+        PyObject *seconds = PyFloat_FromDouble(now() - started);
+        PyObject *r = seconds ? PyObject_CallMethodObjArgs(c->counters, s_observe, seconds, NULL) : NULL;
+        Py_XDECREF(seconds);
+        Py_XDECREF(r);
+        if (r == NULL)
+            PyErr_Clear();
+        /* other threads may have run */
+        if (ctx_read_ticks(c) < 0) {
+            PyErr_Clear();
+            c->disabled = 1;
+        }
+    }
+    return rc;
+}
+
+static int parse_source(PyObject *source, Source *src) {
+    src->family = 0;
+    if (source == Py_None)
+        return 0;
+    if (!PyUnicode_Check(source)) {
+        PyErr_SetString(PyExc_TypeError, "source must be an address string or None");
+        return -1;
+    }
+    const char *text = PyUnicode_AsUTF8(source);
+    if (text == NULL)
+        return -1;
+    char buf[INET6_ADDRSTRLEN + 1];
+    size_t len = strcspn(text, "%");
+    if (len < sizeof(buf)) {
+        memcpy(buf, text, len);
+        buf[len] = 0;
+        if (inet_pton(AF_INET, buf, src->addr) == 1)
+            src->family = 4;
+        else if (inet_pton(AF_INET6, buf, src->addr) == 1)
+            src->family = 6;
+    }
+    return 0;
+}
+
+static PyObject *fastudp_answer(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "answer(answerer, wire, source)");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "wire must be bytes");
+        return NULL;
+    }
+    Source src;
+    if (parse_source(args[2], &src) < 0)
+        return NULL;
+    Ctx c;
+    ctx_open(&c, args[0]);
+    unsigned char out[REPLY_MAX];
+    Py_ssize_t out_len = 0, n = PyBytes_GET_SIZE(args[1]);
+    const unsigned char *wire = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+#ifdef GSLB_FASTUDP_EXACT
+    /* The sanitizer build: the packet in a heap block of exactly its size (a bytes object has
+     * a spare NUL after its data), so reading one byte past it is reported. */
+    unsigned char *exact = PyMem_RawMalloc(n ? (size_t)n : 1);
+    if (exact == NULL) {
+        ctx_close(&c);
+        return PyErr_NoMemory();
+    }
+    memcpy(exact, wire, (size_t)n);
+    wire = exact;
+#endif
+    int rc = answer_timed(&c, wire, n, &src, out, &out_len);
+#ifdef GSLB_FASTUDP_EXACT
+    PyMem_RawFree(exact);
+#endif
+    ctx_close(&c);
+    if (rc != 1)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)out, out_len);
+}
+
+/* ---- the loop ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    PyObject *answerer, *handle;
+    volatile int stopping;
+    int running;
+    unsigned long long batches, datagrams, compiled; /* for tests and the curious */
+} LoopObject;
+
+static int Loop_init(LoopObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "answerer", "handle", NULL};
+    int fd;
+    PyObject *answerer, *handle;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO", kwlist, &fd, &answerer, &handle))
+        return -1;
+    if (!PyCallable_Check(handle)) {
+        PyErr_SetString(PyExc_TypeError, "handle must be callable");
+        return -1;
+    }
+    self->fd = fd;
+    Py_INCREF(answerer);
+    Py_XSETREF(self->answerer, answerer);
+    Py_INCREF(handle);
+    Py_XSETREF(self->handle, handle);
+    return 0;
+}
+
+static void Loop_dealloc(LoopObject *self) {
+    Py_CLEAR(self->answerer);
+    Py_CLEAR(self->handle);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The peer's address as Python's recvfrom gives it (getnameinfo, numeric, with %scope). */
+static PyObject *peer_host(const struct sockaddr_storage *sa, socklen_t len) {
+    char host[NI_MAXHOST];
+    if (getnameinfo((const struct sockaddr *)sa, len, host, sizeof(host), NULL, 0, NI_NUMERICHOST) != 0)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(host);
+}
+
+static void source_of(const struct sockaddr_storage *sa, Source *src) {
+    src->family = 0;
+    if (sa->ss_family == AF_INET) {
+        memcpy(src->addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        src->family = 4;
+    } else if (sa->ss_family == AF_INET6) {
+        memcpy(src->addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+        src->family = 6;
+    }
+}
+
+typedef struct {
+    struct mmsghdr in[BATCH], out[BATCH];
+    struct iovec in_iov[BATCH], out_iov[BATCH];
+    struct sockaddr_storage names[BATCH];
+    unsigned char bufs[BATCH][RECV_SIZE];
+    unsigned char replies[BATCH][REPLY_MAX];
+    PyObject *held[BATCH]; /* replies from Python, alive until sent */
+} Buffers;
+
+static void send_all(int fd, struct mmsghdr *msgs, int count) {
+    int done = 0;
+    while (done < count) {
+        int r = sendmmsg(fd, msgs + done, (unsigned)(count - done), 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            done++; /* that client's problem (ICMP errors, buffers): skip its reply */
+        } else {
+            done += r > 0 ? r : 1;
+        }
+    }
+}
+
+static PyObject *Loop_run(LoopObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->running) {
+        PyErr_SetString(PyExc_RuntimeError, "the loop is already running");
+        return NULL;
+    }
+    Buffers *b = PyMem_RawCalloc(1, sizeof(Buffers));
+    if (b == NULL)
+        return PyErr_NoMemory();
+    self->running = 1;
+    PyObject *result = Py_None;
+    while (!self->stopping) {
+        for (int k = 0; k < BATCH; k++) {
+            b->in_iov[k].iov_base = b->bufs[k];
+            b->in_iov[k].iov_len = RECV_SIZE;
+            memset(&b->in[k].msg_hdr, 0, sizeof(struct msghdr));
+            b->in[k].msg_hdr.msg_name = &b->names[k];
+            b->in[k].msg_hdr.msg_namelen = sizeof(b->names[k]);
+            b->in[k].msg_hdr.msg_iov = &b->in_iov[k];
+            b->in[k].msg_hdr.msg_iovlen = 1;
+        }
+        int got, err;
+        Py_BEGIN_ALLOW_THREADS
+        got = recvmmsg(self->fd, b->in, BATCH, MSG_WAITFORONE, NULL);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (got < 0) {
+            if (self->stopping)
+                break;
+            if (err == EBADF || err == ENOTSOCK || err == EINVAL || err == EFAULT) {
+                errno = err;
+                PyErr_SetFromErrno(PyExc_OSError);
+                result = NULL;
+                break;
+            }
+            continue; /* the wake-up timeout (EAGAIN), a signal, or a client's ICMP error */
+        }
+        self->batches++;
+        Ctx c;
+        ctx_open(&c, self->answerer);
+        int nout = 0;
+        for (int k = 0; k < got; k++) {
+            Py_ssize_t n = b->in[k].msg_len;
+            if (n == 0)
+                continue;
+            if (n > RECV_SIZE)
+                n = RECV_SIZE;
+            self->datagrams++;
+            Source src;
+            source_of(&b->names[k], &src);
+            Py_ssize_t len = 0;
+            const void *data;
+            PyObject *reply = NULL;
+            if (answer_timed(&c, b->bufs[k], n, &src, b->replies[k], &len) == 1) {
+                data = b->replies[k];
+                self->compiled++;
+            } else {
+                if (!c.disabled && ctx_flush_ticks(&c) < 0)
+                    PyErr_Clear();
+                PyObject *wire = PyBytes_FromStringAndSize((const char *)b->bufs[k], n);
+                PyObject *host = wire ? peer_host(&b->names[k], b->in[k].msg_hdr.msg_namelen) : NULL;
+                if (host != NULL)
+                    reply = PyObject_CallFunctionObjArgs(self->handle, wire, host, Py_False, NULL);
+                Py_XDECREF(wire);
+                Py_XDECREF(host);
+                if (!c.disabled && ctx_read_ticks(&c) < 0) {
+                    PyErr_Clear();
+                    c.disabled = 1;
+                }
+                if (reply == NULL) {
+                    PyErr_WriteUnraisable(self->handle);
+                    continue;
+                }
+                if (!PyBytes_Check(reply)) {
+                    Py_DECREF(reply); /* None: nothing to send */
+                    continue;
+                }
+                data = PyBytes_AS_STRING(reply);
+                len = PyBytes_GET_SIZE(reply);
+            }
+            b->held[nout] = reply;
+            b->out_iov[nout].iov_base = (void *)data;
+            b->out_iov[nout].iov_len = (size_t)len;
+            memset(&b->out[nout].msg_hdr, 0, sizeof(struct msghdr));
+            b->out[nout].msg_hdr.msg_name = &b->names[k];
+            b->out[nout].msg_hdr.msg_namelen = b->in[k].msg_hdr.msg_namelen;
+            b->out[nout].msg_hdr.msg_iov = &b->out_iov[nout];
+            b->out[nout].msg_hdr.msg_iovlen = 1;
+            nout++;
+        }
+        ctx_close(&c);
+        if (nout) {
+            Py_BEGIN_ALLOW_THREADS
+            send_all(self->fd, b->out, nout);
+            Py_END_ALLOW_THREADS
+        }
+        for (int k = 0; k < nout; k++)
+            Py_CLEAR(b->held[k]);
+    }
+    self->running = 0;
+    PyMem_RawFree(b);
+    if (result == NULL)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Loop_stop(LoopObject *self, PyObject *Py_UNUSED(ignored)) {
+    self->stopping = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Loop_stats(LoopObject *self, PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("{sKsKsK}", "batches", self->batches, "datagrams", self->datagrams, "compiled",
+                         self->compiled);
+}
+
+static PyMethodDef Loop_methods[] = {
+    {"run", (PyCFunction)Loop_run, METH_NOARGS,
+     "Receive, answer and send in batches until stop() (blocks; the GIL is released while waiting)."},
+    {"stop", (PyCFunction)Loop_stop, METH_NOARGS, "Have run() return once the batch in hand is sent."},
+    {"stats", (PyCFunction)Loop_stats, METH_NOARGS, "Batches, datagrams, and datagrams answered here."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LoopType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gslb._fastudp.Loop",
+    .tp_basicsize = sizeof(LoopObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Loop(fd, answerer, handle): the batched UDP receive loop on a bound socket's descriptor.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Loop_init,
+    .tp_dealloc = (destructor)Loop_dealloc,
+    .tp_methods = Loop_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"answer", (PyCFunction)(void (*)(void))fastudp_answer, METH_FASTCALL,
+     "answer(answerer, wire, source) -> bytes | None: the reply the loop would send itself, counters "
+     "bumped as Answerer.handle does; None: the loop hands this query to Python."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef fastudp_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "gslb._fastudp",
+    .m_doc = "The compiled UDP loop: recvmmsg/sendmmsg batches and the fast path over gslb.answer's tables.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__fastudp(void) {
+    if (intern_names() < 0 || PyType_Ready(&LoopType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&fastudp_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&LoopType);
+    if (PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0 || PyModule_AddIntConstant(m, "BATCH", BATCH) < 0) {
+        Py_DECREF(&LoopType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

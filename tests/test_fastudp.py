@@ -1,0 +1,404 @@
+"""The compiled UDP loop (gslb._fastudp): byte-identical to the Python fast path and the general path,
+never crashing on any input, serving a real server, and clean under AddressSanitizer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+from pathlib import Path
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gslb.answer import Answerer
+from gslb.health import HealthView
+from gslb.server import ListenAddress, UdpServer, udp_socket
+from gslb.snapshot import Snapshot, Sources, build
+from tests import test_fastpath as fastpath
+from tests.conftest import EXAMPLE_ZONES, ROOT, Server
+from tests.test_fastpath import SOURCES, _health, _query
+
+_fastudp = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built (no C compiler at install)")
+
+SERVICES = ["www.example.com.", "app.example.com.", "api.example.com.", "web.example.com."]
+
+
+def _public_network(rng: random.Random) -> tuple[str, int]:
+    """A random public IPv4 /24 (85 %) or IPv6 /48: a network nobody asked for before."""
+    if rng.random() < 0.85:
+        while True:
+            first = rng.randrange(1, 224)
+            if first not in (10, 127):
+                return f"{first}.{rng.randrange(256)}.{rng.randrange(256)}.0", 24
+    return f"2{rng.randrange(0x100, 0x1000):03x}:{rng.randrange(65536):x}:{rng.randrange(65536):x}::", 48
+
+
+def _options(rng: random.Random) -> list[dns.edns.Option]:
+    """Options resolvers send beside ECS, which must not push a query off the fast path."""
+    out: list[dns.edns.Option] = []
+    if rng.random() < 0.3:
+        out.append(dns.edns.GenericOption(dns.edns.OptionType.COOKIE, rng.randbytes(rng.choice([8, 24]))))
+    if rng.random() < 0.1:
+        out.append(dns.edns.GenericOption(dns.edns.OptionType.NSID, b""))
+    if rng.random() < 0.1:
+        out.append(dns.edns.GenericOption(dns.edns.OptionType.PADDING, bytes(rng.randrange(0, 40))))
+    if rng.random() < 0.05:
+        out.append(dns.edns.GenericOption(65001, rng.randbytes(rng.randrange(0, 6))))
+    return out
+
+
+def query(rng: random.Random) -> bytes:
+    """test_fastpath's corpus, plus services asked for from networks never seen, with common options."""
+    if rng.random() < 0.6:
+        return _query(rng)
+    options = _options(rng)
+    if rng.random() < 0.8:
+        options.insert(rng.randrange(len(options) + 1), dns.edns.ECSOption(*_public_network(rng)))
+    name = "".join(c.upper() if rng.random() < 0.3 else c for c in rng.choice(SERVICES))
+    message = dns.message.make_query(name, rng.choice(["A", "AAAA", "A", "SOA", "NS"]), use_edns=0,
+                                     payload=rng.choice([512, 1232, 4096]), options=options,
+                                     ednsflags=dns.flags.DO if rng.random() < 0.2 else 0)
+    message.id = rng.randrange(65536)
+    return message.to_wire()
+
+
+snapshot = fastpath.snapshot  # the same fixture: the example zones over the test MMDB
+
+
+def _counts(answerer: Answerer) -> dict[str, object]:
+    counters = dataclasses.asdict(answerer.counters)
+    for timing in ("latency_buckets", "latency_sum", "latency_count"):
+        counters.pop(timing)
+    return counters
+
+
+def test_compiled_answers_match_the_python_fast_path_and_the_general_path(snapshot: Snapshot) -> None:
+    rng = random.Random(20261201)
+    python = Answerer(snapshot, HealthView())  # answers through handle() alone
+    compiled = Answerer(snapshot, HealthView())  # C first, Python for what C hands back: the loop's way
+    reference = Answerer(snapshot, HealthView())  # asked by _fast first (which counts), then by handle()
+    total, by_c, by_python_fast = 8000, 0, 0
+    for step in range(total):
+        if step == total // 2:  # a verdict in the middle: picks are made afresh, tables survive
+            for answerer in (python, compiled, reference):
+                answerer.set_health(_health({"eu"}))
+        wire = query(rng)
+        source = rng.choice(SOURCES)
+        fast = reference._fast(wire, source, False)
+        reference.handle(wire, source, False)
+        expected = python.handle(wire, source, False)
+        reply = _fastudp.answer(compiled, wire, source)
+        if reply is not None:
+            by_c += 1
+            assert fast is not None, ("C answered what the Python fast path hands on", wire.hex())
+            assert reply == fast == expected, dns.message.from_wire(wire).to_text()
+            general = Answerer(snapshot, compiled.state.health)._general(wire, source, False)[0]
+            assert reply == general, dns.message.from_wire(wire).to_text()
+        else:
+            reply = compiled.handle(wire, source, False)
+            assert reply == expected
+        by_python_fast += fast is not None
+    # Same replies, same counters: ticks, the fast/general split, by_key, by_answer.
+    assert _counts(compiled) == _counts(python)
+    assert by_c > total * 0.5, (by_c, by_python_fast)
+
+
+def test_compiled_counts_and_samples_latency_as_handle_does(snapshot: Snapshot) -> None:
+    answerer = Answerer(snapshot, HealthView())
+    wire = dns.message.make_query("static.example.com.", "A").to_wire()
+    answerer.handle(wire, "127.0.0.1")
+    before = answerer.counters.ticks
+    for _ in range(128):
+        assert _fastudp.answer(answerer, wire, "127.0.0.1") is not None
+    counters = answerer.counters
+    assert counters.ticks == before + 128
+    assert counters.general == 1
+    assert counters.by_key[(False, 1, 0)] == 129
+    assert counters.latency_count == 2  # one query in 64
+
+
+def test_query_log_sends_everything_to_python(snapshot: Snapshot) -> None:
+    answerer = Answerer(snapshot, HealthView())
+    wire = dns.message.make_query("static.example.com.", "A").to_wire()
+    answerer.handle(wire, "127.0.0.1")
+    assert _fastudp.answer(answerer, wire, "127.0.0.1") is not None
+    answerer.query_log = lambda *args: None
+    assert _fastudp.answer(answerer, wire, "127.0.0.1") is None
+
+
+# -- any input ------------------------------------------------------------------------------
+
+
+def _seeds() -> list[bytes]:
+    rng = random.Random(5)
+    return [query(rng) for _ in range(40)]
+
+
+SEEDS = _seeds()
+
+
+@pytest.fixture(scope="module")
+def warm(snapshot: Snapshot) -> Answerer:
+    answerer = Answerer(snapshot, HealthView())
+    for wire in SEEDS:
+        for source in SOURCES:
+            answerer.handle(wire, source, False)
+    return answerer
+
+
+def _same_or_none(answerer: Answerer, wire: bytes, source: str | None) -> None:
+    answerer.handle(wire, source, False)  # fills the tables this query needs
+    reply = _fastudp.answer(answerer, wire, source)
+    if reply is not None:
+        assert reply == answerer._fast(wire, source, False)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300), st.sampled_from([*SOURCES, None, "fe80::1%lo", "not an address"]))
+def test_random_bytes(warm: Answerer, wire: bytes, source: str | None) -> None:
+    _same_or_none(warm, wire, source)
+
+
+@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
+       st.integers(0, 40), st.sampled_from(SOURCES))
+def test_mutated_queries(warm: Answerer, seed: bytes, flips: list[tuple[int, int]], cut: int, source: str) -> None:
+    wire = bytearray(seed)
+    for position, value in flips:
+        wire[position % len(wire)] = value
+    if cut:
+        wire = wire[: max(0, len(wire) - cut)]
+    _same_or_none(warm, bytes(wire), source)
+
+
+def test_bad_arguments_are_errors_not_crashes(warm: Answerer) -> None:
+    with pytest.raises(TypeError):
+        _fastudp.answer(warm, "text", "127.0.0.1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _fastudp.answer(warm, b"", 1)  # type: ignore[arg-type]
+    assert _fastudp.answer(object(), SEEDS[0], "127.0.0.1") is None  # not an answerer: Python's job
+    with pytest.raises(TypeError):
+        _fastudp.Loop(0, warm, None)  # type: ignore[arg-type]
+
+
+# -- sockets ----------------------------------------------------------------------------------
+
+
+def _exchange(port: int, wires: list[bytes], timeout: float = 3.0) -> dict[int, bytes]:
+    """Send every query at once from one socket and collect the replies by ID."""
+    replies: dict[int, bytes] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        for wire in wires:
+            sock.sendto(wire, ("127.0.0.1", port))
+        while len(replies) < len(wires):
+            try:
+                reply = sock.recv(65535)
+            except TimeoutError:
+                break
+            replies[struct.unpack_from("!H", reply)[0]] = reply
+    return replies
+
+
+def _corpus(seed: int, count: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        wire = query(rng)
+        out.append(struct.pack("!H", i) + wire[2:])
+    return out
+
+
+def test_udp_server_with_the_compiled_loop_matches_the_python_loop(snapshot: Snapshot) -> None:
+    wires = _corpus(11, 400)
+    results = {}
+    for kind in ("compiled", "python"):
+        answerer = Answerer(snapshot, HealthView())
+        server = UdpServer(udp_socket(ListenAddress("127.0.0.1", 0)), answerer.handle, answerer=answerer, loop=kind)
+        assert server.kind == kind
+        server.start()
+        try:
+            results[kind] = [_exchange(server.address[1], wires[i : i + 50]) for i in range(0, len(wires), 50)]
+        finally:
+            server.stop()
+        assert answerer.counters.ticks == len(wires)
+    assert results["compiled"] == results["python"]
+    assert sum(len(batch) for batch in results["compiled"]) == len(wires)
+
+
+def test_stop_is_noticed_while_idle(snapshot: Snapshot) -> None:
+    answerer = Answerer(snapshot, HealthView())
+    server = UdpServer(udp_socket(ListenAddress("127.0.0.1", 0)), answerer.handle, answerer=answerer, loop="compiled")
+    server.start()
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 1.5
+    assert not server._thread.is_alive()
+
+
+def _zones_with_a_big_name(tmp_path: Path) -> Path:
+    zones = tmp_path / "zones"
+    shutil.copytree(EXAMPLE_ZONES, zones)
+    records = "\n".join(f'big TXT "{i:03d} {"x" * 60}"' for i in range(40))
+    head = "$TTL 60\n@ SOA ns hostmaster 1 2 3 4 5\n@ NS ns\nns A 127.0.0.1\n"
+    (zones / "big.test.zone").write_text(f"{head}{records}\n")
+    return zones
+
+
+def test_real_server_answers_through_the_compiled_loop(start_server: type[Server], tmp_path: Path) -> None:
+    zones = _zones_with_a_big_name(tmp_path)
+    # The default worker mode (a supervisor and its workers), the default --udp-loop auto.
+    server = start_server("--zones", str(zones), "--no-probes", "--state-file", str(tmp_path / "state.json"))
+    server.wait_log(r"UDP on 127\.0\.0\.1:\d+: compiled loop")
+    assert not any("Python loop" in line for line in server.lines)
+    # What the server sends is what an in-process answerer over the same files sends.
+    expected = Answerer(build(Sources(zones)), HealthView())
+    wires = _corpus(12, 300)
+    got = {}
+    for i in range(0, len(wires), 50):
+        got.update(_exchange(server.port, wires[i : i + 50]))
+    assert len(got) == len(wires)
+    for wire in wires:
+        assert got[struct.unpack_from("!H", wire)[0]] == expected.handle(wire, "127.0.0.1", False)
+    # A German network: the Frankfurt VIP, with the ECS echoed.
+    reply = server.query("www.example.com.", "A", use_edns=0, options=[dns.edns.ECSOption("85.214.0.0", 24)])
+    assert [rr.address for rr in reply.answer[0]] == ["127.2.0.1"] or reply.answer[0][0].address == "127.0.2.1"
+    assert reply.options[0].srclen == 24
+    # Handed back to Python: FORMERR for a question cut short, TC for an answer that does not fit.
+    formerr = _exchange(server.port, [b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www"])
+    assert formerr[0x1234][3] & 0x0F == dns.rcode.FORMERR
+    big = server.query("big.big.test.", "TXT")
+    assert big.flags & dns.flags.TC and big.answer == []
+    # Garbage is survived.
+    rng = random.Random(3)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(500):
+            sock.sendto(rng.randbytes(rng.randrange(0, 60)), ("127.0.0.1", server.port))
+    assert server.query("static.example.com.", "A").rcode() == dns.rcode.NOERROR
+    assert not any("Traceback" in line for line in server.lines)
+
+
+def test_udp_loop_flag(start_server: type[Server], tmp_path: Path) -> None:
+    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0", "--udp-loop", "python",
+                          "--state-file", str(tmp_path / "state.json"))
+    server.wait_log(r"UDP on 127\.0\.0\.1:\d+: Python loop")
+    assert server.query("static.example.com.", "A").rcode() == dns.rcode.NOERROR
+    bad = subprocess.run([sys.executable, "-m", "gslb", "serve", "--udp-loop", "fast"], capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode == 2 and "--udp-loop" in bad.stderr
+
+
+# -- AddressSanitizer -------------------------------------------------------------------------
+
+ASAN_SCRIPT = textwrap.dedent("""
+    import importlib.machinery, importlib.util, json, random, socket, struct, sys, threading
+    spec = importlib.util.spec_from_file_location(
+        "gslb._fastudp", sys.argv[1], loader=importlib.machinery.ExtensionFileLoader("gslb._fastudp", sys.argv[1]))
+    fast = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fast)
+    sys.modules["gslb._fastudp"] = fast
+    from pathlib import Path
+    from gslb.answer import Answerer
+    from gslb.health import HealthView
+    from gslb.snapshot import Sources, build
+    from tests.conftest import EXAMPLE_ZONES
+    from tests.mmdb_fixtures import build_test_mmdb
+    from tests.test_fastpath import SOURCES, _health
+    from tests.test_fastudp import query
+    build_test_mmdb(Path(sys.argv[2]))
+    snapshot = build(Sources(EXAMPLE_ZONES, geodb=Path(sys.argv[2])))
+    answerer = Answerer(snapshot, HealthView())
+    rng = random.Random(99)
+    seeds = [query(rng) for _ in range(300)]
+    checked = answered = 0
+    def check(wire, source):
+        global checked, answered
+        answerer.handle(wire, source, False)
+        reply = fast.answer(answerer, wire, source)
+        checked += 1
+        if reply is not None:
+            answered += 1
+            assert reply == answerer._fast(wire, source, False), wire.hex()
+    for i in range(int(sys.argv[3])):
+        if i == 3000:
+            answerer.set_health(_health({"eu"}))
+        source = rng.choice([*SOURCES, None])
+        kind = rng.random()
+        if kind < 0.4:
+            wire = rng.choice(seeds)
+        elif kind < 0.6:
+            wire = rng.randbytes(rng.randrange(0, 120))
+        else:
+            wire = bytearray(rng.choice(seeds))
+            for _ in range(rng.randrange(1, 6)):
+                wire[rng.randrange(len(wire))] = rng.randrange(256)
+            if rng.random() < 0.5:
+                del wire[rng.randrange(len(wire) + 1):]
+            wire = bytes(wire)
+        check(wire, source)
+    # The loop itself, over a socket: batches of answers, some handed to Python.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 200000))
+    loop = fast.Loop(sock.fileno(), answerer, answerer.handle)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(3)
+    for wire in seeds[:200]:
+        client.sendto(wire, sock.getsockname())
+    got = 0
+    try:
+        while got < 200:
+            client.recv(4096)
+            got += 1
+    except TimeoutError:
+        pass
+    loop.stop()
+    thread.join()
+    print(json.dumps({"checked": checked, "answered": answered, "looped": got, "stats": loop.stats()}))
+""")
+
+
+def _sanitizer_runtime() -> str | None:
+    if shutil.which("gcc") is None:
+        return None
+    found = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return found if os.path.isabs(found) and os.path.exists(found) else None
+
+
+@pytest.mark.timeout(120)
+def test_parser_under_address_sanitizer(tmp_path: Path) -> None:
+    libasan = _sanitizer_runtime()
+    if libasan is None:
+        pytest.skip("gcc with libasan (Debian: gcc, libasan8) is needed to build the sanitizer variant")
+    module = tmp_path / ("_fastudp" + sysconfig.get_config_var("EXT_SUFFIX"))
+    build_cmd = ["gcc", "-shared", "-fPIC", "-O1", "-g", "-std=gnu11", "-fno-omit-frame-pointer",
+                 "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-DGSLB_FASTUDP_EXACT",
+                 f"-I{sysconfig.get_paths()['include']}", str(ROOT / "gslb" / "_fastudp.c"), "-o", str(module)]
+    built = subprocess.run(build_cmd, capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    env = {**os.environ, "LD_PRELOAD": libasan, "PYTHONMALLOC": "malloc", "PYTHONPATH": str(ROOT),
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
+    run = subprocess.run([sys.executable, "-c", ASAN_SCRIPT, str(module), str(tmp_path / "t.mmdb"), "6000"],
+                         capture_output=True, text=True, timeout=100, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "ERROR: AddressSanitizer" not in run.stderr and "runtime error" not in run.stderr, run.stderr[-4000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["checked"] == 6000 and result["answered"] > 1000, result
+    assert result["looped"] == 200, result
