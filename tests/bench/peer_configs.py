@@ -315,3 +315,116 @@ default = [{default}]
 """,
     )
     return zones
+
+
+# ------------------------------------------------------ the never-repeating stream (stream.py)
+# The same service on gdnsd and gslb: www.example.com, "nearest" by great-circle distance
+# from the client's location in GeoLite2-City to the data centers' coordinates (DC_PLACE).
+NEAREST_ZONE = "example.com"
+NEAREST_STATIC = f"""$ORIGIN {NEAREST_ZONE}.
+$TTL 300
+@        IN SOA  ns1.{NEAREST_ZONE}. hostmaster.{NEAREST_ZONE}. 2026120101 7200 1800 259200 300
+@        IN NS   ns1
+ns1      IN A    127.0.0.1
+"""
+
+
+def gdnsd_nearest(run: Path, port: int, mmdb: Path) -> list[str]:
+    """gdnsd: geoip plugin, a map with auto_dc_coords (nearest by coordinates), no monitoring.
+
+    A data center's verdict is flipped through ``state/admin_state`` (``geoip/www/DC =>
+    DOWN``), which gdnsd watches and applies at once; see :func:`gdnsd_admin_state`.
+    """
+    base = run / "gdnsd-nearest"
+    etc = base / "etc"
+    for sub in ("run", "state"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (etc / "geoip").mkdir(parents=True, exist_ok=True)
+    (base / "state" / "admin_state").write_text("")
+    db = etc / "geoip" / mmdb.name
+    db.unlink(missing_ok=True)
+    db.symlink_to(mmdb.resolve())
+    coords = "\n".join(f"          {dc} => [ {lat}, {lon} ]" for dc, (_c, _k, lat, lon) in DC_PLACE.items())
+    dcmap = "\n".join(
+        f"          {dc} => {{ addrs_v4 => [ {v4} ], addrs_v6 => [ {v6} ] }}" for dc, (v4, v6) in VIPS.items()
+    )
+    write(
+        etc / "config",
+        f"""# written by tests/bench/stream_bench.py
+options => {{
+  listen => [ 127.0.0.1:{port} ]
+  udp_threads => 1
+  tcp_threads => 1
+  edns_client_subnet => true
+  run_dir => {base}/run
+  state_dir => {base}/state
+}}
+plugins => {{
+  geoip => {{
+    maps => {{
+      nearest => {{
+        geoip2_db => {mmdb.name}
+        datacenters => [ {", ".join(DC_PLACE)} ]
+        auto_dc_coords => {{
+{coords}
+        }}
+      }}
+    }}
+    resources => {{
+      www => {{
+        map => nearest
+        service_types => up
+        dcmap => {{
+{dcmap}
+        }}
+      }}
+    }}
+  }}
+}}
+""",
+    )
+    write(etc / "zones" / NEAREST_ZONE, NEAREST_STATIC + "www      30 DYNA geoip!www\n")
+    return ["gdnsd", "-c", str(etc), "start"]
+
+
+def gdnsd_admin_state(run: Path, down: list[str]) -> None:
+    """Force these data centers of www down in gdnsd (an empty list: all back to monitored)."""
+    path = run / "gdnsd-nearest" / "state" / "admin_state"
+    tmp = path.with_name(".admin_state.tmp")
+    tmp.write_text("".join(f"geoip/www/{dc} => DOWN\n" for dc in down))
+    tmp.replace(path)
+
+
+def gslb_nearest(zones: Path, probe_ports: dict[str, int]) -> Path:
+    """zones/example.com.zone + gslb.toml: www.example.com, policy nearest, real probes.
+
+    Every data center has an HTTP check on 127.0.0.1:probe_ports[dc] (a server the benchmark
+    runs), probed every 0.5 s, one failure or success flips the verdict: gslb runs in its
+    default mode, with the prober, and a toggled endpoint flips a verdict within about 0.5 s.
+    """
+    write(zones / f"{NEAREST_ZONE}.zone", NEAREST_STATIC)
+    checks = "".join(
+        f'[checks.{dc}]\nkind = "http"\nport = {probe_ports[dc]}\npath = "/health"\n'
+        "interval = 0.5\ntimeout = 0.4\nfall = 1\nrise = 1\njitter = 0\n\n"
+        for dc in DC_PLACE
+    )
+    dcs = "".join(
+        f'[datacenters.{dc}]\nvips = ["{VIPS[dc][0]}", "{VIPS[dc][1]}"]\n'
+        f'country = "{c}"\ncontinent = "{k}"\nlatitude = {lat}\nlongitude = {lon}\n'
+        f'check = "{dc}"\nprobe = "127.0.0.1"\n\n'
+        for dc, (c, k, lat, lon) in DC_PLACE.items()
+    )
+    us = DC_PLACE["us"]
+    write(
+        zones / "gslb.toml",
+        f"""# written by tests/bench/stream_bench.py
+[geo]
+default = {{ country = "{us[0]}", continent = "{us[1]}", latitude = {us[2]}, longitude = {us[3]} }}
+
+{checks}{dcs}[services."www.{NEAREST_ZONE}."]
+datacenters = [{", ".join(f'"{dc}"' for dc in DC_PLACE)}]
+policy = "nearest"
+ttl = 30
+""",
+    )
+    return zones
