@@ -32,9 +32,12 @@ from gslb.metrics import Metrics
 from gslb.server import (
     TCP_IDLE_TIMEOUT,
     TCP_MAX_CONNECTIONS,
+    TCP_PRESSURE,
+    TCP_PRESSURE_IDLE_TIMEOUT,
     ListenAddress,
     TcpServer,
     UdpServer,
+    raise_open_files_limit,
     udp_socket,
 )
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL = 1.0  # seconds between checks of the zone and config files
 COUNTER_INTERVAL = 1.0  # seconds between a worker's counter reports
 WORKER_START_TIMEOUT = 30.0
+OPEN_FILES_SPARE = 64  # open files a process needs beside its TCP connections (sockets, pipes, logs)
 
 Connection = multiprocessing.connection.Connection
 
@@ -517,6 +521,7 @@ def _add(total: dict[str, Any], more: dict[str, Any]) -> None:
 
 
 def serve(options: Options, snapshot: Snapshot) -> None:
+    _tcp_limits(options)
     server: Control
     server = Supervisor(options, snapshot) if options.workers > 0 else App(options, snapshot)
 
@@ -524,6 +529,21 @@ def serve(options: Options, snapshot: Snapshot) -> None:
         await server.run()
 
     asyncio.run(main())
+
+
+def _tcp_limits(options: Options) -> None:
+    """Raise the open-files limit (workers inherit it) and say what TCP may hold."""
+    before, limit = raise_open_files_limit()
+    cap, processes = options.tcp_max_connections, max(options.workers, 1)
+    log.info("TCP: at most %d connections per process (%d in all) on each listen address, idle timeout "
+             "%g s (%g s above %d %% of the cap); open files limit %d%s", cap, cap * processes,
+             options.tcp_idle_timeout, min(options.tcp_idle_timeout, TCP_PRESSURE_IDLE_TIMEOUT),
+             round(TCP_PRESSURE * 100), limit, f" (raised from {before})" if limit > before else "")
+    needed = cap * len(options.listen) + OPEN_FILES_SPARE
+    if needed > limit:
+        log.warning("TCP: %d connections on %d addresses need about %d open files, above the limit "
+                    "of %d: raise it (ulimit -n, LimitNOFILE=) or lower --tcp-max-connections",
+                    cap, len(options.listen), needed, limit)
 
 
 def _fingerprint(sources: Sources) -> tuple[tuple[str, int, int], ...]:

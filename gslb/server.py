@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +27,11 @@ DEFAULT_PORT = 5300
 TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 §6.2.3: close idle connections after seconds, not minutes
 TCP_MAX_CONNECTIONS = 256
 TCP_MAX_QUERIES = 10_000  # per connection, so one client cannot hold a slot forever
+TCP_PRESSURE = 0.75  # share of the cap above which the idle timeout shortens (RFC 7766 §6.2.3)
+TCP_PRESSURE_IDLE_TIMEOUT = 1.0  # seconds: the idle timeout while under pressure
+TCP_BUSY = 0.25  # seconds: a connection that asked something this recently is not closed for room
+TCP_SWEEP_INTERVAL = 0.25  # seconds between looks for idle connections
+OPEN_FILES_WANTED = 65536  # with no hard limit on open files: raise the soft one this far
 UDP_WAKE = 0.5  # seconds: how often a blocked receive loop checks whether to stop
 UDP_RECV_SIZE = 4096  # a query never needs more; a 64 KiB buffer per packet costs a large alloc
 
@@ -155,6 +162,11 @@ class TcpServer:
 
     A protocol per connection rather than stream reader tasks: framing a buffer in
     data_received costs a fraction of awaiting readexactly twice under a timeout per query.
+
+    Under pressure (RFC 7766 §6.2.3) idle connections give way: at the cap a new connection
+    closes the oldest one that has not finished a query yet, else the longest idle one (unless
+    every connection is busy: then the newcomer is closed), and above TCP_PRESSURE of the cap
+    the idle timeout drops to TCP_PRESSURE_IDLE_TIMEOUT.
     """
 
     def __init__(self, handle: Handler, *, idle_timeout: float = TCP_IDLE_TIMEOUT,
@@ -162,20 +174,80 @@ class TcpServer:
         self.handle = handle
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self.connections: set[_DnsOverTcp] = set()
+        # Both ordered by last activity, longest idle first (move_to_end on activity): those
+        # that have not yet completed a query, and those that have.
+        self.fresh: OrderedDict[_DnsOverTcp, None] = OrderedDict()
+        self.used: OrderedDict[_DnsOverTcp, None] = OrderedDict()
         self.server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def connections(self) -> int:
+        return len(self.fresh) + len(self.used)
+
+    def current_idle_timeout(self) -> float:
+        if self.connections > self.max_connections * TCP_PRESSURE:
+            return min(self.idle_timeout, TCP_PRESSURE_IDLE_TIMEOUT)
+        return self.idle_timeout
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on a bound, listening socket (the supervisor's, shared by its workers)."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: _DnsOverTcp(self), sock=sock)
+        self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self.server is not None:
             self.server.close()
-            for connection in list(self.connections):
+            for connection in [*self.fresh, *self.used]:
                 connection.close()
             await self.server.wait_closed()
+
+    def admit(self, connection: _DnsOverTcp, now: float) -> bool:
+        """Make room for a new connection if there is none; False: the newcomer must go."""
+        if self.connections < self.max_connections:
+            self.fresh[connection] = None
+            return True
+        if self.fresh:  # connected, and not one query completed: the likeliest to be abandoned
+            victim = next(iter(self.fresh))
+        elif self.used and now - (oldest := next(iter(self.used))).last_active >= TCP_BUSY:
+            victim = oldest
+        else:
+            return False  # every slot asked something just now: all busy
+        victim.close()
+        self.fresh[connection] = None
+        return True
+
+    def _sweep_interval(self) -> float:
+        return min(TCP_SWEEP_INTERVAL, self.current_idle_timeout() / 2)
+
+    def _sweep(self) -> None:
+        # RFC 7766 §6.2.3: close connections idle for the timeout (shorter under pressure),
+        # walking each list from its longest idle end and stopping at the first still in time.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - self.current_idle_timeout()
+        for connections in (self.fresh, self.used):
+            expired = []
+            for connection in connections:
+                if connection.last_active > deadline:
+                    break
+                expired.append(connection)
+            for connection in expired:
+                connection.close()
+        self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's open-files limit (RLIMIT_NOFILE) as far as allowed: (before, now)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class _DnsOverTcp(asyncio.Protocol):
@@ -188,29 +260,27 @@ class _DnsOverTcp(asyncio.Protocol):
         self.source: str | None = None
         self.queries = 0
         self.last_active = 0.0
-        self.idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if len(self.server.connections) >= self.server.max_connections:
-            # Over the cap: close at once rather than queue (RFC 7766 §6.2.2 allows it).
+        self.last_active = asyncio.get_running_loop().time()
+        if not self.server.admit(self, self.last_active):
+            # Full of busy connections: close at once rather than queue (RFC 7766 §6.2.2 allows it).
             transport.close()
             return
-        self.server.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.source = peer[0] if peer else None
-        loop = asyncio.get_running_loop()
-        self.last_active = loop.time()
-        self.idle = loop.call_later(self.server.idle_timeout, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
         assert transport is not None
         self.buffer += data
         self.last_active = asyncio.get_running_loop().time()
+        server = self.server
         buffer = self.buffer
-        handle = self.server.handle
+        handle = server.handle
+        answered = self.queries
         while len(buffer) >= 2:
             end = 2 + (buffer[0] << 8 | buffer[1])
             if len(buffer) < end:
@@ -226,6 +296,15 @@ class _DnsOverTcp(asyncio.Protocol):
             if self.queries >= TCP_MAX_QUERIES:
                 self.close()  # so one client cannot hold a slot forever
                 return
+        # The most recently active go to the far end of their list, away from eviction.
+        if self in server.used:
+            server.used.move_to_end(self)
+        elif self in server.fresh:
+            if self.queries > answered:  # its first query answered: one of the established now
+                del server.fresh[self]
+                server.used[self] = None
+            else:
+                server.fresh.move_to_end(self)
 
     def pause_writing(self) -> None:
         # The client sends faster than it reads: stop reading until its replies drain.
@@ -236,20 +315,10 @@ class _DnsOverTcp(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
-    def _check_idle(self) -> None:
-        # RFC 7766 §6.2.3: close connections that have been idle for the timeout.
-        loop = asyncio.get_running_loop()
-        remaining = self.last_active + self.server.idle_timeout - loop.time()
-        if remaining <= 0:
-            self.close()
-        else:
-            self.idle = loop.call_later(remaining, self._check_idle)
-
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
-        if self.idle is not None:
-            self.idle.cancel()
+        self.server.fresh.pop(self, None)
+        self.server.used.pop(self, None)
