@@ -143,6 +143,16 @@ static int ctx_flush_ticks(Ctx *c) {
     return r;
 }
 
+/* obj.name if it is a dict, else NULL (no error set). */
+static PyObject *optional_dict(PyObject *obj, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        PyErr_Clear();
+    else if (!PyDict_Check(value))
+        Py_CLEAR(value);
+    return value;
+}
+
 static void ctx_open(Ctx *c, PyObject *answerer) {
     memset(c, 0, sizeof(*c));
     c->answerer = answerer;
@@ -164,26 +174,19 @@ static void ctx_open(Ctx *c, PyObject *answerer) {
         goto fail;
     if (!(c->statics = PyObject_GetAttr(c->state, s_static)) || !PyDict_Check(c->statics))
         goto fail;
-    if (!(c->negative = PyObject_GetAttr(c->state, s_negative)) || !PyDict_Check(c->negative))
-        goto fail;
-    if (!(c->refused = PyObject_GetAttr(c->state, s_refused)) || !PyDict_Check(c->refused))
-        goto fail;
-    c->index = PyObject_GetAttr(c->state, s_index);
+    /* Without these (tables of another shape), only what needs them goes to Python. */
+    c->negative = optional_dict(c->state, s_negative);
+    c->refused = optional_dict(c->state, s_refused);
+    c->picks = optional_dict(c->state, s_picks);
+    c->index = optional_dict(c->state, s_index);
     if (c->index == NULL) { /* older tables: the index lives on the snapshot */
-        PyErr_Clear();
         PyObject *snapshot = PyObject_GetAttr(c->state, s_snapshot);
-        if (snapshot == NULL)
-            goto fail;
-        c->index = PyObject_GetAttr(snapshot, s_index);
-        Py_DECREF(snapshot);
+        if (snapshot != NULL) {
+            c->index = optional_dict(snapshot, s_index);
+            Py_DECREF(snapshot);
+        }
+        PyErr_Clear();
     }
-    if (c->index == NULL || !PyDict_Check(c->index))
-        goto fail;
-    c->picks = PyObject_GetAttr(c->state, s_picks);
-    if (c->picks == NULL)
-        PyErr_Clear(); /* no steered answers in these tables */
-    else if (!PyDict_Check(c->picks))
-        Py_CLEAR(c->picks);
     PyObject *by_resolver = PyObject_GetAttr(c->state, s_by_resolver);
     if (by_resolver == NULL)
         goto fail;
@@ -612,6 +615,8 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
     if (entry == NULL) {
         if (PyErr_Occurred())
             goto error;
+        if (c->index == NULL || c->negative == NULL || c->refused == NULL)
+            goto done;
         PyObject *qtype = PyBytes_FromStringAndSize((const char *)k + name_len, 2);
         if (qtype == NULL)
             goto error;
@@ -825,6 +830,51 @@ static PyObject *fastudp_answer(PyObject *module, PyObject *const *args, Py_ssiz
     return PyBytes_FromStringAndSize((const char *)out, out_len);
 }
 
+/* answer_batch(answerer, [(wire, source), ...]): what the loop does with one received batch,
+ * without the sockets: one view of the tables for the whole list. */
+static PyObject *fastudp_answer_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "answer_batch(answerer, [(wire, source), ...])");
+        return NULL;
+    }
+    PyObject *items = args[1];
+    Py_ssize_t count = PyList_GET_SIZE(items);
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    Ctx c;
+    ctx_open(&c, args[0]);
+    unsigned char reply[REPLY_MAX];
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *item = PyList_GET_ITEM(items, k), *wire, *source;
+        Source src;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 || !PyBytes_Check(wire = PyTuple_GET_ITEM(item, 0)) ||
+            parse_source(source = PyTuple_GET_ITEM(item, 1), &src) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "items must be (bytes, str | None)");
+            ctx_close(&c);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_ssize_t len = 0;
+        PyObject *result = Py_None;
+        if (answer_timed(&c, (const unsigned char *)PyBytes_AS_STRING(wire), PyBytes_GET_SIZE(wire), &src, reply,
+                         &len) == 1) {
+            result = PyBytes_FromStringAndSize((const char *)reply, len);
+            if (result == NULL) {
+                ctx_close(&c);
+                Py_DECREF(out);
+                return NULL;
+            }
+        } else {
+            Py_INCREF(result);
+        }
+        PyList_SET_ITEM(out, k, result);
+    }
+    ctx_close(&c);
+    return out;
+}
+
 /* ---- the loop ------------------------------------------------------------------------ */
 
 typedef struct {
@@ -860,11 +910,19 @@ static void Loop_dealloc(LoopObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* The peer's address as Python's recvfrom gives it (getnameinfo, numeric, with %scope). */
+/* The peer's address as this Python's recvfrom gives it: before 3.12 through getnameinfo
+ * (an IPv6 scope as "%lo"), from 3.12 through inet_ntop (the scope is not in the host). */
 static PyObject *peer_host(const struct sockaddr_storage *sa, socklen_t len) {
     char host[NI_MAXHOST];
+#if PY_VERSION_HEX < 0x030C0000
     if (getnameinfo((const struct sockaddr *)sa, len, host, sizeof(host), NULL, 0, NI_NUMERICHOST) != 0)
         Py_RETURN_NONE;
+#else
+    const void *addr = sa->ss_family == AF_INET ? (const void *)&((const struct sockaddr_in *)sa)->sin_addr
+                                                : (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+    if (inet_ntop(sa->ss_family, addr, host, sizeof(host)) == NULL)
+        Py_RETURN_NONE;
+#endif
     return PyUnicode_FromString(host);
 }
 
@@ -1040,6 +1098,9 @@ static PyMethodDef module_methods[] = {
     {"answer", (PyCFunction)(void (*)(void))fastudp_answer, METH_FASTCALL,
      "answer(answerer, wire, source) -> bytes | None: the reply the loop would send itself, counters "
      "bumped as Answerer.handle does; None: the loop hands this query to Python."},
+    {"answer_batch", (PyCFunction)(void (*)(void))fastudp_answer_batch, METH_FASTCALL,
+     "answer_batch(answerer, [(wire, source), ...]) -> [bytes | None, ...]: answer() over a list with one "
+     "view of the tables, as the loop does for each received batch."},
     {NULL, NULL, 0, NULL},
 };
 
