@@ -26,8 +26,9 @@ import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
 
-from gslb.geo import Location
-from gslb.policy import Decision, choose
+from gslb.config import Service
+from gslb.policy import Decision, pick
+from gslb.ranks import RankTable
 from gslb.wire import (
     AA,
     BADVERS,
@@ -46,15 +47,17 @@ from gslb.wire import (
     TYPE_AXFR,
     TYPE_IXFR,
     TYPE_OPT,
+    ClientSubnet,
     Drop,
     Edns,
     FormError,
+    NotImp,
     Query,
     opt_record,
     parse_query,
     udp_limit,
 )
-from gslb.zones import Resolution, ServiceAnswer
+from gslb.zones import Resolution
 
 if TYPE_CHECKING:
     from gslb.health import HealthView
@@ -66,8 +69,7 @@ Name = dns.name.Name
 LATENCY_SAMPLE_MASK = 63  # time one query in 64: two clock reads cost a few % of a fast answer
 LATENCY_BOUNDS = (2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
 CACHE_LIMIT = 200_000  # entries per cache; cleared whole when full (cheap, and rare)
-LOCATED = object()  # marks a question whose answer depends on the client's location
-UNCACHED = object()  # marks a question answered afresh every time (weighted services)
+UNCACHED = object()  # marks an answer drawn afresh every time (weighted services)
 _META_TYPES = range(128, 255)  # RFC 6895 §3.1: QTYPEs only; 255 (ANY) is answered
 
 
@@ -80,7 +82,7 @@ class Entry:
     nscount: int
     arcount: int  # without our OPT
     body: bytes  # every section after the question, encoded for a question at offset 12
-    scope: int  # ECS scope prefix length to return (0: same answer for every client)
+    scoped: bool  # the answer depends on the client: return the ECS scope of its range (else 0)
     rcode: int
     service: str | None = None  # the service that decided, for logs and metrics
     datacenters: tuple[str, ...] = ()
@@ -96,11 +98,11 @@ class Entry:
     answer_key: tuple[str, str] | None = None
 
 
-def _entry(flags: int, counts: tuple[int, int, int], body: bytes, scope: int, rcode: int, qtype: int,
+def _entry(flags: int, counts: tuple[int, int, int], body: bytes, scoped: bool, rcode: int, qtype: int,
            service: str | None = None, datacenters: tuple[str, ...] = ()) -> Entry:
     an, ns, ar = counts
     return Entry(
-        flags, an, ns, ar, body, scope, rcode, service, datacenters,
+        flags, an, ns, ar, body, scoped, rcode, service, datacenters,
         flag_bytes=tuple(struct.pack("!H", flags | (RD if i & 1 else 0) | (CD if i & 2 else 0)) for i in range(4)),
         head=struct.pack("!HHHH", 1, an, ns, ar),
         head_opt=struct.pack("!HHHH", 1, an, ns, ar + 1),
@@ -139,23 +141,46 @@ class Counters:
         self.latency_count += 1
 
 
+class Steered:
+    """A question a service answers: what the zones resolved, and the service's ranking table."""
+
+    __slots__ = ("family", "ranks", "resolution", "service")
+
+    def __init__(self, resolution: Resolution, service: Service, ranks: RankTable):
+        self.resolution = resolution
+        self.service = service
+        self.ranks = ranks
+        answer = resolution.service
+        assert answer is not None
+        self.family = 4 if answer.qtype == TYPE_A else 6
+
+
 class State:
-    """What one snapshot and one health view answer, with caches that live exactly as long."""
+    """What one snapshot and one health view answer, with caches that live exactly as long.
 
-    __slots__ = ("by_resolver", "health", "located", "locations", "negative", "refused", "snapshot", "static")
+    The caches of the snapshot (static answers, negative answers, which questions are
+    steered) are handed from one State to the next while the snapshot stays: a health
+    change only starts a new `picks`, the encoded answers per (question, ranking).
+    """
 
-    def __init__(self, snapshot: Snapshot, health: HealthView):
+    __slots__ = ("by_resolver", "health", "index", "negative", "picks", "refused", "snapshot", "static")
+    static: dict[bytes, Any]  # question key -> Entry | Steered | UNCACHED
+    # NXDOMAIN by (zone origin, question name length, QTYPE): the same bytes for every
+    # name of that length, since answers compress only against the zone's own suffix.
+    negative: dict[tuple[bytes, int, bytes], Entry]
+    refused: dict[bytes, Entry]  # names outside every zone, by QTYPE
+
+    def __init__(self, snapshot: Snapshot, health: HealthView, previous: State | None = None):
         self.snapshot = snapshot
         self.by_resolver = snapshot.no_ecs == "resolver"
         self.health = health
-        self.static: dict[bytes, Any] = {}  # question key -> Entry | LOCATED | UNCACHED
-        self.located: dict[tuple[bytes, Any], Entry] = {}  # (question key, network key) -> Entry
-        # ECS option bytes or a source address -> (Location, network key)
-        self.locations: dict[Any, tuple[Location, Any]] = {}
-        # NXDOMAIN by (zone origin, question name length, QTYPE): the same bytes for every
-        # name of that length, since answers compress only against the zone's own suffix.
-        self.negative: dict[tuple[bytes, int, bytes], Entry] = {}
-        self.refused: dict[bytes, Entry] = {}  # names outside every zone, by QTYPE
+        self.index = snapshot.index
+        if previous is not None and previous.snapshot is snapshot:
+            self.static, self.negative, self.refused = previous.static, previous.negative, previous.refused
+        else:
+            self.static, self.negative, self.refused = {}, {}, {}
+        # (question key, ranking index) -> Entry, or UNCACHED for answers drawn per query
+        self.picks: dict[tuple[bytes, int], Any] = {}
 
 
 OPT_PLAIN = opt_record(None)
@@ -177,8 +202,9 @@ class Answerer:
         self.state = State(snapshot, self.state.health)
 
     def set_health(self, health: HealthView) -> None:
-        # A new verdict drops every cached answer at once: the next query decides afresh.
-        self.state = State(self.state.snapshot, health)
+        # A new verdict drops the picked answers at once: the next query for each ranking
+        # picks afresh. Static and negative answers stay.
+        self.state = State(self.state.snapshot, health, self.state)
 
     # -- the query path ----------------------------------------------------------------------
 
@@ -237,6 +263,9 @@ class Answerer:
             i += length + 1
             if i >= n:
                 return None
+        # RFC 1035 §3.1: a name is at most 255 octets (i - 11 here); the general path FORMERRs.
+        if i > 266:
+            return None
         qend = i + 5
         if qend > n or wire[qend - 2 : qend] != b"\x00\x01":
             return None
@@ -251,13 +280,13 @@ class Answerer:
             return None
         arcount = wire[11]
         ecs = None
+        do = 0
         if arcount == 0:
             if qend != n:
                 return None
             limit = 512
-            opt = b""
         else:
-            # One OPT: root owner, type 41, version 0, and at most an ECS option.
+            # One OPT: root owner, type 41, version 0, filling the rest of the message.
             if arcount != 1 or n < qend + 11 or wire[qend : qend + 3] != b"\x00\x00\x29" or wire[qend + 6]:
                 return None
             rdlen = wire[qend + 9] << 8 | wire[qend + 10]
@@ -265,35 +294,53 @@ class Answerer:
                 return None
             limit = min(max(wire[qend + 3] << 8 | wire[qend + 4], 512), 1232)
             do = wire[qend + 7] & 0x80
-            if rdlen:
-                # Exactly one option, ECS, filling the OPT record.
-                if wire[qend + 11 : qend + 13] != b"\x00\x08" or (wire[qend + 13] << 8 | wire[qend + 14]) + 4 != rdlen:
+            # Options: ECS at most once; COOKIE, padding, NSID and unknown ones are ignored
+            # (RFC 6891 §6.1.2), as the general path does.
+            pos = qend + 11
+            while pos < n:
+                end = pos + 4 + (wire[pos + 2] << 8 | wire[pos + 3]) if pos + 4 <= n else n + 1
+                if end > n:
                     return None
-                ecs = wire[qend + 15 : n]
-            else:
-                opt = OPT_DO if do else OPT_PLAIN
-        if entry is LOCATED:
+                if wire[pos : pos + 2] == b"\x00\x08":
+                    if ecs is not None:
+                        return None
+                    ecs = wire[pos + 4 : end]
+                pos = end
+        if ecs is not None and not _ecs_valid(ecs):
+            return None
+        scope = 0
+        if type(entry) is Steered:
+            ranks = entry.ranks
             if ecs is not None:
-                found = st.locations.get(ecs) or self._locate_ecs(st, ecs)
+                if ecs[2] == 0:  # RFC 7871 §7.1.2: /0 asks for an answer that ignores the client
+                    rank = ranks.default_rank
+                else:
+                    size = 4 if ecs[1] == 1 else 16
+                    rank, scope = ranks.locate(4 if size == 4 else 6,
+                                               int.from_bytes(ecs[4:], "big") << ((size + 4 - len(ecs)) << 3))
+            elif not st.by_resolver:
+                rank = ranks.default_rank
             elif source is None:
                 return None
             else:
-                found = st.locations.get(source if st.by_resolver else None) or self._locate_source(st, source)
-            if found is None:
+                rank, scope = ranks.locate(*_address_value(source))
+            entry = st.picks.get((key, rank))
+            if entry is None or entry is UNCACHED:
                 return None
-            entry = st.located.get((key, found[1]))
-            if entry is None:
-                return None
-        elif ecs is not None and not _ecs_valid(ecs):
-            return None
+            if not entry.scoped:
+                scope = 0
         if ecs is not None:
-            option = ecs[:3] + bytes((entry.scope,)) + ecs[4:]
+            option = ecs[:3] + bytes((scope,)) + ecs[4:]
             opt = b"".join((
                 b"\x00\x00\x29\x04\xd0\x00\x00",
                 b"\x80\x00" if do else b"\x00\x00",
                 struct.pack("!HHH", len(option) + 4, 8, len(option)),
                 option,
             ))
+        elif arcount:
+            opt = OPT_DO if do else OPT_PLAIN
+        else:
+            opt = b""
         head = entry.head_opt if arcount else entry.head
         flags = entry.flag_bytes[(wire[2] & 0x01) | (wire[3] & 0x10) >> 3]
         reply = b"".join((wire[:2], flags, head, wire[12:qend], entry.body, opt))
@@ -317,14 +364,16 @@ class Answerer:
         except Drop:
             self.counters.dropped += 1
             return None, None, 0
+        except NotImp:
+            # RFC 1035 §4.1.1 / RFC 6895 §2.2: NOTIMP with the opcode and RD echoed, nothing
+            # else, whatever the sections hold (as BIND, Knot and gdnsd answer).
+            qid, flags = struct.unpack_from("!HH", wire)
+            return struct.pack("!HHHHHH", qid, QR | (flags & (OPCODE_MASK | RD)) | NOTIMP, 0, 0, 0, 0), None, NOTIMP
         except FormError as exc:
             log.debug("FORMERR to %s: %s", source, exc)
             self.counters.formerr += 1
             return _formerr(wire), None, FORMERR
         edns = query.edns
-        if query.opcode != 0:
-            # RFC 1035 §4.1.1 / RFC 6895 §2.2: NOTIMP, the opcode and RD echoed, nothing else.
-            return _header_reply(query, NOTIMP, aa=False), None, NOTIMP
         if edns is not None and edns.version > 0:
             # RFC 6891 §6.1.3: BADVERS, with the highest version we do (0).
             return _header_reply(query, BADVERS & 0xF, aa=False, extended_rcode=BADVERS >> 4), None, BADVERS
@@ -335,111 +384,93 @@ class Answerer:
             # Zone transfers are not offered; other classes are not served.
             self.counters.refused += 1
             return _header_reply(query, REFUSED, aa=False), None, REFUSED
-        st = self.state
+        entry, scope = self._resolve(self.state, query, source)
+        return self._assemble(query, entry, scope, tcp), entry, entry.rcode
+
+    def _resolve(self, st: State, query: Query, source: str | None) -> tuple[Entry, int]:
+        """The entry answering the question and the ECS scope to return; cache what can be reused."""
         key = _question_key(query)
-        entry = st.static.get(key)
-        if entry is LOCATED or entry is UNCACHED or entry is None:
-            entry = self._resolve(st, query, key, source, entry)
-        return self._assemble(query, entry, tcp), entry, entry.rcode
-
-    def _resolve(self, st: State, query: Query, key: bytes, source: str | None, marker: Any) -> Entry:
-        """Resolve the question; cache what can be reused."""
-        found = self._locate(st, query, source)
-        if marker is LOCATED:
-            entry = st.located.get((key, found[1]))
-            if entry is not None:
-                return entry
-        qname = Name((*query.labels, b""))
-        resolution = st.snapshot.zones.lookup(qname, query.qtype)
-        decision = None
-        service = resolution.service
-        if service is not None:
-            decision = self.decide(st, service, found[0])
-        entry = _encode(resolution, decision, found[0], query.question)
-        if len(st.static) > CACHE_LIMIT:
-            st.static.clear()
-        if decision is None:
-            st.static[key] = entry
-            qtype = key[-4:-2]
-            if resolution.rcode == REFUSED:
-                st.refused[qtype] = entry
-            elif resolution.rcode == NXDOMAIN and not resolution.answer and resolution.zone is not None:
-                origin = resolution.zone.origin_wire
-                st.negative[(origin, len(key) - 4, qtype)] = entry
-        elif not decision.cacheable:
-            st.static[key] = UNCACHED
-        elif not decision.location_dependent:
-            st.static[key] = entry
+        found = st.static.get(key)
+        if type(found) is Entry:
+            return found, 0
+        if type(found) is Steered:
+            steered = found
         else:
-            if len(st.located) > CACHE_LIMIT:
-                st.located.clear()
-            st.static[key] = LOCATED
-            st.located[(key, found[1])] = entry
-        return entry
-
-    def decide(self, st: State, service: ServiceAnswer, location: Location) -> Decision:
-        snapshot = st.snapshot
-        svc = snapshot.services[service.service]
-        family = 4 if service.qtype == TYPE_A else 6
-        return choose(svc, snapshot.config.datacenters, location, st.health, family)
-
-    def _locate(self, st: State, query: Query, source: str | None) -> tuple[Location, Any]:
-        """Where the client is, and the key of the network that decided; cached per network."""
-        edns = query.edns
-        if edns is not None and edns.client_subnet is not None:
-            subnet = edns.client_subnet
-            raw = struct.pack("!HBB", subnet.family, subnet.source_prefix, 0) + subnet.address
-            found = st.locations.get(raw) or self._locate_ecs(st, raw)
-            assert found is not None  # the option was validated by the parser
-            return found
-        if source is None or not st.by_resolver:
-            found = st.locations.get(None)
-            if found is None:
-                location = st.snapshot.locate(None)
-                found = (location, _network_key(location))
-                _remember(st.locations, None, found)
-            return found
-        return st.locations.get(source) or self._locate_source(st, source)
-
-    def _locate_ecs(self, st: State, raw: bytes) -> tuple[Location, Any] | None:
-        """Locate an ECS option's network (option data as sent); None when malformed."""
-        if not _ecs_valid(raw):
-            return None
-        family, source_prefix = raw[1], raw[2]
-        address = raw[4:]
-        if source_prefix == 0:
-            # RFC 7871 §7.1.2: /0 asks for an answer that does not use the client's address.
-            location = st.snapshot.locate(None)
+            qname = Name((*query.labels, b""))
+            resolution = st.snapshot.zones.lookup(qname, query.qtype)
+            answer = resolution.service
+            if answer is None:
+                entry = _encode(resolution, None, query.question)
+                _remember(st.static, key, entry)
+                qtype = key[-4:-2]
+                if resolution.rcode == REFUSED:
+                    st.refused[qtype] = entry
+                elif resolution.rcode == NXDOMAIN and not resolution.answer and resolution.zone is not None:
+                    origin = resolution.zone.origin_wire
+                    st.negative[(origin, len(key) - 4, qtype)] = entry
+                return entry, 0
+            snapshot = st.snapshot
+            steered = Steered(resolution, snapshot.services[answer.service], snapshot.ranks[answer.service])
+            _remember(st.static, key, steered)
+        rank, scope = where(steered.ranks, query.edns.client_subnet if query.edns else None, source,
+                            st.by_resolver)
+        picked = st.picks.get((key, rank))
+        if type(picked) is Entry:
+            entry = picked
         else:
-            size = 4 if family == 1 else 16
-            network = ipaddress.ip_network((address + bytes(size - len(address)), source_prefix))
-            location = st.snapshot.locate_network(network)
-        found = (location, _network_key(location))
-        _remember(st.locations, raw, found)
-        return found
+            decision = self.decide(st, steered, rank)
+            entry = _encode(steered.resolution, decision, query.question)
+            _remember(st.picks, (key, rank), entry if decision.cacheable else UNCACHED)
+        return entry, scope if entry.scoped else 0
 
-    def _locate_source(self, st: State, source: str) -> tuple[Location, Any]:
-        if not st.by_resolver:
-            location = st.snapshot.locate(None)
-        else:
-            location = st.snapshot.locate(ipaddress.ip_address(source.split("%")[0]))
-        found = (location, _network_key(location))
-        _remember(st.locations, source if st.by_resolver else None, found)
-        return found
+    def decide(self, st: State, steered: Steered, rank: int) -> Decision:
+        """The service's answer for one ranking under the current health view."""
+        return pick(steered.service, st.snapshot.config.datacenters, steered.ranks.rankings[rank], st.health,
+                    steered.family)
 
-    def _assemble(self, query: Query, entry: Entry, tcp: bool) -> bytes:
+    def _assemble(self, query: Query, entry: Entry, scope: int, tcp: bool) -> bytes:
         """The reply bytes; the fast path builds the very same, inline."""
         wire_flags = _flag_bytes(entry.flags, query.flags)
         edns = query.edns
         if edns is None:
             head, opt = entry.head, b""
         else:
-            head, opt = entry.head_opt, opt_record(edns, entry.scope if edns.client_subnet else None)
+            head, opt = entry.head_opt, opt_record(edns, scope if edns.client_subnet else None)
         reply = b"".join((struct.pack("!H", query.id), wire_flags, head, query.question, entry.body, opt))
         if not tcp and len(reply) > udp_limit(edns):
             self.counters.truncated += 1
             return _truncated(query, entry, udp_limit(edns), opt)
         return reply
+
+
+def where(ranks: RankTable, subnet: ClientSubnet | None, source: str | None, by_resolver: bool) -> tuple[int, int]:
+    """The client's ranking index and ECS scope: from ECS, else the resolver's address, else the default.
+
+    The one place that decides which address stands for the client; the server, `gslb explain`
+    and the query log all come through here (the fast path inlines the same steps).
+    """
+    if subnet is not None:
+        if subnet.source_prefix == 0:  # RFC 7871 §7.1.2: an answer that ignores the client
+            return ranks.default_rank, 0
+        size = 4 if subnet.family == 1 else 16
+        value = int.from_bytes(subnet.address, "big") << ((size - len(subnet.address)) << 3)
+        return ranks.locate(4 if size == 4 else 6, value)
+    if not by_resolver or source is None:
+        return ranks.default_rank, 0
+    return ranks.locate(*_address_value(source))
+
+
+_ADDRESSES: dict[str, tuple[int, int]] = {}
+
+
+def _address_value(source: str) -> tuple[int, int]:
+    """(IP version, integer) of an address literal; resolvers are few, so remembered."""
+    found = _ADDRESSES.get(source)
+    if found is None:
+        address = ipaddress.ip_address(source.split("%")[0])
+        found = (address.version, int(address))
+        _remember(_ADDRESSES, source, found)
+    return found
 
 
 def _flag_bytes(template: int, query_flags: int) -> bytes:
@@ -450,13 +481,6 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
     if len(cache) > CACHE_LIMIT:
         cache.clear()
     cache[key] = value
-
-
-def _network_key(location: Location) -> Any:
-    network = location.network
-    if network is None:
-        return None
-    return (network.version, int(network.network_address), network.prefixlen)
 
 
 def _question_key(query: Query) -> bytes:
@@ -499,13 +523,12 @@ def _address_rdataset(qtype: int, ttl: int, addresses: tuple[str, ...]) -> dns.r
     return rdataset
 
 
-def _encode(resolution: Resolution, decision: Decision | None, location: Location,
-            question: bytes) -> Entry:
+def _encode(resolution: Resolution, decision: Decision | None, question: bytes) -> Entry:
     """Encode a resolution (and a service's decision) into a cacheable entry."""
     rcode = resolution.rcode
     qtype = question[-4] << 8 | question[-3]
     if rcode == REFUSED:
-        return _entry(QR | REFUSED, (0, 0, 0), b"", 0, REFUSED, qtype)
+        return _entry(QR | REFUSED, (0, 0, 0), b"", False, REFUSED, qtype)
     labels = []
     pos = 0
     while question[pos]:
@@ -515,7 +538,7 @@ def _encode(resolution: Resolution, decision: Decision | None, location: Locatio
     writer = _Writer(question, Name((*labels, b"")), len(resolution.question_zone.origin))
     answer = resolution.answer
     authority = resolution.authority
-    scope = 0
+    scoped = False
     service_name: str | None = None
     datacenters: tuple[str, ...] = ()
     if decision is not None:
@@ -523,10 +546,9 @@ def _encode(resolution: Resolution, decision: Decision | None, location: Locatio
         assert service is not None
         service_name = service.service.to_text()
         datacenters = decision.datacenters
-        if decision.location_dependent and location.network is not None:
-            scope = location.network.prefixlen
+        scoped = decision.location_dependent
         if decision.rcode == SERVFAIL:
-            return _entry(QR | SERVFAIL, (0, 0, 0), b"", scope, SERVFAIL, qtype, service_name, datacenters)
+            return _entry(QR | SERVFAIL, (0, 0, 0), b"", scoped, SERVFAIL, qtype, service_name, datacenters)
         answer = answer[:-1]
         if decision.addresses:
             answer = [*answer, (service.owner, _address_rdataset(service.qtype, decision.ttl, decision.addresses))]
@@ -539,7 +561,7 @@ def _encode(resolution: Resolution, decision: Decision | None, location: Locatio
     ns = sum(writer.rrset(owner, rds) for owner, rds in authority)
     ar = sum(writer.rrset(owner, rds) for owner, rds in resolution.additional)
     flags = QR | (AA if resolution.authoritative else 0) | rcode
-    return _entry(flags, (an, ns, ar), writer.body(), scope, rcode, qtype, service_name, datacenters)
+    return _entry(flags, (an, ns, ar), writer.body(), scoped, rcode, qtype, service_name, datacenters)
 
 
 def _truncated(query: Query, entry: Entry, limit: int, opt: bytes) -> bytes:
@@ -585,7 +607,8 @@ def _negative(st: State, qname: bytes, qtype: bytes) -> Entry | None:
     index = st.snapshot.index
     depth = next((d for d, offset in enumerate(offsets) if qname[offset:] in index), None)
     if depth is None:
-        return st.refused.get(qtype)
+        refused: Entry | None = st.refused.get(qtype)
+        return refused
     zone = index[qname[offsets[depth] :]]
     names = zone.names
     # Walk down from the origin's child to the name itself.
@@ -596,7 +619,8 @@ def _negative(st: State, qname: bytes, qtype: bytes) -> Entry | None:
         if suffix not in names:
             if qname[offsets[j + 1] :] in zone.wildcard_parents:
                 return None  # synthesized from a wildcard
-            return st.negative.get((zone.origin, len(qname), qtype))
+            negative: Entry | None = st.negative.get((zone.origin, len(qname), qtype))
+            return negative
     return None  # it exists: the general path answers and caches it
 
 

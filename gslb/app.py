@@ -27,6 +27,7 @@ from typing import Any
 
 from gslb.answer import Answerer, Counters
 from gslb.health import HealthMonitor, HealthView
+from gslb.inputs import Inputs
 from gslb.logs import QueryLog
 from gslb.metrics import Metrics
 from gslb.server import (
@@ -41,11 +42,11 @@ from gslb.server import (
     udp_socket,
 )
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
+from gslb.watch import Watcher
 from gslb.web import WebServer
 
 log = logging.getLogger(__name__)
 
-WATCH_INTERVAL = 1.0  # seconds between checks of the zone and config files
 COUNTER_INTERVAL = 1.0  # seconds between a worker's counter reports
 WORKER_START_TIMEOUT = 30.0
 OPEN_FILES_SPARE = 64  # open files a process needs beside its TCP connections (sockets, pipes, logs)
@@ -146,7 +147,8 @@ class Control:
         self.on_reload: list[Callable[[Snapshot], None]] = []
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self._watched = _fingerprint(options.sources)
+        self._inputs = snapshot.inputs  # what the last build read, as it was then: the watcher's
+        self._watcher: Watcher | None = None
 
     # Overridden: where health verdicts and snapshots go.
     def health_changed(self, view: HealthView) -> None:
@@ -168,6 +170,7 @@ class Control:
             try:
                 snapshot = await asyncio.to_thread(build, self.options.sources)
             except SnapshotError as exc:
+                self._inputs_replaced(exc.inputs)  # watch what it read: its fix is a change
                 self.reloads["failed"] += 1
                 self.last_reload_error = exc.problems
                 for problem in exc.problems:
@@ -177,6 +180,7 @@ class Control:
                 return False
             await self.install(snapshot)
             self.snapshot = snapshot
+            self._inputs_replaced(snapshot.inputs)
             self.monitor.update_targets(snapshot.config.targets())
             for hook in self.on_reload:
                 hook(snapshot)
@@ -187,13 +191,36 @@ class Control:
                      time.perf_counter() - started)
             return True
 
+    def _inputs_replaced(self, inputs: Inputs) -> None:
+        self._inputs = inputs
+        if self._watcher is not None:
+            self._watcher.wake()  # to watch the new set
+
     async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL)
-            current = await asyncio.to_thread(_fingerprint, self.options.sources)
-            if current != self._watched:
-                self._watched = current
-                await self.reload("files changed")
+        """Reload when a file the snapshot was built from changes (gslb.inputs, gslb.watch)."""
+        watcher = self._watcher = Watcher()
+        inputs = self._inputs
+        log.info("watching %d input files in %d directories for changes (%s)", len(inputs.files),
+                 len(inputs.directories()), watcher.mode)
+        try:
+            while True:
+                inputs = self._inputs
+                watcher.watch(inputs.directories())
+                # Checked after the watches are set: nothing changed since the build read it.
+                changed = inputs.changed()
+                if not changed:
+                    await watcher.wait(inputs)
+                    continue
+                log.info("changed: %s", _names(changed))
+                try:
+                    await self.reload("files changed")
+                except Exception:
+                    log.exception("reload failed")
+                if self._inputs is inputs:  # the reload recorded nothing: wait for the next change
+                    self._inputs = inputs.refreshed()
+        finally:
+            self._watcher = None
+            watcher.close()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -546,12 +573,6 @@ def _tcp_limits(options: Options) -> None:
                     cap, len(options.listen), needed, limit)
 
 
-def _fingerprint(sources: Sources) -> tuple[tuple[str, int, int], ...]:
-    prints = []
-    for path in sources.watched():
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        prints.append((str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(prints)
+def _names(paths: list[Path], most: int = 3) -> str:
+    shown = ", ".join(str(path) for path in paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")

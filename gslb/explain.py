@@ -9,9 +9,11 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
+from gslb.answer import where
 from gslb.health import HealthView
-from gslb.policy import choose
+from gslb.policy import pick
 from gslb.snapshot import Snapshot
+from gslb.wire import ClientSubnet
 from gslb.zones import ServiceAnswer
 
 
@@ -24,10 +26,13 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
 
     qname = dns.name.from_text(name)
     rdtype = dns.rdatatype.from_text(qtype)
+    ecs: ClientSubnet | None = None
     if subnet is not None:
         network = ipaddress.ip_network(subnet, strict=False)
-        location = snapshot.locate_network(network)
+        location = snapshot.locate_network(network) if network.prefixlen else snapshot.locate(None)
         how = f"EDNS Client Subnet {network}"
+        ecs = ClientSubnet(1 if network.version == 4 else 2, network.prefixlen,
+                           network.network_address.packed[: (network.prefixlen + 7) // 8])
     elif client is not None and snapshot.no_ecs == "resolver":
         location = snapshot.locate(ipaddress.ip_address(client))
         how = f"resolver address {client}"
@@ -59,8 +64,12 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
         return out
     svc = snapshot.services[service.service]
     health = health if health is not None else HealthView()
-    decision = choose(svc, snapshot.config.datacenters, location,
-                      health, 4 if service.qtype == dns.rdatatype.A else 6)
+    # The same steps as the server's: the client's range in the compiled table, its ranking,
+    # health applied to it, and the scope of the range.
+    ranks = snapshot.ranks[service.service]
+    rank, scope = where(ranks, ecs, client, snapshot.no_ecs == "resolver")
+    decision = pick(svc, snapshot.config.datacenters, ranks.rankings[rank], health,
+                    4 if service.qtype == dns.rdatatype.A else 6, location)
     out["kind"] = "service"
     out["service"] = {"name": svc.name, "policy": svc.policy, "answers": svc.answers,
                       "all_down": svc.all_down}
@@ -73,7 +82,6 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
     out["rcode"] = "SERVFAIL" if decision.rcode == 2 else "NOERROR"
     out["datacenters"] = list(decision.datacenters)
     out["ttl"] = decision.ttl
-    scope = location.network.prefixlen if decision.location_dependent and location.network else 0
-    out["ecs_scope"] = scope
+    out["ecs_scope"] = scope if decision.location_dependent else 0
     out["why"] = decision.reason
     return out

@@ -355,6 +355,11 @@ class GeoDatabase:
         self._shifts4: list[int] = []
         self._shifts6: list[int] = []
 
+    @property
+    def overrides(self) -> Mapping[IPNetwork, Location]:
+        """The CIDR overrides (IPv4-mapped networks as IPv4), with source "override"."""
+        return self._overrides
+
     # -- the hot path ---------------------------------------------------------------------
 
     def locate(self, address: IPAddress) -> Location:

@@ -18,7 +18,10 @@ __all__ = [
     "Decision",
     "Explanation",
     "HealthSource",
+    "Ranking",
     "choose",
+    "pick",
+    "rank",
 ]
 
 SERVFAIL: Final = 2
@@ -26,6 +29,7 @@ SERVFAIL: Final = 2
 _DIAMETER: Final = 2 * EARTH_RADIUS_KM
 _sin, _cos, _asin, _sqrt, _radians = math.sin, math.cos, math.asin, math.sqrt, math.radians
 _by_key = itemgetter(0)
+_NOWHERE: Final = Location()
 
 
 class HealthSource(Protocol):
@@ -61,7 +65,7 @@ class Explanation:
     """
 
     __slots__ = (
-        "_value", "all_down", "chosen", "datacenters", "distances", "family", "fell_through",
+        "_distances", "_value", "all_down", "chosen", "datacenters", "family", "fell_through",
         "health", "location", "ranked", "rule", "service", "up",
     )  # fmt: skip
 
@@ -88,11 +92,20 @@ class Explanation:
         self.up = up
         self.ranked = ranked  # the policy's preference order; other members are unranked
         self.chosen = chosen
-        self.distances = distances
+        self._distances = distances
         self.all_down = all_down
         self.rule = rule
         self.fell_through = fell_through
         self._value: tuple[str, tuple[Candidate, ...]] | None = None
+
+    @property
+    def distances(self) -> Mapping[str, float]:
+        """Client to each member with coordinates (great circle, km), worked out on first use."""
+        if not self._distances and self.location.has_coordinates:
+            found: dict[str, float] = {}
+            _nearest(self.service.datacenters, self.datacenters, self.location, found, bias=False)
+            self._distances = found
+        return self._distances
 
     @property
     def reason(self) -> str:
@@ -293,6 +306,39 @@ def _draw(
     return chosen
 
 
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """A service's data centers in order of preference for one place, before health.
+
+    ``primary`` is the order the policy prefers; ``rest`` (geo maps only) the other members,
+    nearest first, which take over only when every data center of ``primary`` is down.
+    This is what the compiled tables store per address range (gslb.ranks).
+    """
+
+    primary: tuple[str, ...]
+    rest: tuple[str, ...] = ()
+    rule: GeoRule | None = None
+    # Distances the ranking was computed from, for explanations; not part of its identity.
+    distances: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
+
+
+def rank(service: Service, datacenters: Mapping[str, DataCenter], location: Location) -> Ranking:
+    """The order of preference of ``service``'s data centers for a client at ``location``."""
+    members = service.datacenters
+    policy = service.policy
+    distances: dict[str, float] = {}
+    if policy == "nearest":
+        return Ranking(tuple(_nearest(members, datacenters, location, distances, bias=True)), (), None, distances)
+    if policy == "geo":
+        rule = service.rule_for(location)
+        primary = rule.order if rule is not None else service.default
+        rest = _nearest([m for m in members if m not in primary], datacenters, location, distances, bias=False)
+        return Ranking(tuple(primary), tuple(rest), rule, distances)
+    if policy == "failover":
+        return Ranking(tuple(service.order))
+    return Ranking(tuple(members))
+
+
 def choose(
     service: Service,
     datacenters: Mapping[str, DataCenter],
@@ -302,6 +348,23 @@ def choose(
     rng: random.Random | None = None,
 ) -> Decision:
     """Decide the answer to an A (``family`` 4) or AAAA (6) query for ``service``.
+
+    ``rank`` orders the members for the location, ``pick`` applies health to that order:
+    the compiled tables store the first step per address range and call only the second.
+    """
+    return pick(service, datacenters, rank(service, datacenters, location), health, family, location, rng)
+
+
+def pick(
+    service: Service,
+    datacenters: Mapping[str, DataCenter],
+    ranking: Ranking,
+    health: HealthSource,
+    family: int,
+    location: Location | None = None,
+    rng: random.Random | None = None,
+) -> Decision:
+    """Apply health to a ranking: the answer for every client the ranking stands for.
 
     nearest   members ranked by great-circle distance + bias_km from the client; without
               client coordinates in member order (the caller substitutes the default
@@ -325,7 +388,9 @@ def choose(
 
     ``location_dependent`` is False when no other client could get another answer now: one
     healthy member, failover, weighted, a geo map without rules, every all-down mode but open.
+    ``location`` only feeds the explanation.
     """
+    where = location if location is not None else _NOWHERE
     members = service.datacenters
     is_up = health.is_up
     # The VIPs to answer, drained ones left out; None: nothing is drained (the common case).
@@ -345,7 +410,7 @@ def choose(
     if all_down and service.all_down != "open":
         mode = service.all_down
         explanation = Explanation(
-            service, datacenters, location, health, family, up, (), (), {}, True
+            service, datacenters, where, health, family, up, (), (), {}, True
         )
         return Decision(
             service.fallback_addresses(family) if mode == "fallback" else (),
@@ -363,30 +428,23 @@ def choose(
     n_alive = len(members) if all_down else n_up
     policy = service.policy
     answers = service.answers
-    distances: dict[str, float] = {}
-    rule = None
     fell_through = False
     cacheable = True
+    ranked: Sequence[str] = ranking.primary
     if policy == "nearest":
-        ranked: Sequence[str] = _nearest(members, datacenters, location, distances, bias=True)
         chosen = _first_up(ranked, alive, answers)
         varies = n_alive > 1
     elif policy == "geo":
-        rule = service.rule_for(location)
-        ranked = rule.order if rule is not None else service.default
         chosen = _first_up(ranked, alive, answers)
         if not chosen:
             # Every data center the order names is down: rather than fail, the other
             # members take over, nearest first.
             fell_through = True
-            rest = [m for m in members if m not in ranked]
-            rest = _nearest(rest, datacenters, location, distances, bias=False)
-            chosen = _first_up(rest, alive, answers)
-            ranked = [*ranked, *rest]
+            chosen = _first_up(ranking.rest, alive, answers)
+            ranked = [*ranked, *ranking.rest]
         # Without map rules every client gets the default order, wherever it is.
         varies = n_alive > 1 and (bool(service.map) or fell_through)
     elif policy == "failover":
-        ranked = service.order
         chosen = _first_up(ranked, alive, answers)
         varies = False
     else:  # weighted
@@ -408,7 +466,7 @@ def choose(
     else:
         addresses = tuple(a for name in chosen for a in datacenters[name].addresses(family))
     explanation = Explanation(
-        service, datacenters, location, health, family, up, ranked, chosen, distances,
-        all_down, rule, fell_through,
+        service, datacenters, where, health, family, up, ranked, chosen, ranking.distances,
+        all_down, ranking.rule, fell_through,
     )  # fmt: skip
     return Decision(addresses, 0, ttl, tuple(chosen), varies, cacheable, all_down, explanation)

@@ -13,8 +13,10 @@ import dns.name
 import dns.rdatatype
 
 from gslb import config as configuration
+from gslb import inputs
 from gslb.config import Config, ConfigError, Service
 from gslb.geo import GeoDatabase, GeoError, IPAddress, IPNetwork, Location
+from gslb.inputs import Inputs
 from gslb.zones import ZoneError, ZoneIndex, ZoneSet, cut_above, load_zones, static_addresses
 
 CONFIG_NAME = "gslb.toml"
@@ -25,6 +27,7 @@ class SnapshotError(Exception):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
+        self.inputs = Inputs()  # what the failed build read: watched until the next build
         super().__init__("\n".join(problems))
 
 
@@ -42,13 +45,20 @@ class Sources:
         candidate = self.zones / CONFIG_NAME
         return candidate if candidate.exists() else None
 
-    def watched(self) -> list[Path]:
-        """Files whose change triggers a reload."""
-        paths = sorted(self.zones.glob("*.zone"))
-        config = self.config_path()
-        if config is not None:
-            paths.append(config)
-        return paths
+    def record_read(self) -> None:
+        """Note the config and geo database as inputs of the build being recorded (gslb.inputs).
+
+        The zone loader notes the zone files and what they include; the embedded database
+        is part of the program, not an input.
+        """
+        inputs.read(self.config_path(), self.geodb)
+        if self.config is None:  # a gslb.toml created beside the zones is read on reload
+            inputs.listed(self.zones, CONFIG_NAME)
+
+    @staticmethod
+    def record_named(config: Config) -> None:
+        """Note the files the config names and the probes read (CA bundles)."""
+        inputs.read(*(Path(check.ca_file) for check in config.checks.values() if check.ca_file))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,7 @@ class Snapshot:
     index: dict[bytes, ZoneIndex] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    inputs: Inputs = field(default_factory=Inputs)  # every file read, for the reload watcher
 
     @property
     def no_ecs(self) -> str:
@@ -83,9 +94,19 @@ class Snapshot:
 
 
 def build(sources: Sources) -> Snapshot:
-    """Read zones, config and geo database; raise SnapshotError listing every problem."""
-    with _collector_paused():
-        return _build(sources)
+    """Read zones, config and geo database; raise SnapshotError listing every problem.
+
+    The snapshot, or the error, carries `inputs`: every file the build read, as it was then.
+    """
+    with _collector_paused(), inputs.recording() as recorder:
+        sources.record_read()
+        try:
+            snapshot = _build(sources)
+        except SnapshotError as exc:
+            exc.inputs = recorder.inputs()
+            raise
+        sources.record_named(snapshot.config)
+    return replace(snapshot, inputs=recorder.inputs())
 
 
 @contextlib.contextmanager

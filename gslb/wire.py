@@ -45,6 +45,10 @@ class FormError(WireError):
     """Malformed but with a readable header: answer FORMERR."""
 
 
+class NotImp(WireError):
+    """An opcode other than QUERY: answer NOTIMP from the header alone (RFC 1035 §4.1.1)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ClientSubnet:
     """The EDNS Client Subnet option of a query (RFC 7871 §6)."""
@@ -164,6 +168,9 @@ def parse_query(wire: bytes) -> Query:
     qid, flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!6H", wire)
     if flags & QR:
         raise Drop("a response, not a query")
+    if flags & OPCODE_MASK:
+        # Decided before anything about the question: a NOTIFY or UPDATE may have none.
+        raise NotImp(f"opcode {(flags & OPCODE_MASK) >> 11}")
     if qdcount != 1:
         raise FormError(f"{qdcount} questions")
     labels, pos = read_name(wire, 12)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +19,7 @@ import dns.rdatatype
 import dns.tokenizer
 import dns.zonefile
 
-from gslb import masterfile
+from gslb import inputs, masterfile
 from gslb.wire import (
     NOERROR,
     NXDOMAIN,
@@ -144,11 +144,74 @@ class _Collector:
         self.records.append(_Record(name, ttl, rdata, self.file, self.line))
 
 
+class _IncludingTokenizer(dns.tokenizer.Tokenizer):
+    """Resolves the file name of an `$INCLUDE` against the zone file's directory.
+
+    dnspython opens an `$INCLUDE` name as written, so relative to the process's working
+    directory; named reads it relative to its directory, and so does gslb: the zone file's
+    directory, for includes inside included files too. Without chdir: a reload runs in a
+    thread while others answer. Each included file is recorded as an input of the snapshot.
+    """
+
+    def __init__(self, f: Any, filename: str, base: Path):
+        super().__init__(f, filename)
+        self.base = base
+        self._include_line = 0  # the line of an $INCLUDE whose file name comes next
+
+    def get(self, want_leading: bool = False, want_comment: bool = False) -> dns.tokenizer.Token:
+        token = super().get(want_leading, want_comment)
+        if self._include_line:
+            line, self._include_line = self._include_line, 0
+            if token.is_identifier() or token.is_quoted_string():
+                token = dns.tokenizer.Token(token.ttype, self._resolve(token.value, line), token.has_escape)
+        elif want_leading and want_comment and token.is_identifier() and token.value.upper() == "$INCLUDE":
+            # The reader asks for a line's first token with (True, True) only; a directive is one.
+            self._include_line = self.line_number
+        return token
+
+    def _resolve(self, name: str, line: int) -> str:
+        path = Path(name) if os.path.isabs(name) else self.base / name
+        inputs.read(path)  # a missing one too: its appearing is a change
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise _IncludeError(self.filename, line, f"$INCLUDE {name}: cannot read {path}: {exc.strerror}") from None
+        return str(path)
+
+
+class _IncludeError(Exception):
+    """An $INCLUDE that cannot be read, at the directive's own line (dnspython would say the next)."""
+
+    def __init__(self, file: str, line: int, message: str):
+        super().__init__(f"{file}:{line}: {message}")
+        self.file = file
+        self.line = line
+        self.message = message
+
+
+class _IncludingReader(dns.zonefile.Reader):
+    """A zone file reader whose included files get the resolving tokenizer as well."""
+
+    _including: _IncludingTokenizer
+
+    @property
+    def tok(self) -> _IncludingTokenizer:
+        return self._including
+
+    @tok.setter
+    def tok(self, tok: dns.tokenizer.Tokenizer) -> None:
+        if not isinstance(tok, _IncludingTokenizer):  # dnspython's own, for an included file
+            tok = _IncludingTokenizer(tok.file, tok.filename, self._including.base)
+        self._including = tok
+
+
 _ERROR_AT = re.compile(r"^(.*?):(\d+): (.*)$", re.S)
 
 
 def _read_records(path: Path, origin: Name) -> tuple[list[_Record], list[Problem]]:
     """Every record in one zone file, and every syntax error found (one per bad line)."""
+    inputs.read(path)
     plain = masterfile.read(path, origin)
     if plain is not None:
         return plain, []  # type: ignore[return-value]
@@ -156,34 +219,35 @@ def _read_records(path: Path, origin: Name) -> tuple[list[_Record], list[Problem
     problems: list[Problem] = []
     for _ in range(MAX_SYNTAX_ERRORS_PER_FILE):
         collector = _Collector(origin)
-        tok = dns.tokenizer.Tokenizer(text, filename=str(path))
-        reader = dns.zonefile.Reader(
+        tok = _IncludingTokenizer(text, str(path), path.parent)
+        reader = _IncludingReader(
             tok, dns.rdataclass.IN, collector, allow_include=True  # type: ignore[arg-type]
         )
         collector.watch(reader)
         try:
-            # $INCLUDE names are relative to the working directory in dnspython; run
-            # relative to the zone's directory instead, as named does with its directory.
-            with contextlib.chdir(path.parent):
-                reader.read()
+            reader.read()
             for file, line in collector.ignored:
                 problems.append(Problem(file, line, f"outside the zone {origin}: {_line_text(file, line)}"))
             return collector.records, problems
-        except dns.exception.SyntaxError as exc:
-            match = _ERROR_AT.match(str(exc))
-            if not match:
+        except (dns.exception.SyntaxError, _IncludeError) as exc:
+            if isinstance(exc, _IncludeError):
+                file, line, message = exc.file, exc.line, exc.message
+            elif match := _ERROR_AT.match(str(exc)):
+                file, line, message = match.group(1), int(match.group(2)), match.group(3)
+            else:
                 problems.append(Problem(str(path), 1, str(exc)))
                 return [], problems
-            file, line, message = match.group(1), int(match.group(2)), match.group(3)
             if collector.in_record and collector.file == file:
                 # dnspython reports the line after a record's end; the record's start is right.
                 line = collector.line
             lines = text.split("\n")
-            if Path(file).resolve() == path.resolve() and 1 <= line <= len(lines):
-                message = f"{message.rstrip('.')}: {lines[line - 1].strip()}"
+            here = Path(file).resolve() == path.resolve() and 1 <= line <= len(lines)
+            shown = lines[line - 1].strip() if here else _line_text(file, line)  # an included file's
+            if shown and not isinstance(exc, _IncludeError):
+                message = f"{message.rstrip('.')}: {shown}"
             problems.append(Problem(file, line, message))
             # Keep reading past the bad line, so one run reports every error in the file.
-            if Path(file).resolve() != path.resolve() or not 1 <= line <= len(lines):
+            if not here:
                 return [], problems
             lines[line - 1] = ";"
             text = "\n".join(lines)
@@ -516,6 +580,7 @@ def load_zones(directory: Path) -> ZoneSet:
     """Every `*.zone` file in `directory`; raises ZoneError with every problem found."""
     zones: dict[Name, Zone] = {}
     problems: list[Problem] = []
+    inputs.listed(directory, "*.zone")
     paths = sorted(directory.glob("*.zone"))
     if not directory.is_dir():
         raise ZoneError([Problem(str(directory), 0, "not a directory")])

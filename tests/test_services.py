@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -75,15 +76,18 @@ def test_nearest_data_center_by_ecs(geo_server: Server, subnet: str, rdtype: str
         assert same_rrsets(reply.answer, f"www.example.com. 30 IN {rdtype} {expected}"), reply.to_text()
         (ecs,) = reply.options
         assert (ecs.address, ecs.srclen) == (address, int(source))
-        # The scope is the prefix of the database network that decided (RFC 7871 §7.2.1).
-        assert ecs.scopelen == _prefix(address)
+        # The scope is never narrower than the database network that decided (RFC 7871
+        # §7.2.1), and wider where the neighbours rank the data centers alike.
+        assert 0 < ecs.scopelen <= _prefix(address)
 
 
 def test_dig_subnet_shows_answer_and_scope(geo_server: Server) -> None:
     need("dig")
     out = geo_server.dig("www.example.com", "+subnet=85.214.0.0/24")
     assert "www.example.com.\t30\tIN\tA\t127.0.2.1" in out
-    assert f"CLIENT-SUBNET: 85.214.0.0/24/{_prefix('85.214.0.0')}" in out
+    scope = re.search(r"CLIENT-SUBNET: 85\.214\.0\.0/24/(\d+)", out)
+    assert scope is not None, out
+    assert 0 < int(scope.group(1)) <= _prefix("85.214.0.0")  # merged with like neighbours
     out = geo_server.dig("static.example.com", "+subnet=85.214.0.0/24")
     assert "127.0.0.10" in out
     assert "CLIENT-SUBNET: 85.214.0.0/24/0" in out  # static data: the same for every client
@@ -141,7 +145,7 @@ def test_explain_says_why() -> None:
     out = _explain("www.example.com", "--subnet", "85.214.0.0/24")
     assert out["answer"] == ["127.0.2.1"]
     assert out["location"]["country"] == "DE"  # type: ignore[index]
-    assert out["ecs_scope"] == _prefix("85.214.0.0")
+    assert 0 < out["ecs_scope"] <= _prefix("85.214.0.0")  # type: ignore[operator]
     names = [c["name"] for c in out["candidates"]]  # type: ignore[attr-defined]
     assert names == ["eu", "us", "ap"]  # nearest first
     assert "eu" in str(out["why"])

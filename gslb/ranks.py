@@ -1,0 +1,207 @@
+"""Each service's geo policy compiled: address ranges -> a ranking of data centers, merged.
+
+A ranking (gslb.policy.Ranking) is the order of preference before health. It is worked out
+once per distinct location of the compiled geo table (gslb.geotable), vectorized where the
+policy is a distance sort, and then per block; neighbouring blocks with the same ranking are
+merged into one range. A query is one bisect; health is applied to the ranking afterwards
+(gslb.policy.pick), so a health change re-picks from a handful of rankings and locates
+nothing again. The merge is also the widest correct ECS scope (RFC 7871 §7.2.1): the largest
+aligned network around the client's address inside its range gets one ranking throughout.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import ipaddress
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from gslb.config import DataCenter, Service
+from gslb.geo import EARTH_RADIUS_KM, IPNetwork, Location
+from gslb.geotable import Blocks, GeoTable
+from gslb.policy import Ranking, rank
+
+__all__ = ["RankTable", "compile_service"]
+
+_MAPPED_BASE = 0xFFFF << 32
+_MAPPED_MASK = ((1 << 96) - 1) << 32  # the ::ffff:0:0/96 block
+
+
+class RankTable:
+    """Sorted range starts per family and the ranking index of each range.
+
+    The arrays are plain `array` objects (and a list for IPv6 starts in Python) so that
+    the pure-Python fast path bisects them and the compiled loop reads their buffers.
+    """
+
+    __slots__ = ("default_rank", "rankings", "ranks4", "ranks6", "single", "starts4", "starts6",
+                 "starts6_hi", "starts6_lo")
+
+    def __init__(self, rankings: list[Ranking], default_rank: int,
+                 v4: tuple[Sequence[int], Sequence[int]] = ((0,), (0,)),
+                 v6: tuple[Sequence[int], Sequence[int]] = ((0,), (0,))) -> None:
+        self.rankings = rankings
+        self.default_rank = default_rank
+        self.single = len(rankings) == 1
+        self.starts4 = array.array("I", v4[0])
+        self.ranks4 = array.array("I", v4[1])
+        self.starts6 = list(v6[0])
+        self.starts6_hi = array.array("Q", (s >> 64 for s in self.starts6))
+        self.starts6_lo = array.array("Q", (s & 0xFFFFFFFFFFFFFFFF for s in self.starts6))
+        self.ranks6 = array.array("I", v6[1])
+
+    @classmethod
+    def fixed(cls, ranking: Ranking) -> RankTable:
+        """One ranking for every client (failover, weighted, geo without rules)."""
+        return cls([ranking], 0)
+
+    def __len__(self) -> int:
+        return len(self.starts4) + len(self.starts6)
+
+    def locate(self, version: int, value: int) -> tuple[int, int]:
+        """The ranking index and ECS scope for address `value` of IP `version`."""
+        if version == 6 and value & _MAPPED_MASK == _MAPPED_BASE:
+            found, scope = self.locate(4, value & 0xFFFFFFFF)
+            return found, 96 + scope
+        if version == 4:
+            starts: Sequence[int] = self.starts4
+            ranks = self.ranks4
+            bits = 32
+        else:
+            starts = self.starts6
+            ranks = self.ranks6
+            bits = 128
+        i = bisect.bisect_right(starts, value) - 1
+        hi = starts[i + 1] - 1 if i + 1 < len(starts) else -1
+        return ranks[i], bits - aligned(value, starts[i], hi, bits)
+
+    def locate_network(self, network: IPNetwork) -> tuple[int, int]:
+        """For an ECS network: its address decides; /0 asks for the default (RFC 7871 §7.1.2)."""
+        if network.prefixlen == 0:
+            return self.default_rank, 0
+        return self.locate(network.version, int(network.network_address))
+
+
+def aligned(value: int, lo: int, hi: int, bits: int) -> int:
+    """log2 of the largest aligned block around `value` inside [lo, hi] (hi -1: to the end)."""
+    k1 = bits if lo == 0 else (value ^ (lo - 1)).bit_length() - 1
+    k2 = bits if hi < 0 else (value ^ (hi + 1)).bit_length() - 1
+    return k1 if k1 < k2 else k2
+
+
+# --------------------------------------------------------------------------- compiling
+
+
+def _distances(locations: Sequence[Location], datacenters: Sequence[DataCenter]) -> npt.NDArray[np.float64]:
+    """Great-circle km from every location (rows) to every data center (columns); inf where unknown.
+
+    The same haversine as gslb.policy's, vectorized.
+    """
+    lat = np.array([math.nan if loc.latitude is None else loc.latitude for loc in locations])
+    lon = np.array([math.nan if loc.longitude is None else loc.longitude for loc in locations])
+    phi1 = np.radians(lat)
+    cos1, lam1 = np.cos(phi1), np.radians(lon)
+    out = np.full((len(locations), len(datacenters)), np.inf)
+    for j, dc in enumerate(datacenters):
+        r = dc.radians
+        if r is None:
+            continue
+        a = np.sin((r[0] - phi1) * 0.5)
+        b = np.sin((r[2] - lam1) * 0.5)
+        h = a * a + cos1 * r[1] * b * b
+        d = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(h, 1.0)))
+        out[:, j] = np.where(np.isnan(d), np.inf, d)
+    return out
+
+
+def _nearest_orders(names: Sequence[str], datacenters: Mapping[str, DataCenter], locations: Sequence[Location],
+                    bias: bool) -> list[tuple[str, ...]]:
+    """For every location, `names` nearest first (member order without client coordinates)."""
+    if len(names) <= 1:
+        return [tuple(names)] * len(locations)
+    dcs = [datacenters[n] for n in names]
+    keys = _distances(locations, dcs)
+    if bias:
+        keys = keys + np.array([dc.bias_km for dc in dcs])
+    order = np.argsort(keys, axis=1, kind="stable")
+    # Locations without coordinates keep the given order (every key inf sorts stably anyway).
+    rows, inverse = np.unique(order, axis=0, return_inverse=True)
+    as_names = [tuple(names[j] for j in row) for row in rows.tolist()]
+    return [as_names[k] for k in np.asarray(inverse).reshape(-1).tolist()]
+
+
+def _location_rankings(service: Service, datacenters: Mapping[str, DataCenter],
+                       locations: Sequence[Location]) -> list[Ranking]:
+    members = service.datacenters
+    if service.policy == "nearest":
+        return [Ranking(order) for order in _nearest_orders(members, datacenters, locations, bias=True)]
+    # geo: the rule by country, subdivision, continent (cidr rules go by block, below).
+    out = []
+    rest_orders: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    rules = [service.rule_for(loc) for loc in locations]
+    for rule in {id(r): r for r in rules}.values():
+        primary = rule.order if rule is not None else service.default
+        rest = tuple(m for m in members if m not in primary)
+        if rest not in rest_orders:
+            rest_orders[rest] = _nearest_orders(rest, datacenters, locations, bias=False)
+    for k, rule in enumerate(rules):
+        primary = rule.order if rule is not None else service.default
+        rest = tuple(m for m in members if m not in primary)
+        out.append(Ranking(tuple(primary), rest_orders[rest][k], rule))
+    return out
+
+
+def compile_service(service: Service, datacenters: Mapping[str, DataCenter], table: GeoTable,
+                    default: Location) -> RankTable:
+    """The ranking table of one service over the compiled geo table."""
+    if service.policy in ("failover", "weighted") or (
+        service.policy == "geo" and not service.map and set(service.default) >= set(service.datacenters)
+    ):
+        return RankTable.fixed(rank(service, datacenters, default))
+    rankings = _location_rankings(service, datacenters, table.locations)
+    index: dict[Ranking, int] = {}
+    loc_rank = np.array([index.setdefault(r, len(index)) for r in rankings], np.int64)
+    # The default location stands for unknown places; it may differ from table.locations[0]
+    # only in the network it carries, which rankings do not read (cidr rules go by block).
+    default_rank = index.setdefault(rank(service, datacenters, default), len(index))
+    families = []
+    for blocks in (table.v4, table.v6):
+        block_rank = loc_rank[blocks.loc]
+        _apply_cidr_rules(service, datacenters, table, blocks, block_rank, index)
+        keep = np.ones(len(blocks), bool)
+        keep[1:] = block_rank[1:] != block_rank[:-1]
+        hi, lo = blocks.hi[keep].tolist(), blocks.lo[keep].tolist()
+        starts = [h << 64 | low for h, low in zip(hi, lo, strict=True)] if blocks.version == 6 else lo
+        families.append((starts, block_rank[keep].tolist()))
+    ordered = sorted(index, key=index.__getitem__)
+    return RankTable(ordered, default_rank, families[0], families[1])
+
+
+def _apply_cidr_rules(service: Service, datacenters: Mapping[str, DataCenter], table: GeoTable, blocks: Blocks,
+                      block_rank: npt.NDArray[np.int64], index: dict[Ranking, int]) -> None:
+    """Blocks inside a `cidr:` rule take its order; the most specific rule wins (laid last)."""
+    rules = [r for r in service.map if r.kind == "cidr"]
+    if service.policy != "geo" or not rules:
+        return
+    members = service.datacenters
+    for rule in sorted(rules, key=lambda r: ipaddress.ip_network(r.value).prefixlen):
+        network = ipaddress.ip_network(rule.value)
+        if network.version != blocks.version:
+            continue
+        start = int(network.network_address)
+        first = blocks.find(start)
+        last = blocks.find(start + network.num_addresses - 1)
+        rest = tuple(m for m in members if m not in rule.order)
+        memo: dict[int, int] = {}
+        for i in range(first, last + 1):
+            loc = int(blocks.loc[i])
+            found = memo.get(loc)
+            if found is None:
+                order = _nearest_orders(rest, datacenters, [table.locations[loc]], bias=False)[0]
+                ranking = Ranking(rule.order, order, rule)
+                found = memo[loc] = index.setdefault(ranking, len(index))
+            block_rank[i] = found

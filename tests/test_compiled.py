@@ -1,0 +1,170 @@
+"""The compiled geo tables against the real GeoLite2-City: locations, rankings, the widest correct ECS scope."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import dns.edns
+import dns.message
+import maxminddb
+import pytest
+
+from gslb.answer import Answerer
+from gslb.explain import explain_query
+from gslb.geo import GeoDatabase, is_special
+from gslb.health import HealthView, Status
+from gslb.snapshot import Snapshot, Sources, build
+from tests.conftest import EXAMPLE_ZONES
+from tests.test_services import GEOLITE2
+
+
+@pytest.fixture(scope="module")
+def zones(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("zones")
+    for path in EXAMPLE_ZONES.iterdir():
+        if path.is_file() and not path.name.startswith("."):
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def city(zones: Path, tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
+    return build(Sources(zones, geodb=GEOLITE2, cache=tmp_path_factory.mktemp("cache")))
+
+
+def _public_networks(rng: random.Random, count: int, prefix: int = 24) -> list[ipaddress.IPv4Network]:
+    out: list[ipaddress.IPv4Network] = []
+    while len(out) < count:
+        network = ipaddress.IPv4Network((rng.getrandbits(32) >> (32 - prefix) << (32 - prefix), prefix))
+        if not is_special(network.network_address) and not is_special(network.broadcast_address):
+            out.append(network)
+    return out
+
+
+def _ask(answerer: Answerer, name: str, address: str, prefix: int) -> tuple[frozenset[str], int]:
+    query = dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.ECSOption(address, prefix)])
+    wire = answerer.handle(query.to_wire(), "127.0.0.1")
+    assert wire is not None
+    reply = dns.message.from_wire(wire)
+    (ecs,) = reply.options
+    return frozenset(rd.address for rrset in reply.answer for rd in rrset), ecs.scopelen
+
+
+def _down(*names: str) -> HealthView:
+    return HealthView(1, {name: Status(False, "timeout", time.time()) for name in names})
+
+
+def test_the_table_places_addresses_as_the_database_does(city: Snapshot) -> None:
+    # Every block's location and network are what a direct lookup finds (overrides,
+    # special-purpose blocks and the cut around them included).
+    geo = GeoDatabase(GEOLITE2, overrides=city.config.overrides, default=city.config.default_location)
+    rng = random.Random(7)
+    for k in range(4000):
+        if k % 4 == 0:
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(
+                (0x2000 + rng.randrange(0x1000)) << 112 | rng.getrandbits(112))
+        elif k % 50 == 1:
+            address = ipaddress.IPv4Address(int(ipaddress.IPv4Address("192.0.2.0")) + rng.randrange(256))
+        else:
+            address = ipaddress.IPv4Address(rng.getrandbits(32))
+        expected = geo.locate_uncached(address)
+        got = city.locate(address)
+        assert got.network == expected.network, address
+        if expected.known:
+            assert (got.country, got.continent, got.subdivision, got.latitude, got.longitude, got.city) == (
+                expected.country, expected.continent, expected.subdivision, expected.latitude,
+                expected.longitude, expected.city), address
+        else:
+            assert got.source == "default" and got.country == city.config.default_location.country
+
+
+@pytest.mark.parametrize("down", [(), ("eu",)])
+@pytest.mark.parametrize("name", ["www.example.com.", "app.example.com."])
+def test_every_address_inside_the_scope_gets_the_same_answer(city: Snapshot, name: str, down: tuple[str, ...]) -> None:
+    answerer = Answerer(city, _down(*down))
+    rng = random.Random(20261201 + len(down))
+    scopes, prefixes = [], []
+    with maxminddb.open_database(str(GEOLITE2)) as reader:
+        for network in _public_networks(rng, 1000):
+            answer, scope = _ask(answerer, name, str(network.network_address), 24)
+            _, db_prefix = reader.get_with_prefix_len(str(network.network_address))
+            scopes.append(scope)
+            prefixes.append(db_prefix)
+            if scope == 0:
+                continue
+            block = ipaddress.IPv4Network((int(network.network_address) >> (32 - scope) << (32 - scope), scope))
+            # Addresses across the whole block, the far ends included, get the same answer.
+            probes = {block.network_address, block.broadcast_address}
+            probes |= {block.network_address + rng.randrange(block.num_addresses) for _ in range(6)}
+            for probe in probes:
+                assert _ask(answerer, name, str(probe), 32)[0] == answer, (name, network, scope, probe)
+    # Neighbours that rank alike are merged: scopes are wider than the database's networks.
+    assert statistics.median(scopes) < statistics.median(prefixes)
+
+
+def test_scope_is_never_narrower_than_the_database_network(city: Snapshot) -> None:
+    geo = GeoDatabase(GEOLITE2, overrides=city.config.overrides, default=city.config.default_location)
+    answerer = Answerer(city, HealthView())
+    rng = random.Random(11)
+    for network in _public_networks(rng, 1000):
+        _, scope = _ask(answerer, "www.example.com.", str(network.network_address), 24)
+        # The database network, cut where a more specific override or special block lies inside.
+        decided = geo.locate_uncached(network.network_address).network
+        assert decided is not None
+        assert scope <= decided.prefixlen, (network, scope, decided)
+
+
+def test_a_health_change_keeps_static_and_negative_answers(city: Snapshot) -> None:
+    answerer = Answerer(city, HealthView())
+    static = dns.message.make_query("static.example.com.", "A").to_wire()
+    missing = dns.message.make_query("nothing-here.example.com.", "A").to_wire()
+    answerer.handle(static, "127.0.0.1")
+    answerer.handle(missing, "127.0.0.1")
+    general = answerer.counters.general
+    answerer.set_health(_down("eu"))
+    answerer.set_health(HealthView())
+    assert answerer.handle(static, "127.0.0.1") is not None
+    fresh_missing = dns.message.make_query("nothing-else.example.com.", "A").to_wire()  # same length
+    assert answerer.handle(fresh_missing, "127.0.0.1") is not None
+    assert answerer.counters.general == general  # both from the fast path
+
+
+def test_a_health_change_re_picks_without_locating_again(city: Snapshot) -> None:
+    answerer = Answerer(city, HealthView())
+    answer, _ = _ask(answerer, "www.example.com.", "85.214.0.0", 24)
+    assert answer == {"127.0.2.1"}  # Frankfurt
+    answerer.set_health(_down("eu"))
+    answer, scope = _ask(answerer, "www.example.com.", "85.214.0.0", 24)
+    assert answer == {"127.0.1.1"}  # Ashburn is next nearest
+    assert scope > 0
+    answerer.set_health(_down("eu", "ap"))
+    answer, scope = _ask(answerer, "www.example.com.", "85.214.0.0", 24)
+    assert (answer, scope) == ({"127.0.1.1"}, 0)  # one data center left: the same for everyone
+
+
+@pytest.mark.parametrize("subnet", ["0.0.0.0/0", "85.214.0.0/24", "8.8.8.0/24", "2003::/32", "192.0.2.0/24",
+                                    "203.0.113.0/24", "::/0"])
+@pytest.mark.parametrize("name", ["www.example.com.", "app.example.com.", "api.example.com."])
+def test_explain_and_the_server_agree(city: Snapshot, name: str, subnet: str) -> None:
+    network = ipaddress.ip_network(subnet)
+    answerer = Answerer(city, HealthView())
+    answer, scope = _ask(answerer, name, str(network.network_address), network.prefixlen)
+    explained = explain_query(city, name, "A", None, subnet, HealthView())
+    assert (set(explained["answer"]), explained["ecs_scope"]) == (answer, scope)
+
+
+def test_the_compiled_database_is_kept_and_reused(city: Snapshot) -> None:
+    first = city
+    assert not first.table.cached  # the module's cache directory started empty
+    assert first.sources.cache is not None and list(first.sources.cache.glob(".gslb-geo-*.npz"))
+    second = build(first.sources)
+    assert second.table.cached
+    assert len(second.table.v4) == len(first.table.v4) and len(second.table.v6) == len(first.table.v6)
+    for address in ("85.214.0.1", "8.8.8.8", "2003::1", "192.0.2.7"):
+        ip = ipaddress.ip_address(address)
+        assert second.locate(ip) == first.locate(ip)
