@@ -58,27 +58,35 @@ def write(path: Path, text: str) -> Path:
 
 
 # --------------------------------------------------------------------------------- gdnsd
+def _gdnsd_options(port: int, base: Path) -> str:
+    """gdnsd's options: one UDP and one TCP thread on 127.0.0.1:port, ECS on, dirs under base."""
+    return f"""options => {{
+  listen => [ 127.0.0.1:{port} ]
+  udp_threads => 1
+  tcp_threads => 1
+  edns_client_subnet => true
+  run_dir => {base}/run
+  state_dir => {base}/state
+}}"""
+
+
+def _gdnsd_dcmap() -> str:
+    return "\n".join(
+        f"          {dc} => {{ addrs_v4 => [ {v4} ], addrs_v6 => [ {v6} ] }}" for dc, (v4, v6) in VIPS.items()
+    )
+
+
 def gdnsd(run: Path, port: int, mmdb: Path, extra_zone: Path | None = None) -> list[str]:
     etc = run / "gdnsd" / "etc"
     (run / "gdnsd" / "run").mkdir(parents=True, exist_ok=True)
     (run / "gdnsd" / "state").mkdir(parents=True, exist_ok=True)
     (etc / "geoip").mkdir(parents=True, exist_ok=True)
     (etc / "geoip" / "test-city.mmdb").write_bytes(mmdb.read_bytes())
-    dcmap = "\n".join(
-        f"          {dc} => {{ addrs_v4 => [ {v4} ], addrs_v6 => [ {v6} ] }}" for dc, (v4, v6) in VIPS.items()
-    )
     geomap = "\n".join(f"          {cont} => [ {', '.join(order)} ]" for cont, order in ORDER.items())
     write(
         etc / "config",
         f"""# written by tests/bench/run.py
-options => {{
-  listen => [ 127.0.0.1:{port} ]
-  udp_threads => 1
-  tcp_threads => 1
-  edns_client_subnet => true
-  run_dir => {run}/gdnsd/run
-  state_dir => {run}/gdnsd/state
-}}
+{_gdnsd_options(port, run / "gdnsd")}
 plugins => {{
   geoip => {{
     maps => {{
@@ -97,7 +105,7 @@ plugins => {{
         # "up": no monitoring at all (the default service type would probe the VIPs)
         service_types => up
         dcmap => {{
-{dcmap}
+{_gdnsd_dcmap()}
         }}
       }}
     }}
@@ -345,20 +353,10 @@ def gdnsd_nearest(run: Path, port: int, mmdb: Path) -> list[str]:
     db.unlink(missing_ok=True)
     db.symlink_to(mmdb.resolve())
     coords = "\n".join(f"          {dc} => [ {lat}, {lon} ]" for dc, (_c, _k, lat, lon) in DC_PLACE.items())
-    dcmap = "\n".join(
-        f"          {dc} => {{ addrs_v4 => [ {v4} ], addrs_v6 => [ {v6} ] }}" for dc, (v4, v6) in VIPS.items()
-    )
     write(
         etc / "config",
         f"""# written by tests/bench/stream_bench.py
-options => {{
-  listen => [ 127.0.0.1:{port} ]
-  udp_threads => 1
-  tcp_threads => 1
-  edns_client_subnet => true
-  run_dir => {base}/run
-  state_dir => {base}/state
-}}
+{_gdnsd_options(port, base)}
 plugins => {{
   geoip => {{
     maps => {{
@@ -375,7 +373,7 @@ plugins => {{
         map => nearest
         service_types => up
         dcmap => {{
-{dcmap}
+{_gdnsd_dcmap()}
         }}
       }}
     }}
@@ -399,13 +397,15 @@ def gslb_nearest(zones: Path, probe_ports: dict[str, int]) -> Path:
     """zones/example.com.zone + gslb.toml: www.example.com, policy nearest, real probes.
 
     Every data center has an HTTP check on 127.0.0.1:probe_ports[dc] (a server the benchmark
-    runs), probed every 0.5 s, one failure or success flips the verdict: gslb runs in its
-    default mode, with the prober, and a toggled endpoint flips a verdict within about 0.5 s.
+    runs), probed every 0.5 s; two failures mark it down, one success up again: gslb runs in
+    its default mode, with the prober, and a toggled endpoint flips the verdict within about
+    1 s (down) or 0.5 s (up).  fall = 2 because the endpoints share the client's busy core, so
+    one reply can be late.
     """
     write(zones / f"{NEAREST_ZONE}.zone", NEAREST_STATIC)
     checks = "".join(
         f'[checks.{dc}]\nkind = "http"\nport = {probe_ports[dc]}\npath = "/health"\n'
-        "interval = 0.5\ntimeout = 0.4\nfall = 1\nrise = 1\njitter = 0\n\n"
+        "interval = 0.5\ntimeout = 0.45\nfall = 2\nrise = 1\njitter = 0\n\n"
         for dc in DC_PLACE
     )
     dcs = "".join(

@@ -295,6 +295,11 @@ def rcvbuf_errors() -> int:
     return int(lines[1][lines[0].index("RcvbufErrors")])
 
 
+def cpu_model() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
+
+
 def load1() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -356,16 +361,15 @@ def free_ports(n: int, start: int = 5451) -> list[int]:
     return out
 
 
+def serve_help(src: Path = REPO) -> str:
+    """`gslb serve --help` of the gslb source in `src`."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    cmd = [sys.executable, "-m", "gslb", "serve", "--help"]
+    return subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, check=False, timeout=60).stdout
+
+
 def gslb_has_workers() -> bool:
-    r = subprocess.run(
-        [sys.executable, "-m", "gslb", "serve", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    return "--workers" in r.stdout
+    return "--workers" in serve_help()
 
 
 def git_rev() -> str:
@@ -654,6 +658,18 @@ def median(vals: list[float]) -> float:
     return statistics.median(v) if v else math.nan
 
 
+def save_json_md(base: Path, text: str, **parts: Any) -> None:
+    """base.md (the report) and base.json (the parts; NaN written as null, rows row by row)."""
+
+    def clean(v: Any) -> Any:
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    if "rows" in parts:
+        parts["rows"] = [{k: clean(v) for k, v in r.items()} for r in parts["rows"]]
+    Path(f"{base}.json").write_text(json.dumps(parts, indent=1))
+    Path(f"{base}.md").write_text(text + "\n")
+
+
 class Runner:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -692,14 +708,7 @@ class Runner:
             "host": platform.node(),
             "kernel": platform.release(),
             "cpus_online": os.cpu_count(),
-            "cpu_model": next(
-                (
-                    line.split(":", 1)[1].strip()
-                    for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")
-                ),
-                "?",
-            ),
+            "cpu_model": cpu_model(),
             "python": platform.python_version(),
             "dnspython": dns.version.version,
             "maxminddb": getattr(maxminddb, "__version__", "?"),
@@ -1386,20 +1395,7 @@ class Runner:
             wr.writeheader()
             wr.writerows(self.rows)
 
-        def clean(v: Any) -> Any:
-            return None if isinstance(v, float) and math.isnan(v) else v
-
-        Path(f"{base}.json").write_text(
-            json.dumps(
-                {
-                    "meta": self.meta,
-                    "notes": self.notes,
-                    "rows": [{k: clean(v) for k, v in r.items()} for r in self.rows],
-                },
-                indent=1,
-            )
-        )
-        Path(f"{base}.md").write_text(text + "\n")
+        save_json_md(base, text, meta=self.meta, notes=self.notes, rows=self.rows)
         print(f"\nwrote {base}.csv, {base}.json and {base}.md", flush=True)
 
     # -- main -----------------------------------------------------------------------------
@@ -1474,8 +1470,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def take_client_cpu(args: argparse.Namespace) -> None:
+    """Pin this script to the client's CPU, and turn SIGINT, SIGTERM and SIGHUP into KeyboardInterrupt."""
     cpus = os.sched_getaffinity(0)
     if args.server_cpu not in cpus or args.client_cpu not in cpus or args.server_cpu == args.client_cpu:
         raise SystemExit(f"need two distinct CPUs for --server-cpu/--client-cpu; this process may use {sorted(cpus)}")
@@ -1485,9 +1481,14 @@ def main(argv: list[str] | None = None) -> int:
     def on_term(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGINT, on_term)  # also when started in the background (SIGINT ignored)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
+    # SIGINT too: also when started in the background (SIGINT ignored)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_term)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    take_client_cpu(args)
     runner = Runner(args)
     try:
         return runner.main()

@@ -28,8 +28,8 @@ fixed rate (half gslb's rate in that run, the same for every server) on queries 
 networks none of the runs uses (cold, flip) or on the same 60,000 (warm); p50 / p99
 come from its per-query lines.  Memory is the RSS of the server's process tree right after
 it answers and after the runs.  Start time is process start to the first answer; the first
-gslb start of an invocation uses a new state directory (nothing cached on disk), later ones
-are restarts.
+gslb start of an invocation uses a new state and zones directory (nothing cached on disk
+beside either), later ones are restarts.
 
 gslb is the committed code of ``--gslb-rev`` (default HEAD; git archive into the run
 directory, its compiled extension built there with ``setup.py build_ext --inplace``), so
@@ -53,7 +53,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -71,6 +70,17 @@ import stream  # noqa: E402
 
 RUNS = ("cold", "warm", "flip", "scope")
 FLIP_DC = "us"
+_WWW = f"www.{peer_configs.NEAREST_ZONE}"
+# checked on every start, before measuring: (name, type, ECS, rcode, answers); the places are
+# GeoLite2-City's (GB, US, JP, JP, DE), the answers the nearest data center's VIP
+CHECKS: list[tuple[str, str, str | None, str, list[str]]] = [
+    (_WWW, "A", "81.2.69.0/24", "NOERROR", [peer_configs.VIPS["eu"][0]]),
+    (_WWW, "A", "8.8.8.0/24", "NOERROR", [peer_configs.VIPS["us"][0]]),
+    (_WWW, "A", "1.0.16.0/24", "NOERROR", [peer_configs.VIPS["ap"][0]]),
+    (_WWW, "AAAA", "2001:200::/48", "NOERROR", [peer_configs.VIPS["ap"][1]]),
+    (_WWW, "AAAA", "2a02:2e0::/48", "NOERROR", [peer_configs.VIPS["eu"][1]]),
+    (f"nx-check.{peer_configs.NEAREST_ZONE}", "A", "8.8.8.0/24", "NXDOMAIN", []),
+]
 DEB = ("dnsperf", "gdnsd")
 
 
@@ -178,19 +188,16 @@ class StreamBench:
         )
         (self.warm,) = stream.cached(self.sdir, [self.a.warm_queries], seed=self.a.seed + 1, mmdb=self.mmdb)
         print(f"  ready in {time.monotonic() - t:.1f} s: {self.cold.name}, {self.warm.name}", flush=True)
+        for kind in ("gslb-state-*", "src-*"):  # keep the last few of what earlier invocations left
+            for old in sorted(self.sdir.glob(kind), key=lambda q: q.stat().st_mtime)[:-3]:
+                shutil.rmtree(old, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.src = self.export()
-        r = subprocess.run(
-            [sys.executable, "-m", "gslb", "serve", "--help"],
-            cwd=self.src,
-            env={**os.environ, "PYTHONPATH": str(self.src)},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        self.has_py_loop = "--udp-loop" in r.stdout
+        self.has_py_loop = "--udp-loop" in bench.serve_help(self.src)
         self.health = Health(list(peer_configs.DC_PLACE))
-        self.zones = peer_configs.gslb_nearest(self.sdir / "gslb-zones", self.health.ports())
+        # per invocation, as the state directory: gslb may keep its compiled geo table beside
+        # either, and the first start must not find one
+        self.zones = peer_configs.gslb_nearest(self.state_dir / "zones", self.health.ports())
 
     def export(self) -> Path:
         """The gslb source to measure: a git archive of --gslb-rev with its extension built."""
@@ -211,13 +218,8 @@ class StreamBench:
             )
             subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
             if (dest / "setup.py").exists():
-                b = subprocess.run(
-                    [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-                    cwd=dest,
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
+                build = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+                b = subprocess.run(build, cwd=dest, capture_output=True, text=True, check=False)
                 if b.returncode or "WARNING" in b.stderr:
                     self.note(f"building the extension of {self.rev}: {(b.stdout + b.stderr)[-600:]}")
             (dest / ".built").write_text("")
@@ -227,9 +229,9 @@ class StreamBench:
 
     # -- servers --------------------------------------------------------------------------
 
-    def server(self, name: str) -> bench.Server:
+    def server(self, name: str, run: str) -> bench.Server:
         port = bench.free_ports(1, start=5471)[0]
-        log = self.sdir / f"{name}.log"
+        log = self.sdir / f"{name}-{run}.log"
         if name == "gdnsd":
             cmd = peer_configs.gdnsd_nearest(self.sdir, port, self.mmdb)
             return bench.Server(name, "gdnsd 3.8", port, cmd, log, cwd=self.sdir)
@@ -238,25 +240,9 @@ class StreamBench:
             return bench.Server(name, "bare Python loop", port, cmd, log, cwd=self.sdir)
         state = self.state_dir / "gslb.state.json"
         state.unlink(missing_ok=True)  # verdicts start fresh; anything else cached there stays
-        cmd = [
-            sys.executable,
-            "-m",
-            "gslb",
-            "serve",
-            "--zones",
-            str(self.zones),
-            "--geodb",
-            str(self.mmdb),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--http",
-            "off",
-            "--workers",
-            "1",
-            "--state-file",
-            str(state),
-            *self.a.gslb_arg,
-        ]
+        serve = [sys.executable, "-m", "gslb", "serve", "--zones", str(self.zones), "--geodb", str(self.mmdb)]
+        options = ["--listen", f"127.0.0.1:{port}", "--http", "off", "--workers", "1", "--state-file", str(state)]
+        cmd = [*serve, *options, *self.a.gslb_arg]
         if name == "gslb-py":
             cmd += ["--udp-loop", "python"]
         env = {**os.environ, "PYTHONPATH": str(self.src) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -264,7 +250,7 @@ class StreamBench:
         return bench.Server(name, label, port, cmd, log, cwd=self.src, env=env)
 
     def start(self, name: str, run: str) -> bench.Server:
-        s = self.server(name)
+        s = self.server(name, run)
         s.start(self.a.server_cpu)
         assert s.proc is not None
         ready = bench.wait_answering(s.port, s.proc, self.a.start_timeout, zone=peer_configs.NEAREST_ZONE)
@@ -273,7 +259,23 @@ class StreamBench:
         time.sleep(1.0)  # the first probe round (gslb), late threads and processes
         bench.pin_tree(s.pid, self.a.server_cpu)
         s.ready_s = ready
+        if name != "bare":
+            self.check(s, run)
         return s
+
+    def check(self, s: bench.Server, run: str) -> None:
+        """Note every answer of CHECKS that is not the expected one (the run goes on)."""
+        bad = []
+        for qname, qtype, ecs, rcode, want in CHECKS:
+            try:
+                got_rcode, got = bench.dns_query(s.port, qname, qtype, ecs)
+            except Exception as exc:
+                bad.append(f"{qname} {qtype} {ecs}: {type(exc).__name__}")
+                continue
+            if (got_rcode, got) != (rcode, sorted(want)):
+                bad.append(f"{qname} {qtype} {ecs}: {got_rcode} {got}, expected {rcode} {want}")
+        if bad:
+            self.note(f"{s.label} ({run}) answers WRONGLY: " + "; ".join(bad) + f"; log: {s.log_text()[-300:]}")
 
     # -- measurement ----------------------------------------------------------------------
 
@@ -313,6 +315,8 @@ class StreamBench:
                 "rss_end_mib": round(mem.get("rss_mib", math.nan), 1),
                 "pss_end_mib": round(mem.get("pss_mib", math.nan), 1),
                 "procs": mem.get("procs", 0),
+                # the verdicts gslb's log says changed, by data center (only the flip run flips any)
+                "verdicts": verdict_changes(s.log_text()) if s.name.startswith("gslb") else {},
             }
         )
         s.stop()
@@ -336,7 +340,9 @@ class StreamBench:
         try:
             if run == "warm":
                 for i in (1, 2, 3):
-                    self.measure(s, run, f"pass {i}", ["-B", "-d", str(self.warm), "-n", "1"], seconds=15)
+                    row = self.measure(s, run, f"pass {i}", ["-B", "-d", str(self.warm), "-n", "1"], seconds=15)
+                    if row["sent"] < self.a.warm_queries:
+                        self.note(f"{s.label}: warm pass {i} stopped at 15 s, after {row['sent']:,} queries")
                 self.latency(s, run, self.warm, self.rate_for(run))
             elif run == "flip":
                 flipper = Flipper(self, s)
@@ -388,9 +394,9 @@ class StreamBench:
         narrower = [i for i in range(len(nets)) if db[i] <= 24 and g[i][0] > db[i]]
         self.scope = {
             "samples": len(nets),
-            "median_gslb": statistics.median(x[0] for x in g),
-            "median_gdnsd": statistics.median(x[0] for x in d),
-            "median_db": statistics.median(db),
+            "median_gslb": statistics.median_low(x[0] for x in g),
+            "median_gdnsd": statistics.median_low(x[0] for x in d),
+            "median_db": statistics.median_low(db),
             "gslb_narrower_than_db": len(narrower),
             "gdnsd_narrower_than_db": sum(1 for i in range(len(nets)) if db[i] <= 24 and d[i][0] > db[i]),
             "db_finer_than_24": sum(1 for x in db if x > 24),
@@ -440,9 +446,9 @@ class StreamBench:
         w("")
         w(
             "| run | server | qps | ratio to gdnsd | server CPU % | qps per server core (ratio) | client core % | "
-            "lost | at qps | p50 ms | p99 ms | RSS start / end MiB |"
+            "answered | lost | at qps | p50 ms | p99 ms | RSS start / end MiB |"
         )
-        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for run in [r for r in ("cold", "warm", "flip") if r in a.runs]:
             scen = ["pass 1", "pass 2", "pass 3"] if run == "warm" else ["flip" if run == "flip" else "stream"]
             servers = ["gslb", "gslb-py", "bare", "gdnsd"]
@@ -455,12 +461,15 @@ class StreamBench:
                     ratio = div(q, ref)
                     pc, pref = self.cell(run, srv, sc, "qps_per_core"), self.cell(run, "gdnsd", sc, "qps_per_core")
                     lr = next((r for r in self.rows if self._is(r, run, srv, "latency")), {})
+                    if sc != scen[-1]:
+                        lr = {}
                     mem = self.cell(run, srv, "memory", "rss_start_mib"), self.cell(run, srv, "memory", "rss_end_mib")
                     label = f"{run} ({sc})" if run == "warm" else run
                     w(
                         f"| {label} | {srv} | **{q:,.0f}** | {fmt(ratio)} | "
                         f"{fmt(self.cell(run, srv, sc, 'cpu_pct'), 0)} | {fmt_k(pc)} ({fmt(div(pc, pref))}) | "
-                        f"{fmt(self.cell(run, srv, sc, 'client_core_pct'), 0)} | {self.cell(run, srv, sc, 'lost')} | "
+                        f"{fmt(self.cell(run, srv, sc, 'client_core_pct'), 0)} | "
+                        f"{self.cell(run, srv, sc, 'completed'):,} | {self.cell(run, srv, sc, 'lost')} | "
                         f"{lr.get('rate', '-')} | {fmt(lr.get('p50_ms'), 3)} | {fmt(lr.get('p99_ms'), 3)} | "
                         f"{fmt(mem[0], 0)} / {fmt(mem[1], 0)} |"
                     )
@@ -474,6 +483,15 @@ class StreamBench:
                     f"* {r['server']}: {r.get('flips', 0)} flips made ({r.get('flip_how', '')}); "
                     f"{r.get('verdict_changes', '-')} verdict changes in its log"
                 )
+        spurious = {}
+        for r in self.rows:
+            if r["scenario"] == "memory" and r.get("verdicts"):
+                other = {dc: n for dc, n in r["verdicts"].items() if r["run"] != "flip" or dc != FLIP_DC}
+                spurious[f"{r['run']} ({r['server']})"] = other
+        spurious = {k: v for k, v in spurious.items() if v}
+        if spurious:
+            w("")
+            w(f"Verdict changes nobody asked for (a probe reply late on the busy client core): {spurious}")
         gs = self.cell("cold", "gslb-py", "stream", "qps")
         bs = self.cell("cold", "bare", "stream", "qps")
         if gs and bs:
@@ -494,8 +512,8 @@ class StreamBench:
                 w(f"| {srv} | {len(t)} | {t[0]:.2f} | {later} |")
             w("")
             w(
-                "gslb's first start uses a new state directory, so nothing of an earlier invocation is "
-                "cached beside the state file; the later starts are restarts with it."
+                "gslb's first start uses a new state and zones directory, so nothing an earlier invocation "
+                "compiled is cached beside either; the later starts are restarts with what the first kept."
             )
         if self.scope:
             sc = self.scope
@@ -527,23 +545,9 @@ class StreamBench:
 
     def save(self, text: str) -> None:
         base = self.run / f"stream-results-{self.stamp}"
-
-        def clean(v: Any) -> Any:
-            return None if isinstance(v, float) and math.isnan(v) else v
-
-        Path(f"{base}.json").write_text(
-            json.dumps(
-                {
-                    "meta": self.meta,
-                    "notes": self.notes,
-                    "starts": self.starts,
-                    "scope": self.scope,
-                    "rows": [{k: clean(v) for k, v in r.items()} for r in self.rows],
-                },
-                indent=1,
-            )
+        bench.save_json_md(
+            base, text, meta=self.meta, notes=self.notes, starts=self.starts, scope=self.scope, rows=self.rows
         )
-        Path(f"{base}.md").write_text(text + "\n")
         print(f"\nwrote {base}.md and {base}.json", flush=True)
 
     @staticmethod
@@ -561,14 +565,7 @@ class StreamBench:
         self.meta = {
             "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "cpus": os.cpu_count(),
-            "cpu_model": next(
-                (
-                    line.split(":", 1)[1].strip()
-                    for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")
-                ),
-                "?",
-            ),
+            "cpu_model": bench.cpu_model(),
             "kernel": platform.release(),
             "python": platform.python_version(),
             "gslb_rev": self.rev,
@@ -595,6 +592,16 @@ class StreamBench:
         print("\n" + text, flush=True)
         self.save(text)
         return 0
+
+
+def verdict_changes(log: str) -> dict[str, int]:
+    """Data center -> how many DOWN and UP verdicts a gslb log has."""
+    out: dict[str, int] = {}
+    for line in log.splitlines():
+        if "gslb.health:" in line and (" DOWN: " in line or " UP: " in line):
+            dc = line.split("gslb.health:", 1)[1].split()[0]
+            out[dc] = out.get(dc, 0) + 1
+    return out
 
 
 class Flipper:
@@ -633,7 +640,7 @@ class Flipper:
     def result(self) -> dict[str, Any]:
         text = self.s.log_text()[self.log_offset :]
         if self.s.name == "gslb":
-            changes = sum(1 for line in text.splitlines() if " DOWN:" in line or " UP:" in line)
+            changes = verdict_changes(text).get(FLIP_DC, 0)
             how = f"probe endpoint of {FLIP_DC} 503/200"
         else:
             changes = sum(1 for line in text.splitlines() if "admin_state: (re-)loading" in line)
@@ -676,16 +683,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cpus = os.sched_getaffinity(0)
-    if args.server_cpu not in cpus or args.client_cpu not in cpus or args.server_cpu == args.client_cpu:
-        raise SystemExit(f"need two distinct CPUs for --server-cpu/--client-cpu; this process may use {sorted(cpus)}")
-    os.sched_setaffinity(0, {args.client_cpu})
-
-    def on_term(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_term)
+    bench.take_client_cpu(args)
     sb = StreamBench(args)
     try:
         return sb.main()
