@@ -215,13 +215,13 @@ def test_bad_arguments_are_errors_not_crashes(warm: Answerer) -> None:
 # -- sockets ----------------------------------------------------------------------------------
 
 
-def _exchange(port: int, wires: list[bytes], timeout: float = 3.0) -> dict[int, bytes]:
+def _exchange(port: int, wires: list[bytes], timeout: float = 3.0, host: str = "127.0.0.1") -> dict[int, bytes]:
     """Send every query at once from one socket and collect the replies by ID."""
     replies: dict[int, bytes] = {}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         for wire in wires:
-            sock.sendto(wire, ("127.0.0.1", port))
+            sock.sendto(wire, (host, port))
         while len(replies) < len(wires):
             try:
                 reply = sock.recv(65535)
@@ -240,21 +240,48 @@ def _corpus(seed: int, count: int) -> list[bytes]:
     return out
 
 
-def test_udp_server_with_the_compiled_loop_matches_the_python_loop(snapshot: Snapshot) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_udp_server_with_the_compiled_loop_matches_the_python_loop(snapshot: Snapshot, host: str) -> None:
     wires = _corpus(11, 400)
     results = {}
     for kind in ("compiled", "python"):
         answerer = Answerer(snapshot, HealthView())
-        server = UdpServer(udp_socket(ListenAddress("127.0.0.1", 0)), answerer.handle, answerer=answerer, loop=kind)
+        server = UdpServer(udp_socket(ListenAddress(host, 0)), answerer.handle, answerer=answerer, loop=kind)
         assert server.kind == kind
         server.start()
         try:
-            results[kind] = [_exchange(server.address[1], wires[i : i + 50]) for i in range(0, len(wires), 50)]
+            results[kind] = [_exchange(server.address[1], wires[i : i + 50], host=host)
+                             for i in range(0, len(wires), 50)]
         finally:
             server.stop()
         assert answerer.counters.ticks == len(wires)
     assert results["compiled"] == results["python"]
     assert sum(len(batch) for batch in results["compiled"]) == len(wires)
+
+
+def test_a_failing_handler_costs_one_reply_not_the_loop(snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch) -> None:
+    answerer = Answerer(snapshot, HealthView())
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    def handle(wire: bytes, source: str | None, tcp: bool) -> bytes | None:
+        if wire[:2] == b"\xde\xad":
+            raise RuntimeError("boom")
+        if wire[:2] == b"\xbe\xef":
+            return "not bytes"  # type: ignore[return-value]
+        return answerer.handle(wire, source, tcp)
+
+    server = UdpServer(udp_socket(ListenAddress("127.0.0.1", 0)), handle, answerer=answerer, loop="compiled")
+    server.start()
+    try:
+        formerr = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www"  # goes to Python
+        wires = [b"\xde\xad" + formerr[2:], b"\xbe\xef" + formerr[2:], formerr,
+                 dns.message.make_query("static.example.com.", "A").to_wire()]
+        got = _exchange(server.address[1], wires, timeout=1.5)
+    finally:
+        server.stop()
+    assert set(got) == {0x1234, struct.unpack_from("!H", wires[3])[0]}
+    assert len(unraisable) == 1
 
 
 def test_stop_is_noticed_while_idle(snapshot: Snapshot) -> None:
@@ -307,6 +334,7 @@ def test_real_server_answers_through_the_compiled_loop(start_server: type[Server
             sock.sendto(rng.randbytes(rng.randrange(0, 60)), ("127.0.0.1", server.port))
     assert server.query("static.example.com.", "A").rcode() == dns.rcode.NOERROR
     assert not any("Traceback" in line for line in server.lines)
+    assert server.stop() == 0  # SIGTERM: the workers' loops notice and finish
 
 
 def test_without_the_extension_auto_is_python_and_compiled_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
