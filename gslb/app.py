@@ -200,8 +200,9 @@ class Control:
         """Reload when a file the snapshot was built from changes (gslb.inputs, gslb.watch)."""
         watcher = self._watcher = Watcher()
         inputs = self._inputs
-        log.info("watching %d input files in %d directories for changes (%s)", len(inputs.files),
-                 len(inputs.directories()), watcher.mode)
+        directories = len(inputs.directories())
+        log.info("watching %d input files in %d director%s for changes (%s)", len(inputs.files), directories,
+                 "y" if directories == 1 else "ies", watcher.mode)
         try:
             while True:
                 inputs = self._inputs

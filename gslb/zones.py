@@ -351,6 +351,8 @@ def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list
     if len(problems) >= MAX_SYNTAX_ERRORS_PER_FILE:
         problems.append(Problem(str(path), 0, f"stopped after {len(problems)} errors"))
         return None, problems
+    if problems and not records:
+        return None, problems  # reading stopped (in an included file): "no SOA" would only mislead
     # Grouped by the owner object first (the fast reader hands out one object per owner
     # text): a dnspython Name hashes slowly, so each name is hashed once, not per record.
     groups: dict[int, tuple[Name, dict[int, Rdataset], dict[int, tuple[str, int]]]] = {}
