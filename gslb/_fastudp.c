@@ -32,6 +32,7 @@
 #define SAMPLE_MASK 63     /* gslb.answer.LATENCY_SAMPLE_MASK */
 #define MAX_LABELS 128
 #define RANK_CACHE 8
+#define INFO_CACHE 32     /* entries whose parts one batch keeps at hand */
 
 typedef unsigned __int128 u128;
 
@@ -39,7 +40,7 @@ typedef unsigned __int128 u128;
 
 static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_snapshot, *s_picks, *s_by_resolver,
     *s_counters, *s_ticks, *s_by_key, *s_by_answer, *s_query_log, *s_flag_bytes, *s_head, *s_head_opt, *s_body,
-    *s_scoped, *s_scope, *s_udp_key, *s_answer_key, *s_ranks, *s_starts4, *s_ranks4, *s_starts6_hi, *s_starts6_lo,
+    *s_scoped, *s_udp_key, *s_answer_key, *s_ranks, *s_starts4, *s_ranks4, *s_starts6_hi, *s_starts6_lo,
     *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe;
 
 static PyObject *EntryType;    /* gslb.answer.Entry */
@@ -52,7 +53,7 @@ static int intern_names(void) {
     NAME(s_index, "index") NAME(s_snapshot, "snapshot") NAME(s_picks, "picks") NAME(s_by_resolver, "by_resolver")
     NAME(s_counters, "counters") NAME(s_ticks, "ticks") NAME(s_by_key, "by_key") NAME(s_by_answer, "by_answer")
     NAME(s_query_log, "query_log") NAME(s_flag_bytes, "flag_bytes") NAME(s_head, "head")
-    NAME(s_head_opt, "head_opt") NAME(s_body, "body") NAME(s_scoped, "scoped") NAME(s_scope, "scope")
+    NAME(s_head_opt, "head_opt") NAME(s_body, "body") NAME(s_scoped, "scoped")
     NAME(s_udp_key, "udp_key") NAME(s_answer_key, "answer_key") NAME(s_ranks, "ranks")
     NAME(s_starts4, "starts4") NAME(s_ranks4, "ranks4") NAME(s_starts6_hi, "starts6_hi")
     NAME(s_starts6_lo, "starts6_lo") NAME(s_ranks6, "ranks6") NAME(s_default_rank, "default_rank")
@@ -104,6 +105,24 @@ typedef struct {
     int ok;
 } Ranks;
 
+/* What a reply needs from an Entry, read once per batch: the pointers stay valid while the
+ * entry lives (its attributes are immutable bytes), and the cache holds a reference to it. */
+typedef struct {
+    PyObject *entry;          /* strong; NULL: a free slot */
+    const char *flags[4];     /* 2 bytes each, by (RD | CD >> 3) of the query */
+    const char *head, *head_opt; /* 8 bytes each */
+    const char *body;
+    Py_ssize_t body_len;
+    int scoped;               /* 1: the located scope goes in the ECS echo */
+    PyObject *udp_key, *answer_key; /* strong */
+} Info;
+
+static void info_release(Info *info) {
+    Py_CLEAR(info->entry);
+    Py_CLEAR(info->udp_key);
+    Py_CLEAR(info->answer_key);
+}
+
 typedef struct {
     PyObject *answerer, *state, *statics, *negative, *refused, *index, *picks, *counters, *by_key, *by_answer;
     int by_resolver;
@@ -112,6 +131,7 @@ typedef struct {
     int ticks_dirty;
     Ranks ranks[RANK_CACHE];
     int nranks;
+    Info infos[INFO_CACHE];
 } Ctx;
 
 typedef struct {
@@ -219,6 +239,8 @@ static void ctx_close(Ctx *c) {
         PyErr_WriteUnraisable(c->answerer);
     for (int i = 0; i < c->nranks; i++)
         ranks_release(&c->ranks[i]);
+    for (int i = 0; i < INFO_CACHE; i++)
+        info_release(&c->infos[i]);
     c->nranks = 0;
     Py_CLEAR(c->state);
     Py_CLEAR(c->statics);
@@ -435,81 +457,60 @@ done:
 
 /* ---- reply assembly ----------------------------------------------------------------- */
 
-typedef struct {
-    const char *flags; /* 2 bytes */
-    const char *head;  /* 8 bytes */
-    const char *body;
-    Py_ssize_t body_len;
-    int scoped;        /* 1: the located scope goes in the ECS echo */
-    int scope;         /* the scope for tables that keep it in the entry (no `scoped`) */
-    PyObject *udp_key, *answer_key; /* new references */
-} Parts;
-
-static void parts_release(Parts *p) {
-    Py_CLEAR(p->udp_key);
-    Py_CLEAR(p->answer_key);
+static const char *bytes_attr(PyObject *obj, PyObject *name, Py_ssize_t size, Py_ssize_t *len) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return NULL;
+    Py_DECREF(value); /* the entry keeps it */
+    if (!PyBytes_Check(value) || (size >= 0 && PyBytes_GET_SIZE(value) != size)) {
+        PyErr_SetString(PyExc_TypeError, "unexpected Entry");
+        return NULL;
+    }
+    if (len != NULL)
+        *len = PyBytes_GET_SIZE(value);
+    return PyBytes_AS_STRING(value);
 }
 
-/* Reads what a reply needs from an Entry; -1 (error set) if it is not what is expected. The
- * pointers stay valid while the entry lives (its attributes are immutable bytes). */
-static int entry_parts(PyObject *entry, int flag_index, int with_opt, Parts *p) {
-    memset(p, 0, sizeof(*p));
+/* The entry's Info from the batch's cache, read now if it is not there; NULL with an error set
+ * if the entry is not what is expected. */
+static Info *entry_info(Ctx *c, PyObject *entry) {
+    Info *info = &c->infos[((uintptr_t)entry >> 4) % INFO_CACHE];
+    if (info->entry == entry)
+        return info;
+    info_release(info);
     PyObject *flag_bytes = PyObject_GetAttr(entry, s_flag_bytes);
     if (flag_bytes == NULL)
-        return -1;
-    int ok = PyTuple_Check(flag_bytes) && PyTuple_GET_SIZE(flag_bytes) > flag_index;
-    PyObject *flags = ok ? PyTuple_GET_ITEM(flag_bytes, flag_index) : NULL;
+        return NULL;
+    int ok = PyTuple_Check(flag_bytes) && PyTuple_GET_SIZE(flag_bytes) == 4;
+    for (int k = 0; ok && k < 4; k++) {
+        PyObject *item = PyTuple_GET_ITEM(flag_bytes, k);
+        ok = PyBytes_Check(item) && PyBytes_GET_SIZE(item) == 2;
+        if (ok)
+            info->flags[k] = PyBytes_AS_STRING(item);
+    }
     Py_DECREF(flag_bytes); /* the entry keeps the tuple and its items */
-    if (flags == NULL || !PyBytes_Check(flags) || PyBytes_GET_SIZE(flags) != 2)
-        goto bad;
-    p->flags = PyBytes_AS_STRING(flags);
-    PyObject *head = PyObject_GetAttr(entry, with_opt ? s_head_opt : s_head);
-    if (head == NULL)
-        return -1;
-    Py_DECREF(head);
-    if (!PyBytes_Check(head) || PyBytes_GET_SIZE(head) != 8)
-        goto bad;
-    p->head = PyBytes_AS_STRING(head);
-    PyObject *body = PyObject_GetAttr(entry, s_body);
-    if (body == NULL)
-        return -1;
-    Py_DECREF(body);
-    if (!PyBytes_Check(body))
-        goto bad;
-    p->body = PyBytes_AS_STRING(body);
-    p->body_len = PyBytes_GET_SIZE(body);
+    if (!ok) {
+        PyErr_SetString(PyExc_TypeError, "unexpected Entry");
+        return NULL;
+    }
+    if (!(info->head = bytes_attr(entry, s_head, 8, NULL)) || !(info->head_opt = bytes_attr(entry, s_head_opt, 8, NULL)) ||
+        !(info->body = bytes_attr(entry, s_body, -1, &info->body_len)))
+        return NULL;
     PyObject *scoped = PyObject_GetAttr(entry, s_scoped);
-    if (scoped != NULL) {
-        p->scoped = PyObject_IsTrue(scoped);
-        Py_DECREF(scoped);
-        if (p->scoped < 0)
-            return -1;
-        p->scope = -1;
-    } else {
-        PyErr_Clear();
-        PyObject *scope = PyObject_GetAttr(entry, s_scope);
-        if (scope == NULL)
-            return -1;
-        long value = PyLong_AsLong(scope);
-        Py_DECREF(scope);
-        if (value < 0 || value > 255) {
-            if (!PyErr_Occurred())
-                goto bad;
-            return -1;
-        }
-        p->scope = (int)value;
+    if (scoped == NULL)
+        return NULL;
+    info->scoped = PyObject_IsTrue(scoped);
+    Py_DECREF(scoped);
+    if (info->scoped < 0)
+        return NULL;
+    if (!(info->udp_key = PyObject_GetAttr(entry, s_udp_key)) ||
+        !(info->answer_key = PyObject_GetAttr(entry, s_answer_key))) {
+        info_release(info);
+        return NULL;
     }
-    if (!(p->udp_key = PyObject_GetAttr(entry, s_udp_key)))
-        return -1;
-    if (!(p->answer_key = PyObject_GetAttr(entry, s_answer_key))) {
-        parts_release(p);
-        return -1;
-    }
-    return 0;
-bad:
-    parts_release(p);
-    PyErr_SetString(PyExc_TypeError, "unexpected Entry");
-    return -1;
+    Py_INCREF(entry);
+    info->entry = entry;
+    return info;
 }
 
 static int bump(PyObject *dict, PyObject *key) {
@@ -675,25 +676,23 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
     }
     if ((PyObject *)Py_TYPE(held) != EntryType)
         goto done; /* UNCACHED, or anything else: Python */
-    Parts p;
-    if (entry_parts(held, (w[2] & 0x01) | (w[3] & 0x10) >> 3, has_opt, &p) < 0)
+    Info *p = entry_info(c, held);
+    if (p == NULL)
         goto error;
-    int reply_scope = p.scope >= 0 ? p.scope : p.scoped ? scope : 0;
+    int reply_scope = p->scoped ? scope : 0;
     Py_ssize_t qlen = qend - 12;
     Py_ssize_t opt_len = !has_opt ? 0 : ecs < 0 ? OPT_HEAD : OPT_HEAD + 4 + ecs_len;
-    Py_ssize_t total = 12 + qlen + p.body_len + opt_len;
-    if (total > limit || total > REPLY_MAX) {
-        parts_release(&p);
+    Py_ssize_t total = 12 + qlen + p->body_len + opt_len;
+    if (total > limit || total > REPLY_MAX)
         goto done; /* Python sends it with TC */
-    }
     unsigned char *o = out;
     memcpy(o, w, 2);
-    memcpy(o + 2, p.flags, 2);
-    memcpy(o + 4, p.head, 8);
+    memcpy(o + 2, p->flags[(w[2] & 0x01) | (w[3] & 0x10) >> 3], 2);
+    memcpy(o + 4, has_opt ? p->head_opt : p->head, 8);
     memcpy(o + 12, w + 12, (size_t)qlen);
     o += 12 + qlen;
-    memcpy(o, p.body, (size_t)p.body_len);
-    o += p.body_len;
+    memcpy(o, p->body, (size_t)p->body_len);
+    o += p->body_len;
     if (has_opt) {
         static const unsigned char opt_head[7] = {0, 0, 0x29, 0x04, 0xd0, 0, 0};
         memcpy(o, opt_head, 7);
@@ -717,11 +716,8 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
         }
     }
     *out_len = o - out;
-    if (bump(c->by_key, p.udp_key) < 0 || (p.answer_key != Py_None && bump(c->by_answer, p.answer_key) < 0)) {
-        parts_release(&p);
+    if (bump(c->by_key, p->udp_key) < 0 || (p->answer_key != Py_None && bump(c->by_answer, p->answer_key) < 0))
         goto error;
-    }
-    parts_release(&p);
     c->ticks++;
     c->ticks_dirty = 1;
     rc = 1;
