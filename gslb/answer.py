@@ -44,6 +44,7 @@ from gslb.wire import (
     SERVFAIL,
     TC,
     TYPE_A,
+    TYPE_AAAA,
     TYPE_AXFR,
     TYPE_IXFR,
     TYPE_OPT,
@@ -57,7 +58,7 @@ from gslb.wire import (
     parse_query,
     udp_limit,
 )
-from gslb.zones import Resolution
+from gslb.zones import Resolution, wire_of
 
 if TYPE_CHECKING:
     from gslb.health import HealthView
@@ -69,6 +70,7 @@ Name = dns.name.Name
 LATENCY_SAMPLE_MASK = 63  # time one query in 64: two clock reads cost a few % of a fast answer
 LATENCY_BOUNDS = (2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
 CACHE_LIMIT = 200_000  # entries per cache; cleared whole when full (cheap, and rare)
+PREPARE_LIMIT = 5_000  # answers picked ahead on a health change or reload
 UNCACHED = object()  # marks an answer drawn afresh every time (weighted services)
 _META_TYPES = range(128, 255)  # RFC 6895 §3.1: QTYPEs only; 255 (ANY) is answered
 
@@ -192,19 +194,55 @@ class Answerer:
     """Answers queries from the current snapshot and health view."""
 
     def __init__(self, snapshot: Snapshot, health: HealthView, *, query_log: Callable[..., None] | None = None):
-        self.state = State(snapshot, health)
         self.counters = Counters()
         self.query_log = query_log
+        self.state = State(snapshot, health)  # answers are picked as first asked
 
     # -- what the rest of the program changes -------------------------------------------------
 
     def set_snapshot(self, snapshot: Snapshot) -> None:
-        self.state = State(snapshot, self.state.health)
+        self.state = self._prepare(State(snapshot, self.state.health))
 
     def set_health(self, health: HealthView) -> None:
-        # A new verdict drops the picked answers at once: the next query for each ranking
-        # picks afresh. Static and negative answers stay.
-        self.state = State(self.state.snapshot, health, self.state)
+        # A new verdict re-picks the steered answers before the new state serves; static
+        # and negative answers stay, and nothing is located again.
+        self.state = self._prepare(State(self.state.snapshot, health, self.state))
+
+    def _prepare(self, st: State) -> State:
+        """Pick every ranking's answer of the steered questions known, before `st` serves.
+
+        Then no query pays for encoding after a health change or a reload. A new snapshot
+        starts with each service's own A and AAAA; names that reach a service through a
+        CNAME join once asked. Past PREPARE_LIMIT answers the first query of a ranking picks.
+        """
+        static = st.static
+        if not static:
+            zones = st.snapshot.zones
+            for name in st.snapshot.services:
+                for qtype in (TYPE_A, TYPE_AAAA):
+                    resolution = zones.lookup(name, qtype)
+                    if resolution.service is not None:
+                        key = wire_of(name) + struct.pack("!HH", qtype, CLASS_IN)
+                        static[key] = self._steered(st, resolution)
+        budget = PREPARE_LIMIT
+        for key, found in list(static.items()):
+            if type(found) is not Steered:
+                continue
+            for rank in range(len(found.ranks.rankings)):
+                decision = self.decide(st, found, rank)
+                if decision.cacheable:
+                    st.picks[(key, rank)] = _encode(found.resolution, decision, key)
+                budget -= 1
+                if budget <= 0:
+                    return st
+        return st
+
+    @staticmethod
+    def _steered(st: State, resolution: Resolution) -> Steered:
+        answer = resolution.service
+        assert answer is not None
+        snapshot = st.snapshot
+        return Steered(resolution, snapshot.services[answer.service], snapshot.ranks[answer.service])
 
     # -- the query path ----------------------------------------------------------------------
 
@@ -409,8 +447,7 @@ class Answerer:
                     origin = resolution.zone.origin_wire
                     st.negative[(origin, len(key) - 4, qtype)] = entry
                 return entry, 0
-            snapshot = st.snapshot
-            steered = Steered(resolution, snapshot.services[answer.service], snapshot.ranks[answer.service])
+            steered = self._steered(st, resolution)
             _remember(st.static, key, steered)
         rank, scope = where(steered.ranks, query.edns.client_subnet if query.edns else None, source,
                             st.by_resolver)

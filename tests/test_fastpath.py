@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import struct
 import time
@@ -47,6 +48,15 @@ def _random_name(rng: random.Random) -> str:
     return f"{label}.{parent}"
 
 
+_EXTRA_OPTIONS = [
+    dns.edns.GenericOption(dns.edns.OptionType.COOKIE, bytes(range(8))),
+    dns.edns.GenericOption(dns.edns.OptionType.COOKIE, bytes(range(24))),  # with a server cookie
+    dns.edns.GenericOption(dns.edns.OptionType.PADDING, bytes(17)),
+    dns.edns.GenericOption(dns.edns.OptionType.NSID, b""),
+    dns.edns.GenericOption(65001, b"\x01\x02"),
+]
+
+
 def _query(rng: random.Random) -> bytes:
     name = _case(rng, rng.choice(NAMES) if rng.random() < 0.7 else _random_name(rng))
     rdtype = rng.choice(TYPES)
@@ -54,11 +64,23 @@ def _query(rng: random.Random) -> bytes:
     if mode < 0.25:
         message = dns.message.make_query(name, rdtype, use_edns=False)
     else:
-        options = []
+        options: list[dns.edns.Option] = []
         if mode > 0.5:
-            address, prefix = rng.choice(ECS)
-            address = address.format(rng.randrange(256) if ":" not in address else f"{rng.randrange(65536):x}")
+            if rng.random() < 0.3:  # a network never seen before, anywhere in the address space
+                if rng.random() < 0.8:
+                    address, prefix = str(ipaddress.IPv4Address(rng.getrandbits(24) << 8)), 24
+                else:
+                    address, prefix = str(ipaddress.IPv6Address(rng.getrandbits(48) << 80)), 48
+            else:
+                address, prefix = rng.choice(ECS)
+                address = address.format(rng.randrange(256) if ":" not in address else f"{rng.randrange(65536):x}")
             options.append(dns.edns.ECSOption(address, prefix))
+        # Options resolvers send beside ECS, which neither path may answer differently:
+        # a client cookie (RFC 7873; BIND and dig send one always), padding (RFC 7830),
+        # an NSID request (RFC 5001), an unknown option.
+        for option in _EXTRA_OPTIONS:
+            if rng.random() < 0.25:
+                options.insert(rng.randrange(len(options) + 1), option)
         message = dns.message.make_query(
             name, rdtype, use_edns=0, payload=rng.choice([512, 1232, 1400, 4096, 100]),
             options=options, ednsflags=dns.flags.DO if rng.random() < 0.3 else 0,
@@ -115,6 +137,62 @@ def test_fast_and_general_paths_agree(snapshot: Snapshot, down: set[str]) -> Non
             fresh += 1
             assert fast == general, dns.message.from_wire(wire).to_text()
     assert fresh > 150, fresh
+
+
+def test_health_changes_during_a_run_keep_the_paths_equal(snapshot: Snapshot) -> None:
+    rng = random.Random(77)
+    answerer = Answerer(snapshot, HealthView())
+    views = [_health(set()), _health({"eu"}), _health({"us", "ap"}), _health({"us", "eu", "ap"})]
+    for i in range(4000):
+        if i % 400 == 0:
+            health = views[(i // 400) % len(views)]
+            answerer.set_health(health)
+        wire = _query(rng)
+        source = rng.choice(SOURCES)
+        first = answerer.handle(wire, source)
+        fast = answerer._fast(wire, source, False)
+        general = Answerer(snapshot, health)._general(wire, source, False)[0]
+        assert first == general, dns.message.from_wire(wire).to_text()
+        assert fast is None or fast == general, dns.message.from_wire(wire).to_text()
+
+
+@pytest.mark.parametrize("option", _EXTRA_OPTIONS)
+def test_common_options_keep_a_query_on_the_fast_path(snapshot: Snapshot, option: dns.edns.Option) -> None:
+    answerer = Answerer(snapshot, HealthView())
+    for name in ("static.example.com.", "www.example.com.", "missing-name.example.com."):
+        ecs = dns.edns.ECSOption("2.2.9.0", 24)
+        wire = dns.message.make_query(name, "A", use_edns=0, options=[option, ecs]).to_wire()
+        answerer.handle(wire, "127.0.0.1")
+        fast = answerer._fast(wire, "127.0.0.1", False)
+        assert fast is not None, (name, option)
+        assert fast == Answerer(snapshot, HealthView())._general(wire, "127.0.0.1", False)[0]
+
+
+def _long_name_query(rng: random.Random, ending: bytes) -> bytes:
+    """A query whose name runs past 255 octets (RFC 1035 §3.1), ending in a valid name."""
+    labels = b""
+    while len(labels) + len(ending) <= 255:
+        label = bytes(rng.choice(b"abcdefgh") for _ in range(rng.randrange(1, 64)))
+        labels += bytes((len(label),)) + label
+    header = struct.pack("!HHHHHH", rng.randrange(65536), 0x0100, 1, 0, 0, 0)
+    return header + labels + ending + b"\x00\x01\x00\x01"
+
+
+@pytest.mark.parametrize("ending", [b"\x01x\x09localhost\x00", b"\x01a\x07example\x03com\x04evil\x00",
+                                    b"\x07nothing\x07example\x03com\x00", b"\x03www\x07example\x03com\x00"])
+def test_names_past_255_octets_get_formerr_on_both_paths(snapshot: Snapshot, ending: bytes) -> None:
+    rng = random.Random(len(ending))
+    answerer = Answerer(snapshot, HealthView())
+    # The valid name first, so that the caches hold its ending (REFUSED, NXDOMAIN or an answer).
+    answerer.handle(struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + ending + b"\x00\x01\x00\x01", "127.0.0.1")
+    for _ in range(20):
+        wire = _long_name_query(rng, ending)
+        assert answerer._fast(wire, "127.0.0.1", False) is None
+        reply = answerer.handle(wire, "127.0.0.1")
+        assert reply is not None
+        assert reply[:2] == wire[:2] and reply[3] & 0x0F == 1  # FORMERR
+        assert reply[4:6] == b"\x00\x00"  # the invalid name is not echoed
+        dns.message.from_wire(reply)  # and the reply itself is valid
 
 
 def test_fast_path_serves_repeated_common_queries(snapshot: Snapshot) -> None:
