@@ -158,6 +158,7 @@ class StreamBench:
         self.runner = bench.Runner(ns)
         self.runner.bench.qdir = self.sdir  # dnsperf's working directory
         self.rows: list[dict[str, Any]] = []
+        self.rep = 1
         self.starts: list[dict[str, Any]] = []
         self.scope: dict[str, Any] = {}
         self.notes: list[str] = []
@@ -282,7 +283,7 @@ class StreamBench:
     def measure(
         self, s: bench.Server, run: str, label: str, extra: list[str], *, seconds: float | None, during: Any = None
     ) -> dict[str, Any]:
-        row = self.runner.measure(s, run, label, 1, extra, seconds=seconds, during=during)
+        row = self.runner.measure(s, run, label, self.rep, extra, seconds=seconds, during=during)
         row["run"] = run
         self.rows.append(row)
         return row
@@ -292,7 +293,7 @@ class StreamBench:
             s,
             run,
             "latency",
-            1,
+            self.rep,
             ["-B", "-d", str(qfile)],
             seconds=self.a.latency_seconds,
             rate=rate,
@@ -311,6 +312,7 @@ class StreamBench:
                 "run": run,
                 "server": s.name,
                 "scenario": "memory",
+                "rep": self.rep,
                 "rss_start_mib": round(rss0, 1),
                 "rss_end_mib": round(mem.get("rss_mib", math.nan), 1),
                 "pss_end_mib": round(mem.get("pss_mib", math.nan), 1),
@@ -327,7 +329,10 @@ class StreamBench:
             q = [
                 r["qps"]
                 for r in self.rows
-                if r["run"] == which and r["server"] == "gslb" and r["scenario"] not in ("latency", "memory")
+                if r["run"] == which
+                and r["server"] == "gslb"
+                and r["rep"] == self.rep
+                and r["scenario"] not in ("latency", "memory")
             ]
             if q:
                 return max(1000, int(min(q) / 2))
@@ -419,7 +424,19 @@ class StreamBench:
         return bool(row.get("run") == run and row["server"] == server and row["scenario"] == scenario)
 
     def cell(self, run: str, server: str, scenario: str, key: str) -> Any:
-        return next((r.get(key) for r in self.rows if self._is(r, run, server, scenario)), None)
+        """The median over the reps (the first value when it is not a number)."""
+        vals = [r.get(key) for r in self.rows if self._is(r, run, server, scenario)]
+        nums = [v for v in vals if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))]
+        if nums:
+            return statistics.median(nums)
+        return vals[0] if vals else None
+
+    def ratio(self, run: str, server: str, scenario: str, key: str) -> float:
+        """The median over the reps of server / gdnsd, each rep against gdnsd in the same rep."""
+        ref = {r["rep"]: r.get(key) for r in self.rows if self._is(r, run, "gdnsd", scenario)}
+        out = [div(r.get(key), ref.get(r["rep"])) for r in self.rows if self._is(r, run, server, scenario)]
+        out = [x for x in out if not math.isnan(x)]
+        return statistics.median(out) if out else math.nan
 
     def report(self) -> str:
         out: list[str] = []
@@ -433,7 +450,8 @@ class StreamBench:
             f"dnsperf on CPU {a.client_cpu}; load1 {m['load1_start']} at start, {m.get('load1_end', '-')} at end. "
             f"gslb {m['gslb_rev']}, Python {m['python']}, {m['gdnsd']}, {m['dnsperf']}. Database "
             f"{self.mmdb.name} (build {m['db_build']}). Stream: {a.queries:,} queries (cold), "
-            f"{a.warm_queries:,} (warm); {a.duration:g} s per run; {m['wall_s']:.0f} s in all."
+            f"{a.warm_queries:,} (warm); {a.duration:g} s per run; {a.reps} rep(s), medians; "
+            f"{m['wall_s']:.0f} s in all."
         )
         w("")
         w("## Throughput: qps, ratio to gdnsd in the same invocation, latency at a fixed rate")
@@ -457,20 +475,19 @@ class StreamBench:
                     q = self.cell(run, srv, sc, "qps")
                     if q is None:
                         continue
-                    ref = self.cell(run, "gdnsd", sc, "qps")
-                    ratio = div(q, ref)
-                    pc, pref = self.cell(run, srv, sc, "qps_per_core"), self.cell(run, "gdnsd", sc, "qps_per_core")
-                    lr = next((r for r in self.rows if self._is(r, run, srv, "latency")), {})
-                    if sc != scen[-1]:
+                    ratio = self.ratio(run, srv, sc, "qps")
+                    pc, pratio = self.cell(run, srv, sc, "qps_per_core"), self.ratio(run, srv, sc, "qps_per_core")
+                    lr = {k: self.cell(run, srv, "latency", k) for k in ("rate", "p50_ms", "p99_ms")}
+                    if sc != scen[-1] or lr["rate"] is None:
                         lr = {}
                     mem = self.cell(run, srv, "memory", "rss_start_mib"), self.cell(run, srv, "memory", "rss_end_mib")
                     label = f"{run} ({sc})" if run == "warm" else run
                     w(
                         f"| {label} | {srv} | **{q:,.0f}** | {fmt(ratio)} | "
-                        f"{fmt(self.cell(run, srv, sc, 'cpu_pct'), 0)} | {fmt_k(pc)} ({fmt(div(pc, pref))}) | "
+                        f"{fmt(self.cell(run, srv, sc, 'cpu_pct'), 0)} | {fmt_k(pc)} ({fmt(pratio)}) | "
                         f"{fmt(self.cell(run, srv, sc, 'client_core_pct'), 0)} | "
-                        f"{self.cell(run, srv, sc, 'completed'):,} | {self.cell(run, srv, sc, 'lost')} | "
-                        f"{lr.get('rate', '-')} | {fmt(lr.get('p50_ms'), 3)} | {fmt(lr.get('p99_ms'), 3)} | "
+                        f"{self.cell(run, srv, sc, 'completed'):,.0f} | {self.cell(run, srv, sc, 'lost'):.0f} | "
+                        f"{fmt(lr.get('rate'), 0)} | {fmt(lr.get('p50_ms'), 3)} | {fmt(lr.get('p99_ms'), 3)} | "
                         f"{fmt(mem[0], 0)} / {fmt(mem[1], 0)} |"
                     )
         flips = [r for r in self.rows if r.get("run") == "flip" and r["scenario"] == "flip"]
@@ -480,14 +497,14 @@ class StreamBench:
             w("")
             for r in flips:
                 w(
-                    f"* {r['server']}: {r.get('flips', 0)} flips made ({r.get('flip_how', '')}); "
+                    f"* {r['server']} (rep {r['rep']}): {r.get('flips', 0)} flips made ({r.get('flip_how', '')}); "
                     f"{r.get('verdict_changes', '-')} verdict changes in its log"
                 )
         spurious = {}
         for r in self.rows:
             if r["scenario"] == "memory" and r.get("verdicts"):
                 other = {dc: n for dc, n in r["verdicts"].items() if r["run"] != "flip" or dc != FLIP_DC}
-                spurious[f"{r['run']} ({r['server']})"] = other
+                spurious[f"{r['run']} ({r['server']}, rep {r['rep']})"] = other
         spurious = {k: v for k, v in spurious.items() if v}
         if spurious:
             w("")
@@ -575,17 +592,20 @@ class StreamBench:
             "load1_start": bench.load1(),
             "args": {k: str(v) for k, v in vars(self.a).items()},
         }
-        for run in self.a.runs:
-            print(f"run {run}:", flush=True)
-            if run == "scope":
-                self.scopes()
-            elif run == "cold":
-                for name in ("gslb", "gslb-py", "bare", "gdnsd"):
-                    if name != "gslb-py" or self.has_py_loop:
-                        self.one(name, run)
-            else:
-                self.one("gslb", run)
-                self.one("gdnsd", run)
+        for rep in range(1, self.a.reps + 1):
+            self.rep = rep
+            for run in self.a.runs:
+                print(f"run {run} (rep {self.rep}):", flush=True)
+                if run == "scope":
+                    if self.rep == 1:
+                        self.scopes()
+                elif run == "cold":
+                    for name in ("gslb", "gslb-py", "bare", "gdnsd"):
+                        if name != "gslb-py" or self.has_py_loop:
+                            self.one(name, run)
+                else:
+                    self.one("gslb", run)
+                    self.one("gdnsd", run)
         self.meta["load1_end"] = bench.load1()
         self.meta["wall_s"] = time.monotonic() - t0
         text = self.report()
@@ -653,6 +673,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("-l", "--duration", type=float, default=10.0, help="seconds per maximum-rate run (default 10)")
+    ap.add_argument("--reps", type=int, default=1, help="repeat the runs (scope once); tables give medians")
     ap.add_argument("--runs", default=",".join(RUNS), help=f"comma list from {','.join(RUNS)} (default: all)")
     ap.add_argument("--queries", type=int, default=3_000_000, help="cold stream length (default 3,000,000)")
     ap.add_argument("--latency-queries", type=int, default=200_000, help="networks kept for the latency runs")
