@@ -38,19 +38,18 @@ typedef unsigned __int128 u128;
 
 /* ---- names and types, looked up once ------------------------------------------------- */
 
-static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_snapshot, *s_picks, *s_by_resolver,
+static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_picks, *s_by_resolver,
     *s_counters, *s_ticks, *s_by_key, *s_by_answer, *s_query_log, *s_flag_bytes, *s_head, *s_head_opt, *s_body,
     *s_scoped, *s_udp_key, *s_answer_key, *s_ranks, *s_starts4, *s_ranks4, *s_starts6_hi, *s_starts6_lo,
     *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe;
 
 static PyObject *EntryType;    /* gslb.answer.Entry */
-static PyObject *SteeredType;  /* the type of a steered service's value in State.static, or NULL */
-static PyObject *Uncached;     /* gslb.answer.UNCACHED */
+static PyObject *SteeredType;  /* gslb.answer.Steered: a service's question in State.static */
 
 static int intern_names(void) {
 #define NAME(var, text) if (!(var = PyUnicode_InternFromString(text))) return -1;
     NAME(s_state, "state") NAME(s_static, "static") NAME(s_negative, "negative") NAME(s_refused, "refused")
-    NAME(s_index, "index") NAME(s_snapshot, "snapshot") NAME(s_picks, "picks") NAME(s_by_resolver, "by_resolver")
+    NAME(s_index, "index") NAME(s_picks, "picks") NAME(s_by_resolver, "by_resolver")
     NAME(s_counters, "counters") NAME(s_ticks, "ticks") NAME(s_by_key, "by_key") NAME(s_by_answer, "by_answer")
     NAME(s_query_log, "query_log") NAME(s_flag_bytes, "flag_bytes") NAME(s_head, "head")
     NAME(s_head_opt, "head_opt") NAME(s_body, "body") NAME(s_scoped, "scoped")
@@ -63,7 +62,8 @@ static int intern_names(void) {
     return 0;
 }
 
-/* The types the tables hold, from gslb.answer (and gslb.ranks), imported on first use. */
+/* The types the tables hold, from gslb.answer, imported on first use. Anything else in a table
+ * (UNCACHED above all) is not one of them, and goes to Python. */
 static int load_types(void) {
     if (EntryType != NULL)
         return 0;
@@ -71,26 +71,13 @@ static int load_types(void) {
     if (answer == NULL)
         return -1;
     PyObject *entry = PyObject_GetAttrString(answer, "Entry");
-    PyObject *uncached = entry ? PyObject_GetAttrString(answer, "UNCACHED") : NULL;
-    if (uncached == NULL) {
+    PyObject *steered = entry ? PyObject_GetAttrString(answer, "Steered") : NULL;
+    Py_DECREF(answer);
+    if (steered == NULL) {
         Py_XDECREF(entry);
-        Py_DECREF(answer);
         return -1;
     }
-    PyObject *steered = PyObject_GetAttrString(answer, "Steered");
-    if (steered == NULL) {
-        PyErr_Clear();
-        PyObject *ranks = PyImport_ImportModule("gslb.ranks");
-        if (ranks != NULL) {
-            steered = PyObject_GetAttrString(ranks, "Steered");
-            Py_DECREF(ranks);
-        }
-        if (steered == NULL)
-            PyErr_Clear(); /* no steered services in this version of the tables */
-    }
-    Py_DECREF(answer);
     EntryType = entry;
-    Uncached = uncached;
     SteeredType = steered;
     return 0;
 }
@@ -199,14 +186,6 @@ static void ctx_open(Ctx *c, PyObject *answerer) {
     c->refused = optional_dict(c->state, s_refused);
     c->picks = optional_dict(c->state, s_picks);
     c->index = optional_dict(c->state, s_index);
-    if (c->index == NULL) { /* older tables: the index lives on the snapshot */
-        PyObject *snapshot = PyObject_GetAttr(c->state, s_snapshot);
-        if (snapshot != NULL) {
-            c->index = optional_dict(snapshot, s_index);
-            Py_DECREF(snapshot);
-        }
-        PyErr_Clear();
-    }
     PyObject *by_resolver = PyObject_GetAttr(c->state, s_by_resolver);
     if (by_resolver == NULL)
         goto fail;
@@ -628,7 +607,7 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
                 goto error;
             goto done; /* not a known negative: Python */
         }
-    } else if (SteeredType != NULL && (PyObject *)Py_TYPE(entry) == SteeredType) {
+    } else if ((PyObject *)Py_TYPE(entry) == SteeredType) {
         if (c->picks == NULL)
             goto done;
         PyObject *table = PyObject_GetAttr(entry, s_ranks);
