@@ -42,7 +42,7 @@ from gslb.geo import (
 log = logging.getLogger(__name__)
 
 U64 = npt.NDArray[np.uint64]
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 KEEP_CACHED = 4  # compiled databases kept in a cache directory
 _EMPTY = -1  # a leaf the database has no data for
 _ALIAS = -2  # an IPv6 leaf that points back into the IPv4 tree (::/96, ::ffff:0:0/96, 6to4)
@@ -54,8 +54,8 @@ class Blocks:
     """The blocks of one address family, sorted by start, covering the whole family."""
 
     version: int
-    hi: U64  # high 64 bits of the start (zero for IPv4)
-    lo: U64  # low 64 bits of the start (the whole start for IPv4)
+    hi: U64  # high 64 bits of the start (IPv6 only; empty for IPv4)
+    lo: npt.NDArray[np.uint64] | npt.NDArray[np.uint32]  # low 64 bits of the start (IPv4: uint32)
     prefix: npt.NDArray[np.uint8]
     loc: npt.NDArray[np.int32]
 
@@ -67,10 +67,14 @@ class Blocks:
         return len(self.lo)
 
     def start(self, i: int) -> int:
+        if self.version == 4:
+            return int(self.lo[i])
         return int(self.hi[i]) << 64 | int(self.lo[i])
 
     def find(self, value: int) -> int:
         """The index of the block holding address `value`."""
+        if self.version == 4:
+            return int(np.searchsorted(self.lo, np.uint32(value), side="right")) - 1
         hi, lo = np.uint64(value >> 64), np.uint64(value & 0xFFFFFFFFFFFFFFFF)
         a = int(np.searchsorted(self.hi, hi, side="left"))
         b = int(np.searchsorted(self.hi, hi, side="right"))
@@ -89,9 +93,10 @@ class Blocks:
     def splice(self, i: int, j: int, starts: Sequence[int], prefixes: Sequence[int],
                locs: Sequence[int]) -> None:
         """Replace blocks i..j-1 by the given ones."""
-        hi = np.array([s >> 64 for s in starts], np.uint64)
-        lo = np.array([s & 0xFFFFFFFFFFFFFFFF for s in starts], np.uint64)
-        self.hi = np.concatenate((self.hi[:i], hi, self.hi[j:]))
+        if self.version == 6:
+            hi = np.array([s >> 64 for s in starts], np.uint64)
+            self.hi = np.concatenate((self.hi[:i], hi, self.hi[j:]))
+        lo = np.array([s & 0xFFFFFFFFFFFFFFFF for s in starts], self.lo.dtype)
         self.lo = np.concatenate((self.lo[:i], lo, self.lo[j:]))
         self.prefix = np.concatenate((self.prefix[:i], np.array(prefixes, np.uint8), self.prefix[j:]))
         self.loc = np.concatenate((self.loc[:i], np.array(locs, np.int32), self.loc[j:]))
@@ -319,8 +324,9 @@ def _compile_database(path: Path) -> tuple[dict[str, np.ndarray], list[Any]]:
         loc_of[k] = index
     arrays: dict[str, np.ndarray] = {}
     for version, (hi, lo, prefix, record) in families.items():
-        arrays[f"v{version}_hi"] = hi
-        arrays[f"v{version}_lo"] = lo
+        if version == 6:
+            arrays["v6_hi"] = hi
+        arrays[f"v{version}_lo"] = lo if version == 6 else lo.astype(np.uint32)
         arrays[f"v{version}_prefix"] = prefix
         arrays[f"v{version}_loc"] = loc_of[np.searchsorted(records, record)]
     return arrays, fields
@@ -331,23 +337,50 @@ def _digest(path: Path) -> str:
         return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
 
 
-def _cached(path: Path, cache_dir: Path | None) -> tuple[dict[str, np.ndarray], list[Any], bool]:
+def _compile(path: Path, specials: bool) -> tuple[dict[str, np.ndarray], list[Any]]:
+    """The database walked, with the special-purpose blocks laid over unless `specials` is False."""
+    arrays, fields = _compile_database(path)
+    if specials:
+        families = _blocks(arrays)
+        # Least specific first, so that a block nested in another is laid last and kept.
+        for network in sorted(SPECIAL_NETWORKS, key=lambda n: n.prefixlen):
+            families[network.version].overlay(int(network.network_address), network.prefixlen, 0)
+        arrays = {}
+        for version, blocks in families.items():
+            if version == 6:
+                arrays["v6_hi"] = blocks.hi
+            arrays[f"v{version}_lo"] = blocks.lo
+            arrays[f"v{version}_prefix"] = blocks.prefix
+            arrays[f"v{version}_loc"] = blocks.loc
+    return arrays, fields
+
+
+def _blocks(arrays: dict[str, np.ndarray]) -> dict[int, Blocks]:
+    return {
+        version: Blocks(version, arrays.get(f"v{version}_hi", np.zeros(0, np.uint64)), arrays[f"v{version}_lo"],
+                        arrays[f"v{version}_prefix"], arrays[f"v{version}_loc"].astype(np.int32))
+        for version in (4, 6)
+    }
+
+
+def _cached(path: Path, cache_dir: Path | None, specials: bool) -> tuple[dict[str, np.ndarray], list[Any], bool]:
     """The compiled database, from the cache when its content was compiled before."""
     if cache_dir is None:
-        arrays, fields = _compile_database(path)
+        arrays, fields = _compile(path, specials)
         return arrays, fields, False
     digest = _digest(path)
-    target = cache_dir / f".gslb-geo-{digest}-v{CACHE_VERSION}.npz"
+    target = cache_dir / f".gslb-geo-{digest}-{'s' if specials else 'p'}-v{CACHE_VERSION}.npz"
     try:
         with np.load(target, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files if key != "fields"}
             fields = [None if f is None else tuple(f) for f in json.loads(bytes(stored["fields"]).decode())]
+        os.utime(target)  # most recently used: kept longest
         return arrays, fields, True
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError) as error:
         log.warning("%s: unreadable geo cache, compiling again: %s", target, error)
-    arrays, fields = _compile_database(path)
+    arrays, fields = _compile(path, specials)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=cache_dir, prefix=".gslb-geo-", suffix=".tmp")
@@ -365,31 +398,20 @@ def _cached(path: Path, cache_dir: Path | None) -> tuple[dict[str, np.ndarray], 
 
 
 def compile_table(geo: GeoDatabase, cuts: Iterable[IPNetwork] = (), cache_dir: Path | None = None) -> GeoTable:
-    """The database behind `geo` as blocks, with its overrides, special blocks and `cuts` laid over."""
+    """The database behind `geo` as blocks, with its special blocks, overrides and `cuts` laid over."""
     started = time.perf_counter()
     try:
-        arrays, fields, cached = _cached(geo.path, cache_dir)
+        arrays, fields, cached = _cached(geo.path, cache_dir, not geo.special_in_database)
     except (IndexError, ValueError, KeyError, TypeError) as error:  # a tree pointing past its end
         raise GeoError(f"{geo.path}: not a usable MaxMind DB file: {error}") from error
-    default = geo.default
-    locations = [default]
+    locations = [geo.default]
     for found in fields[1:]:
         country, continent, subdivision, latitude, longitude, city = found
         locations.append(Location(country, continent, subdivision, latitude, longitude, None, "database", city))
-    families = {
-        version: Blocks(version, arrays[f"v{version}_hi"], arrays[f"v{version}_lo"],
-                        arrays[f"v{version}_prefix"], arrays[f"v{version}_loc"].astype(np.int32))
-        for version in (4, 6)
-    }
-    v6 = families[6]
-    # IPv6 leaves that alias the IPv4 tree: never looked up as IPv6 (::ffff:0:0/96 is unmapped
-    # before the lookup; the rest lie in special blocks), so "unknown" unless the DB says so.
-    v6.loc = np.where(v6.loc < 0, 0, v6.loc).astype(np.int32)
-    # Special blocks first (default location), then overrides, least specific first, so
-    # the more specific one is laid last and wins; cuts only split.
+    families = _blocks(arrays)
+    # Overrides over the special blocks, least specific first, so the more specific one is
+    # laid last and wins; cuts only split.
     layers: list[tuple[IPNetwork, int | None]] = []
-    if not geo.special_in_database:
-        layers += [(network, 0) for network in sorted(SPECIAL_NETWORKS, key=lambda n: n.prefixlen)]
     for network, location in sorted(geo.overrides.items(), key=lambda item: item[0].prefixlen):
         locations.append(location)
         layers.append((network, len(locations) - 1))

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from gslb.config import DataCenter, Service
+from gslb.config import DataCenter, GeoRule, Service
 from gslb.geo import EARTH_RADIUS_KM, IPNetwork, Location
 from gslb.geotable import Blocks, GeoTable
 from gslb.policy import Ranking, rank
@@ -119,40 +119,56 @@ def _distances(locations: Sequence[Location], datacenters: Sequence[DataCenter])
 
 
 def _nearest_orders(names: Sequence[str], datacenters: Mapping[str, DataCenter], locations: Sequence[Location],
-                    bias: bool) -> list[tuple[str, ...]]:
-    """For every location, `names` nearest first (member order without client coordinates)."""
+                    bias: bool) -> tuple[list[tuple[str, ...]], npt.NDArray[np.int64]]:
+    """The distinct orders of `names` nearest first over all locations, and each location's order.
+
+    Without client coordinates the given order is kept (every key is inf, and the sort is stable).
+    """
     if len(names) <= 1:
-        return [tuple(names)] * len(locations)
+        return [tuple(names)], np.zeros(len(locations), np.int64)
     dcs = [datacenters[n] for n in names]
     keys = _distances(locations, dcs)
     if bias:
         keys = keys + np.array([dc.bias_km for dc in dcs])
     order = np.argsort(keys, axis=1, kind="stable")
-    # Locations without coordinates keep the given order (every key inf sorts stably anyway).
     rows, inverse = np.unique(order, axis=0, return_inverse=True)
-    as_names = [tuple(names[j] for j in row) for row in rows.tolist()]
-    return [as_names[k] for k in np.asarray(inverse).reshape(-1).tolist()]
+    return [tuple(names[j] for j in row) for row in rows.tolist()], np.asarray(inverse, np.int64).reshape(-1)
 
 
 def _location_rankings(service: Service, datacenters: Mapping[str, DataCenter],
-                       locations: Sequence[Location]) -> list[Ranking]:
+                       locations: Sequence[Location]) -> tuple[list[Ranking], npt.NDArray[np.int64]]:
+    """The distinct rankings over all locations, and each location's index into them."""
     members = service.datacenters
     if service.policy == "nearest":
-        return [Ranking(order) for order in _nearest_orders(members, datacenters, locations, bias=True)]
-    # geo: the rule by country, subdivision, continent (cidr rules go by block, below).
-    out = []
-    rest_orders: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
-    rules = [service.rule_for(loc) for loc in locations]
-    for rule in {id(r): r for r in rules}.values():
+        orders, inverse = _nearest_orders(members, datacenters, locations, bias=True)
+        return [Ranking(order) for order in orders], inverse
+    # geo: the rule by subdivision, country or continent (cidr rules go by block, below),
+    # worked out once per distinct place; then the rest of the members nearest first.
+    rules: list[GeoRule | None] = []
+    rule_index: dict[tuple[str | None, str | None, str | None], int] = {}
+    by_rule: dict[int, int] = {}  # id(rule) -> index into rules
+    place_rule = np.empty(len(locations), np.int64)
+    for k, loc in enumerate(locations):
+        place = (loc.country, loc.subdivision, loc.continent)
+        found = rule_index.get(place)
+        if found is None:
+            rule = service.rule_for(loc)
+            found = by_rule.get(id(rule))
+            if found is None:
+                found = by_rule[id(rule)] = len(rules)
+                rules.append(rule)
+            rule_index[place] = found
+        place_rule[k] = found
+    rankings: list[Ranking] = []
+    loc_rank = np.empty(len(locations), np.int64)
+    for r, rule in enumerate(rules):
         primary = rule.order if rule is not None else service.default
         rest = tuple(m for m in members if m not in primary)
-        if rest not in rest_orders:
-            rest_orders[rest] = _nearest_orders(rest, datacenters, locations, bias=False)
-    for k, rule in enumerate(rules):
-        primary = rule.order if rule is not None else service.default
-        rest = tuple(m for m in members if m not in primary)
-        out.append(Ranking(tuple(primary), rest_orders[rest][k], rule))
-    return out
+        where = np.flatnonzero(place_rule == r)
+        orders, inverse = _nearest_orders(rest, datacenters, [locations[k] for k in where.tolist()], bias=False)
+        loc_rank[where] = inverse + len(rankings)
+        rankings += [Ranking(tuple(primary), order, rule) for order in orders]
+    return rankings, loc_rank
 
 
 def compile_service(service: Service, datacenters: Mapping[str, DataCenter], table: GeoTable,
@@ -162,9 +178,11 @@ def compile_service(service: Service, datacenters: Mapping[str, DataCenter], tab
         service.policy == "geo" and not service.map and set(service.default) >= set(service.datacenters)
     ):
         return RankTable.fixed(rank(service, datacenters, default))
-    rankings = _location_rankings(service, datacenters, table.locations)
+    rankings, loc_rank = _location_rankings(service, datacenters, table.locations)
     index: dict[Ranking, int] = {}
-    loc_rank = np.array([index.setdefault(r, len(index)) for r in rankings], np.int64)
+    for ranking in rankings:
+        index.setdefault(ranking, len(index))
+    # The distinct rankings are distinct already; setdefault keeps the first index of each.
     # The default location stands for unknown places; it may differ from table.locations[0]
     # only in the network it carries, which rankings do not read (cidr rules go by block).
     default_rank = index.setdefault(rank(service, datacenters, default), len(index))
@@ -174,8 +192,11 @@ def compile_service(service: Service, datacenters: Mapping[str, DataCenter], tab
         _apply_cidr_rules(service, datacenters, table, blocks, block_rank, index)
         keep = np.ones(len(blocks), bool)
         keep[1:] = block_rank[1:] != block_rank[:-1]
-        hi, lo = blocks.hi[keep].tolist(), blocks.lo[keep].tolist()
-        starts = [h << 64 | low for h, low in zip(hi, lo, strict=True)] if blocks.version == 6 else lo
+        lo = blocks.lo[keep].tolist()
+        if blocks.version == 6:
+            starts = [h << 64 | low for h, low in zip(blocks.hi[keep].tolist(), lo, strict=True)]
+        else:
+            starts = lo
         families.append((starts, block_rank[keep].tolist()))
     ordered = sorted(index, key=index.__getitem__)
     return RankTable(ordered, default_rank, families[0], families[1])
@@ -201,7 +222,7 @@ def _apply_cidr_rules(service: Service, datacenters: Mapping[str, DataCenter], t
             loc = int(blocks.loc[i])
             found = memo.get(loc)
             if found is None:
-                order = _nearest_orders(rest, datacenters, [table.locations[loc]], bias=False)[0]
+                order = _nearest_orders(rest, datacenters, [table.locations[loc]], bias=False)[0][0]
                 ranking = Ranking(rule.order, order, rule)
                 found = memo[loc] = index.setdefault(ranking, len(index))
             block_rank[i] = found
