@@ -38,6 +38,8 @@ class Inputs:
 
     files: Mapping[Path, FileState] = field(default_factory=lambda: MappingProxyType({}))
     listings: Mapping[tuple[Path, str], frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
+    # Where symbolic links among the files pointed: a change there changes the file too.
+    targets: frozenset[Path] = frozenset()
 
     def changed(self) -> list[Path]:
         """The files whose state differs now, and the files that appeared in or left a listing."""
@@ -50,15 +52,16 @@ class Inputs:
     def refreshed(self) -> Inputs:
         """The same inputs as they are now (so that what changed so far no longer counts)."""
         return Inputs(MappingProxyType({path: state(path) for path in self.files}),
-                      MappingProxyType({key: listing(*key) for key in self.listings}))
+                      MappingProxyType({key: listing(*key) for key in self.listings}), self.targets)
 
     def directories(self) -> set[Path]:
-        """Where a change to these inputs shows: the directory of each file and listing."""
-        return {path.parent for path in self.files} | {directory for directory, _ in self.listings}
+        """Where a change to these inputs shows: the directory of each file, link target and listing."""
+        return ({path.parent for path in (*self.files, *self.targets)}
+                | {directory for directory, _ in self.listings})
 
     def concerns(self, path: Path) -> bool:
         """Whether a change to `path` (a name in a watched directory) may change these inputs."""
-        if path in self.files:
+        if path in self.files or path in self.targets:
             return True
         return any(path.parent == directory and fnmatch.fnmatchcase(path.name, pattern)
                    for directory, pattern in self.listings)
@@ -70,11 +73,15 @@ class Recorder:
     def __init__(self) -> None:
         self.files: dict[Path, FileState] = {}
         self.listings: dict[tuple[Path, str], frozenset[str]] = {}
+        self.targets: set[Path] = set()
 
     def read(self, path: Path) -> None:
         path = Path(os.path.abspath(path))
         if path not in self.files:
             self.files[path] = state(path)
+            target = Path(os.path.realpath(path))
+            if target != path:
+                self.targets.add(target)
 
     def listed(self, directory: Path, pattern: str) -> frozenset[str]:
         directory = Path(os.path.abspath(directory))
@@ -83,7 +90,8 @@ class Recorder:
         return names
 
     def inputs(self) -> Inputs:
-        return Inputs(MappingProxyType(dict(self.files)), MappingProxyType(dict(self.listings)))
+        return Inputs(MappingProxyType(dict(self.files)), MappingProxyType(dict(self.listings)),
+                      frozenset(self.targets))
 
 
 # The recorder of the build running in this thread (a reload builds in a worker thread).

@@ -100,7 +100,8 @@ class Watcher:
         self._signal = asyncio.Event()
         self._woken = False
         self._wds: dict[Path, int] = {}
-        self._directories: dict[int, Path] = {}
+        # One wd per inode: two paths to one directory (a link to it) share it.
+        self._directories: dict[int, set[Path]] = {}
         self._inotify: _Inotify | None = None
         try:
             self._inotify = _Inotify()
@@ -118,8 +119,11 @@ class Watcher:
             return
         for directory in set(self._wds) - directories:
             wd = self._wds.pop(directory)
-            self._directories.pop(wd, None)
-            inotify.remove(wd)
+            sharing = self._directories.get(wd, set())
+            sharing.discard(directory)
+            if not sharing:
+                self._directories.pop(wd, None)
+                inotify.remove(wd)
         for directory in directories - set(self._wds):
             try:
                 wd = inotify.add(directory)
@@ -133,7 +137,7 @@ class Watcher:
                 self._stop_inotify()
                 return
             self._wds[directory] = wd
-            self._directories[wd] = directory
+            self._directories.setdefault(wd, set()).add(directory)
 
     def wake(self) -> None:
         """End a wait now: the inputs were replaced (a reload from elsewhere)."""
@@ -178,17 +182,15 @@ class Watcher:
     def _relevant(self, events: list[tuple[int, int, bytes]], inputs: Inputs) -> bool:
         relevant = False
         for wd, mask, name in events:
-            directory = self._directories.get(wd)
+            directories = self._directories.get(wd, set())
             if mask & IN_Q_OVERFLOW:
                 relevant = True  # events were lost: look
-            elif directory is None:
-                continue
             elif mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
                 if mask & IN_IGNORED:  # the kernel dropped the watch: the directory is gone
-                    self._wds.pop(directory, None)
-                    self._directories.pop(wd, None)
-                relevant = True
-            elif inputs.concerns(directory / os.fsdecode(name)):
+                    for directory in self._directories.pop(wd, set()):
+                        self._wds.pop(directory, None)
+                relevant = relevant or bool(directories)
+            elif any(inputs.concerns(directory / os.fsdecode(name)) for directory in directories):
                 relevant = True
         return relevant
 

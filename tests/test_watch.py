@@ -45,9 +45,11 @@ def _rewrite(path: Path, text: str) -> None:
     os.replace(aside, path)
 
 
-def test_a_changed_included_file_is_served(start_server: type[Server], tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["2", "0"])
+def test_a_changed_included_file_is_served(start_server: type[Server], tmp_path: Path, workers: str) -> None:
     directory, included = _included_zone(tmp_path)
-    server = start_server("--zones", str(directory), "--no-probes", "--state-file", str(tmp_path / "s.json"))
+    server = start_server("--zones", str(directory), "--no-probes", "--state-file", str(tmp_path / "s.json"),
+                          "--workers", workers)
     assert same_rrsets(server.query("h1.inc.test.").answer, "h1.inc.test. 60 IN A 127.0.0.21")
     mark = server.mark()
     included.write_text("h1 A 127.0.0.21\nh2 A 127.0.0.22\n")  # written in place
@@ -189,6 +191,23 @@ def test_the_watcher_ignores_other_files_in_the_directory(tmp_path: Path) -> Non
         path.write_text("three\n")
 
     assert _wait(inputs, both, timeout=5) < 1.5
+
+
+def test_a_link_target_changed_in_place_is_seen(tmp_path: Path) -> None:
+    """An input that is a symbolic link: its target's directory is watched as well."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "real.inc"
+    target.write_text("one\n")
+    (tmp_path / "zones").mkdir()
+    link = tmp_path / "zones" / "hosts.inc"
+    link.symlink_to(target)
+    with recording() as recorder:
+        recorder.read(link)
+    inputs = recorder.inputs()
+    assert inputs.directories() == {tmp_path / "zones", elsewhere}
+    assert _wait(inputs, lambda: target.write_text("two\n"), timeout=5) < 1.5
+    assert inputs.changed() == [link]
 
 
 def test_the_watcher_polls_where_inotify_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
