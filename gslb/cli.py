@@ -27,7 +27,10 @@ def _sources(args: argparse.Namespace) -> Sources:
     zones = Path(args.zones).resolve()
     config = Path(args.config).resolve() if args.config else None
     geodb = Path(args.geodb).resolve() if args.geodb else None
-    return Sources(zones, config, geodb)
+    # The compiled geo table is kept beside the state file (by default both beside the zones).
+    state_file = getattr(args, "state_file", None)
+    cache = Path(state_file).resolve().parent if state_file else None
+    return Sources(zones, config, geodb, cache)
 
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
