@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import ipaddress
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,8 +18,12 @@ from gslb import config as configuration
 from gslb import inputs
 from gslb.config import Config, ConfigError, Service
 from gslb.geo import GeoDatabase, GeoError, IPAddress, IPNetwork, Location
+from gslb.geotable import GeoTable, compile_table
 from gslb.inputs import Inputs
+from gslb.ranks import RankTable, compile_service
 from gslb.zones import ZoneError, ZoneIndex, ZoneSet, cut_above, load_zones, static_addresses
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "gslb.toml"
 
@@ -38,6 +44,9 @@ class Sources:
     zones: Path
     config: Path | None = None  # None: zones/gslb.toml when it exists
     geodb: Path | None = None  # None: the embedded default database
+    # Where the compiled geo table is kept between starts (keyed by the database's content);
+    # None: beside the zones. A directory that cannot be written only costs a compile per start.
+    cache: Path | None = None
 
     def config_path(self) -> Path | None:
         if self.config is not None:
@@ -68,6 +77,8 @@ class Snapshot:
     geo: GeoDatabase
     services: dict[dns.name.Name, Service]
     sources: Sources
+    table: GeoTable
+    ranks: dict[dns.name.Name, RankTable]  # per service name
     index: dict[bytes, ZoneIndex] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
@@ -78,19 +89,31 @@ class Snapshot:
         return self.config.no_ecs
 
     def locate(self, address: IPAddress | None) -> Location:
-        """The client's location, the configured default standing in for unknown places."""
+        """The client's location from the compiled table, the configured default for unknown places.
+
+        `network` is the block that decided: the database's network, cut around overrides,
+        special-purpose blocks and `cidr:` rules.
+        """
         if address is None:
             return self.config.default_location
-        return self._or_default(self.geo.locate(address))
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            # ::ffff:a.b.c.d is an IPv4 client behind a dual-stack socket: located as IPv4,
+            # its block reported in IPv6 form so that it contains the address.
+            found = self.locate(address.ipv4_mapped)
+            if found.network is None:
+                return found
+            mapped = ipaddress.IPv6Network(((0xFFFF << 32) | int(found.network.network_address),
+                                            96 + found.network.prefixlen))
+            return replace(found, network=mapped)
+        location, network = self.table.locate(address.version, int(address))
+        if location.known:
+            return replace(location, network=network)
+        # Keep the network that decided: it is still the ECS scope to return.
+        return replace(self.config.default_location, network=network, source="default")
 
     def locate_network(self, network: IPNetwork) -> Location:
-        return self._or_default(self.geo.locate_subnet(network))
-
-    def _or_default(self, location: Location) -> Location:
-        if location.known:
-            return location
-        # Keep the network that decided: it is still the ECS scope to return.
-        return replace(self.config.default_location, network=location.network, source="default")
+        """Location for an EDNS Client Subnet (RFC 7871): its address is already truncated."""
+        return self.locate(network.network_address)
 
 
 def build(sources: Sources) -> Snapshot:
@@ -154,8 +177,21 @@ def _build(sources: Sources) -> Snapshot:
     if problems or zones is None or config is None or geo is None:
         raise SnapshotError(problems)
     zones = zones.with_services(services)
-    return Snapshot(zones, config, geo, services, sources, zones.index(),
+    try:
+        table = compile_table(geo, cuts=_cidr_rules(services.values()), cache_dir=sources.cache or sources.zones)
+    except GeoError as exc:
+        raise SnapshotError([str(exc)]) from exc
+    log.info("geo table: %d IPv4 and %d IPv6 blocks, %d locations, %.2f s%s", len(table.v4), len(table.v6),
+             len(table.locations), table.seconds, " (from the cache)" if table.cached else "")
+    ranks = {name: compile_service(service, config.datacenters, table, config.default_location)
+             for name, service in services.items()}
+    return Snapshot(zones, config, geo, services, sources, table, ranks, zones.index(),
                     load_seconds=time.perf_counter() - started)
+
+
+def _cidr_rules(services: Iterable[Service]) -> list[IPNetwork]:
+    return [ipaddress.ip_network(rule.value) for service in services if service.policy == "geo"
+            for rule in service.map if rule.kind == "cidr"]
 
 
 def _bind_services(zones: ZoneSet, config: Config) -> tuple[dict[dns.name.Name, Service], list[str]]:
