@@ -38,7 +38,7 @@ class RankTable:
     the pure-Python fast path bisects them and the compiled loop reads their buffers.
     """
 
-    __slots__ = ("default_rank", "rankings", "ranks4", "ranks6", "single", "starts4", "starts6",
+    __slots__ = ("_bounds4", "default_rank", "rankings", "ranks4", "ranks6", "single", "starts4", "starts6",
                  "starts6_hi", "starts6_lo")
 
     def __init__(self, rankings: list[Ranking], default_rank: int,
@@ -48,6 +48,7 @@ class RankTable:
         self.default_rank = default_rank
         self.single = len(rankings) == 1
         self.starts4 = array.array("I", v4[0])
+        self._bounds4 = list(v4[0])  # bisect reads a list twice as fast as an array
         self.ranks4 = array.array("I", v4[1])
         self.starts6 = list(v6[0])
         self.starts6_hi = array.array("Q", (s >> 64 for s in self.starts6))
@@ -68,7 +69,7 @@ class RankTable:
             found, scope = self.locate(4, value & 0xFFFFFFFF)
             return found, 96 + scope
         if version == 4:
-            starts: Sequence[int] = self.starts4
+            starts: Sequence[int] = self._bounds4
             ranks = self.ranks4
             bits = 32
         else:
