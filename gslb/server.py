@@ -31,6 +31,7 @@ TCP_PRESSURE = 0.75  # share of the cap above which the idle timeout shortens (R
 TCP_PRESSURE_IDLE_TIMEOUT = 1.0  # seconds: the idle timeout while under pressure
 TCP_BUSY = 0.25  # seconds: a connection that asked something this recently is not closed for room
 TCP_SWEEP_INTERVAL = 0.25  # seconds between looks for idle connections
+TCP_SWEEP_MIN = 0.01  # and never more often, whatever the idle timeout
 OPEN_FILES_WANTED = 65536  # with no hard limit on open files: raise the soft one this far
 UDP_WAKE = 0.5  # seconds: how often a blocked receive loop checks whether to stop
 UDP_RECV_SIZE = 4096  # a query never needs more; a 64 KiB buffer per packet costs a large alloc
@@ -222,7 +223,7 @@ class TcpServer:
         return True
 
     def _sweep_interval(self) -> float:
-        return min(TCP_SWEEP_INTERVAL, self.current_idle_timeout() / 2)
+        return max(TCP_SWEEP_MIN, min(TCP_SWEEP_INTERVAL, self.current_idle_timeout() / 2))
 
     def _sweep(self) -> None:
         # RFC 7766 §6.2.3: close connections idle for the timeout (shorter under pressure),

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -214,6 +215,26 @@ def test_metrics_move_exactly_with_queries(start_server: type[Server], tmp_path:
     assert value(timed, "gslb_service_ttl_seconds", service="www.example.com.") == 30
     assert value(timed, "gslb_reloads_total", result="ok") == 0
     assert value(timed, "gslb_workers") == processes
+
+
+def test_counters_survive_a_reload_in_worker_mode(start_server: type[Server], tmp_path: Path) -> None:
+    """A reload retires a generation of workers: its counts stay in the totals, once."""
+    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2", "--no-watch",
+                          "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0")
+    for _ in range(70):  # more than 64 each: the latency histograms of both generations merge
+        server.send(ecs_query("www.example.com.", GERMANY))
+    scrape_when_counted(server, 70)
+    mark = server.mark()
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log(r"reloaded \(SIGHUP\)", start=mark)
+    for _ in range(130):
+        server.send(ecs_query("www.example.com.", GERMANY))
+    metrics = scrape_when_counted(server, 200)
+    assert value(metrics, "gslb_dns_queries_total", transport="udp", qtype="A", rcode="NOERROR") == 200
+    assert value(metrics, "gslb_dns_answers_total", service="www.example.com.", datacenter="eu") == 200
+    timed = value(metrics, "gslb_dns_query_duration_seconds_count")
+    assert value(metrics, "gslb_dns_query_duration_seconds_bucket", le="+Inf") == timed >= 1
+    assert value(metrics, "gslb_reloads_total", result="ok") == 1
 
 
 def _udp_burst(port: int, wires: list[bytes]) -> int:
