@@ -7,7 +7,9 @@ pure-Python loop (see README, Performance).
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -32,14 +34,27 @@ class OptionalBuildExt(build_ext):
                   file=sys.stderr)
 
 
+SOURCE = "gslb/_fastudp.c"
+# Built into the module as _fastudp.SOURCE, so a test can tell a stale build from this source.
+DIGEST = hashlib.sha256((Path(__file__).resolve().parent / SOURCE).read_bytes()).hexdigest()[:16]
+
 setup(
     ext_modules=[
         Extension(
             "gslb._fastudp",
-            ["gslb/_fastudp.c"],
+            [SOURCE],
+            define_macros=[("GSLB_FASTUDP_SOURCE", f'"{DIGEST}"')],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
             optional=True,
-        )
+        ),
+        # The MMDB record decoder that makes compiling a City database take seconds, not
+        # tens of them (gslb/geotable.py); the same pure-Python decoder stands in without it.
+        Extension(
+            "gslb._mmdbfields",
+            ["gslb/_mmdbfields.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -25,6 +25,10 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#ifndef GSLB_FASTUDP_SOURCE
+#define GSLB_FASTUDP_SOURCE "unknown" /* setup.py defines it: the source's sha256, 16 hex digits */
+#endif
+
 #define BATCH 64           /* datagrams per recvmmsg/sendmmsg */
 #define RECV_SIZE 4096     /* as the Python loop: a query never needs more */
 #define REPLY_MAX 1232     /* a reply built here never exceeds the largest UDP limit */
@@ -1094,7 +1098,8 @@ PyMODINIT_FUNC PyInit__fastudp(void) {
     if (m == NULL)
         return NULL;
     Py_INCREF(&LoopType);
-    if (PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0 || PyModule_AddIntConstant(m, "BATCH", BATCH) < 0) {
+    if (PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0 || PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 ||
+        PyModule_AddStringConstant(m, "SOURCE", GSLB_FASTUDP_SOURCE) < 0) {
         Py_DECREF(&LoopType);
         Py_DECREF(m);
         return NULL;

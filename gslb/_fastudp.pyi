@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 BATCH: int
+SOURCE: str  # sha256 of gslb/_fastudp.c as built (16 hex digits), or 'unknown'
 
 Handle = Callable[[bytes, str | None, bool], bytes | None]
 

@@ -4,6 +4,7 @@ never crashing on any input, serving a real server, and clean under AddressSanit
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -37,6 +38,14 @@ from tests.test_fastpath import SOURCES, _health, _query
 _fastudp = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built (no C compiler at install)")
 
 SERVICES = ["www.example.com.", "app.example.com.", "api.example.com.", "web.example.com."]
+
+
+def test_the_built_extension_is_of_this_source() -> None:
+    source = ROOT / "gslb" / "_fastudp.c"
+    if Path(_fastudp.__file__).parent != source.parent:
+        pytest.skip("gslb._fastudp is installed away from this checkout")
+    assert hashlib.sha256(source.read_bytes()).hexdigest()[:16] == _fastudp.SOURCE, (
+        "gslb/_fastudp.c changed since the extension was built: run `.venv/bin/pip install -e .`")
 
 
 def _public_network(rng: random.Random) -> tuple[str, int]:
