@@ -1,8 +1,8 @@
-"""The compiled UDP loop (gslb/_fastudp.c); everything else about the package is in pyproject.toml.
+"""gslb's C extensions (the compiled UDP loop, gslb/_fastudp.c); the rest of the package is in pyproject.toml.
 
-The extension is optional: without a C compiler or Python's headers (Debian: gcc and
-python3-dev) the install still succeeds, with a warning, and gslb serves UDP from its
-pure-Python loop (see README, Performance).
+The extensions are optional: without a C compiler or Python's headers (Debian: gcc and
+python3-dev) the install still succeeds, with a warning, and gslb uses its pure-Python code
+(for UDP, its pure-Python loop: see README, Performance).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ class OptionalBuildExt(build_ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # no compiler, no Python.h, a compile error: all the same here
-            print(f"WARNING: gslb: the compiled UDP loop ({ext.name}) was not built ({exc}); "
-                  "gslb will use its pure-Python UDP loop. Install gcc and python3-dev and "
-                  "reinstall to build it.", file=sys.stderr)
+            print(f"WARNING: gslb: the extension {ext.name} was not built ({exc}); gslb will use "
+                  "its pure-Python code instead. Install gcc and python3-dev and reinstall to build it.",
+                  file=sys.stderr)
 
     def run(self) -> None:
         try:
             super().run()
         except Exception as exc:  # e.g. no compiler found at all
-            print(f"WARNING: gslb: extensions not built ({exc}); using the pure-Python UDP loop.",
+            print(f"WARNING: gslb: extensions not built ({exc}); using the pure-Python code instead.",
                   file=sys.stderr)
 
 
@@ -44,14 +44,6 @@ setup(
             "gslb._fastudp",
             [SOURCE],
             define_macros=[("GSLB_FASTUDP_SOURCE", f'"{DIGEST}"')],
-            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
-            optional=True,
-        ),
-        # The MMDB record decoder that makes compiling a City database take seconds, not
-        # tens of them (gslb/geotable.py); the same pure-Python decoder stands in without it.
-        Extension(
-            "gslb._mmdbfields",
-            ["gslb/_mmdbfields.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
             optional=True,
         ),

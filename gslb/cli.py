@@ -162,6 +162,14 @@ def _check(args: argparse.Namespace) -> int:
           f"{len(snapshot.config.datacenters)} data centers; probes contact "
           f"{', '.join(probes) if probes else 'nothing'}; "
           f"geo database {meta.database_type} ({meta.path.name}, built {meta.build_date})")
+    table = snapshot.table
+    print(f"geo table: {len(table.v4)} IPv4 and {len(table.v6)} IPv6 blocks, {len(table.locations)} places, "
+          f"{table.seconds:.2f} s{' (from the cache)' if table.cached else ''}")
+    for name, ranks in sorted(snapshot.ranks.items()):
+        service = snapshot.services[name]
+        print(f"  {name.to_text()} ({service.policy}): {len(ranks.rankings)} ranking"
+              f"{'s' if len(ranks.rankings) != 1 else ''} over {len(ranks.starts4)} IPv4 and "
+              f"{len(ranks.starts6)} IPv6 ranges")
     return 0
 
 

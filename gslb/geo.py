@@ -207,19 +207,31 @@ _Fields = tuple[str | None, str | None, str | None, float | None, float | None, 
 
 def _record_fields(record: Mapping[str, Any]) -> _Fields | None:
     """A GeoIP2/GeoLite2/DB-IP City or Country record's fields; None if it places nothing."""
-    country = _text(_mapping(record.get("country")).get("iso_code"))
-    continent = _text(_mapping(record.get("continent")).get("code"))
     location = _mapping(record.get("location"))
     latitude = location.get("latitude")
     longitude = location.get("longitude")
     if not isinstance(latitude, int | float) or not isinstance(longitude, int | float):
         latitude = longitude = None
-    if country is None and continent is None and latitude is None:
-        # Such records (e.g. registered_country only) say nothing about where the client is.
-        return None
     subdivisions = record.get("subdivisions")
     first = _mapping(subdivisions[0]) if isinstance(subdivisions, list) and subdivisions else _EMPTY
-    city = _english_name(_mapping(record.get("city")))
+    return place_fields(
+        _text(_mapping(record.get("country")).get("iso_code")),
+        _text(_mapping(record.get("continent")).get("code")),
+        _text(first.get("iso_code")),
+        latitude,
+        longitude,
+        _english_name(_mapping(record.get("city"))),
+    )
+
+
+def place_fields(country: str | None, continent: str | None, subdivision: str | None,
+                 latitude: float | None, longitude: float | None, city: str | None) -> _Fields | None:
+    """What a record's fields place (as found in it), completed from the country centroids.
+
+    None when the record says nothing about where the client is (registered_country only).
+    """
+    if country is None and continent is None and latitude is None:
+        return None
     if country is not None and (latitude is None or continent is None):
         centroid = country_centroids().get(country)
         if centroid is not None:
@@ -230,7 +242,7 @@ def _record_fields(record: Mapping[str, Any]) -> _Fields | None:
     return (
         country,
         continent,
-        _text(first.get("iso_code")),
+        subdivision,
         None if latitude is None else float(latitude),
         None if longitude is None else float(longitude),
         city,

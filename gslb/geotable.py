@@ -21,7 +21,7 @@ import os
 import struct
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,13 @@ from gslb.geo import (
     Location,
     _record_fields,
     _unmap_network,
+    place_fields,
 )
+
+try:  # the record decoder in C (gslb/_mmdbfields.c); optional, like the compiled UDP loop
+    from gslb import _mmdbfields
+except ImportError:  # pragma: no cover - without a C compiler
+    _mmdbfields = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +204,8 @@ def _walk(left: npt.NDArray[np.int64], right: npt.NDArray[np.int64], node_count:
         leaf = ~inner
         out.append((chi[leaf], clo[leaf], np.full(int(leaf.sum()), depth + 1, np.uint8), child[leaf]))
         nodes, hi, lo = child[inner], chi[inner], clo[inner]
+        if len(nodes) > 4 * node_count + 64:  # a valid tree never fans out like this
+            raise GeoError("the search tree points back into itself")
     if len(nodes):  # a tree deeper than the address: treat what is left as full-length leaves
         out.append((hi, lo, np.full(len(nodes), bits, np.uint8), np.full(len(nodes), node_count + _EMPTY)))
     his, los, prefixes, records = (np.concatenate(parts) for parts in zip(*out, strict=True))
@@ -304,19 +312,16 @@ def _compile_database(path: Path) -> tuple[dict[str, np.ndarray], list[Any]]:
         families[6] = (np.zeros(1, np.uint64), np.zeros(1, np.uint64), np.zeros(1, np.uint8),
                        np.array([node_count + _EMPTY], np.int64))
     records = np.unique(np.concatenate([families[4][3], families[6][3]]))
-    data = _Data(buf, tree_size + 16)
+    data_start = tree_size + 16
+    # Record values point into the data section at record - node_count - 16; empty and
+    # alias leaves point before it.
+    positions = records - node_count + tree_size
+    found_fields = _decode(path, buf, data_start, positions[positions >= data_start])
     fields: list[Any] = [None]
     by_fields: dict[Any, int] = {None: 0}
     loc_of = np.zeros(len(records), np.int32)
-    for k, record in enumerate(records.tolist()):
-        offset = record - node_count - 16
-        if offset < 0:  # empty or alias
-            continue
-        try:
-            value = data.value(tree_size + 16 + offset)[0]
-        except (IndexError, ValueError, UnicodeDecodeError) as error:
-            raise GeoError(f"{path}: corrupt data record at {offset}: {error}") from error
-        found = _record_fields(value) if isinstance(value, dict) else None
+    for k in np.flatnonzero(positions >= data_start).tolist():
+        found = next(found_fields)
         index = by_fields.get(found)
         if index is None:
             index = by_fields[found] = len(fields)
@@ -330,6 +335,21 @@ def _compile_database(path: Path) -> tuple[dict[str, np.ndarray], list[Any]]:
         arrays[f"v{version}_prefix"] = prefix
         arrays[f"v{version}_loc"] = loc_of[np.searchsorted(records, record)]
     return arrays, fields
+
+
+def _decode(path: Path, buf: bytes, data_start: int, positions: npt.NDArray[np.int64]) -> Iterator[Any]:
+    """Each record's place fields (gslb.geo.place_fields), in C when the extension is built."""
+    if _mmdbfields is not None:
+        for raw in _mmdbfields.fields(buf, data_start, np.ascontiguousarray(positions, np.int64)):
+            yield None if raw is None else place_fields(*raw)
+        return
+    data = _Data(buf, data_start)
+    for position in positions.tolist():
+        try:
+            value = data.value(position)[0]
+        except (IndexError, ValueError, UnicodeDecodeError) as error:
+            raise GeoError(f"{path}: corrupt data record at {position - data_start}: {error}") from error
+        yield _record_fields(value) if isinstance(value, dict) else None
 
 
 def _digest(path: Path) -> str:

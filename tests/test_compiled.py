@@ -168,3 +168,65 @@ def test_the_compiled_database_is_kept_and_reused(city: Snapshot) -> None:
     for address in ("85.214.0.1", "8.8.8.8", "2003::1", "192.0.2.7"):
         ip = ipaddress.ip_address(address)
         assert second.locate(ip) == first.locate(ip)
+
+
+def _record_positions(path: Path) -> tuple[bytes, int, list[int]]:
+    """The database's bytes, where its data section starts, and the position of every record."""
+    import numpy as np
+
+    from gslb import geotable
+
+    buf = path.read_bytes()
+    with maxminddb.open_database(str(path)) as reader:
+        meta = reader.metadata()
+    left, right = geotable._nodes(buf, meta.node_count, meta.record_size)
+    records = np.unique(np.concatenate((left, right)))
+    tree = meta.node_count * meta.record_size // 4
+    positions = records[records > meta.node_count] - meta.node_count + tree
+    return buf, tree + 16, positions.tolist()
+
+
+@pytest.mark.parametrize("which", ["city", "test"])
+def test_the_c_decoder_reads_records_as_the_python_one(which: str, tmp_path: Path) -> None:
+    from gslb import geotable
+
+    if geotable._mmdbfields is None:
+        pytest.skip("gslb._mmdbfields is not built (no C compiler): the Python decoder is used")
+    import numpy as np
+
+    from tests.mmdb_fixtures import build_test_mmdb
+
+    path = GEOLITE2 if which == "city" else build_test_mmdb(tmp_path / "test.mmdb")
+    buf, start, positions = _record_positions(path)
+    sample = random.Random(5).sample(positions, min(len(positions), 20000))
+    from_c = list(geotable._decode(path, buf, start, np.array(sample, np.int64)))
+    saved, geotable._mmdbfields = geotable._mmdbfields, None
+    try:
+        from_python = list(geotable._decode(path, buf, start, np.array(sample, np.int64)))
+    finally:
+        geotable._mmdbfields = saved
+    assert from_c == from_python
+    assert sum(f is not None for f in from_c) > len(sample) * 0.9
+
+
+def test_the_c_decoder_survives_corrupt_records(tmp_path: Path) -> None:
+    from gslb import geotable
+
+    if geotable._mmdbfields is None:
+        pytest.skip("gslb._mmdbfields is not built (no C compiler)")
+    from tests.mmdb_fixtures import build_test_mmdb
+
+    buf, start, positions = _record_positions(build_test_mmdb(tmp_path / "test.mmdb"))
+    rng = random.Random(9)
+    import numpy as np
+
+    for _ in range(300):
+        data = bytearray(buf)
+        for _ in range(rng.randrange(1, 40)):
+            data[rng.randrange(start, len(data))] = rng.randrange(256)
+        cut = rng.choice([len(data), rng.randrange(start, len(data))])
+        # Positions anywhere, past the end included: every read is bounds-checked.
+        at = np.array([*positions, *(rng.randrange(-5, len(data) + 50) for _ in range(20))], np.int64)
+        out = geotable._mmdbfields.fields(bytes(data[:cut]), start, at)
+        assert len(out) == len(at)
+        assert all(item is None or len(item) == 6 for item in out)
