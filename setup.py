@@ -47,6 +47,14 @@ setup(
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
             optional=True,
         ),
+        # The MMDB record decoder that makes compiling a City database take seconds, not
+        # tens of them (gslb/geotable.py); the same pure-Python decoder stands in without it.
+        Extension(
+            "gslb._mmdbfields",
+            ["gslb/_mmdbfields.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )
