@@ -24,12 +24,14 @@ STATE_FILE = ".gslb-state.json"  # beside the zones unless --state-file says oth
 
 
 def _sources(args: argparse.Namespace) -> Sources:
-    zones = Path(args.zones).resolve()
-    config = Path(args.config).resolve() if args.config else None
-    geodb = Path(args.geodb).resolve() if args.geodb else None
+    # Absolute, not resolved: a symbolic link re-pointed later (a new geo database, a new
+    # zones release) is followed on the next reload.
+    zones = Path(os.path.abspath(args.zones))
+    config = Path(os.path.abspath(args.config)) if args.config else None
+    geodb = Path(os.path.abspath(args.geodb)) if args.geodb else None
     # The compiled geo table is kept beside the state file (by default both beside the zones).
     state_file = getattr(args, "state_file", None)
-    cache = Path(state_file).resolve().parent if state_file else None
+    cache = Path(os.path.abspath(state_file)).parent if state_file else None
     return Sources(zones, config, geodb, cache)
 
 
@@ -39,7 +41,7 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="service config (default: DIR/gslb.toml when it exists)")
     parser.add_argument("--geodb", metavar="FILE",
-                        help="a GeoLite2/GeoIP2/DB-IP .mmdb (default: the embedded geodb/ database)")
+                        help="a GeoLite2/GeoIP2/DB-IP .mmdb (default: the embedded GeoLite2-Country 2018 database)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +197,12 @@ def _serve(args: argparse.Namespace) -> int:
     state_file = Path(args.state_file) if args.state_file else sources.zones / STATE_FILE
     if args.workers < 0:
         print("gslb: --workers must be 0 or more", file=sys.stderr)
+        return 2
+    if args.tcp_max_connections < 1:
+        print("gslb: --tcp-max-connections must be 1 or more", file=sys.stderr)
+        return 2
+    if not args.tcp_idle_timeout > 0:
+        print("gslb: --tcp-idle-timeout must be more than 0 seconds", file=sys.stderr)
         return 2
     try:
         udp_loop(args.udp_loop)

@@ -318,7 +318,7 @@ class GeoDatabase:
         default: Location = _NOWHERE,
         special_in_database: bool = False,
     ) -> None:
-        """Open `path` (None: the embedded geodb/ database).
+        """Open `path` (None: the embedded database in gslb/data/, built by geodb/).
 
         `special_in_database`: look private and other special-purpose addresses up in the
         database instead of sending them to the default (for test databases such as
