@@ -27,8 +27,10 @@ import dns.rdataset
 import dns.rdatatype
 
 from gslb.config import Service
+from gslb.cookies import BADCOOKIE, Cookies, length_ok, shared
 from gslb.policy import Decision, pick
 from gslb.ranks import RankTable
+from gslb.rrl import ALLOW, SLIP, RateLimiter, kind_of
 from gslb.wire import (
     AA,
     BADVERS,
@@ -98,6 +100,7 @@ class Entry:
     udp_key: tuple[bool, int, int] = (False, 0, 0)
     tcp_key: tuple[bool, int, int] = (True, 0, 0)
     answer_key: tuple[str, str] | None = None
+    rrl_kind: int = 0  # gslb.rrl: answer, NXDOMAIN, error or referral
 
 
 def _entry(flags: int, counts: tuple[int, int, int], body: bytes, scoped: bool, rcode: int, qtype: int,
@@ -111,6 +114,7 @@ def _entry(flags: int, counts: tuple[int, int, int], body: bytes, scoped: bool, 
         udp_key=(False, qtype, rcode),
         tcp_key=(True, qtype, rcode),
         answer_key=None if service is None else (service, datacenters[0] if datacenters else ""),
+        rrl_kind=kind_of(struct.pack("!HH", 0, flags) + struct.pack("!HHHH", 1, an, ns, ar)),
     )
 
 
@@ -131,6 +135,8 @@ class Counters:
     latency_sum: float = 0.0
     latency_count: int = 0
     ticks: int = 0  # every query handled
+    rrl_limited: int = 0  # UDP replies over the rate limit (dropped or slipped; counted in log-only mode too)
+    rrl_slipped: int = 0  # of those, sent as a minimal TC (or BADCOOKIE) reply
 
     @property
     def fast(self) -> int:
@@ -165,7 +171,8 @@ class State:
     change only starts a new `picks`, the encoded answers per (question, ranking).
     """
 
-    __slots__ = ("by_resolver", "health", "index", "negative", "picks", "refused", "snapshot", "static")
+    __slots__ = ("by_resolver", "cookies", "health", "index", "negative", "picks", "refused", "rrl", "snapshot",
+                 "static")
     static: dict[bytes, Any]  # question key -> Entry | Steered | UNCACHED
     # NXDOMAIN by (zone origin, question name length, QTYPE): the same bytes for every
     # name of that length, since answers compress only against the zone's own suffix.
@@ -183,6 +190,12 @@ class State:
             self.static, self.negative, self.refused = {}, {}, {}
         # (question key, ranking index) -> Entry, or UNCACHED for answers drawn per query
         self.picks: dict[tuple[bytes, int], Any] = {}
+        # DNS Cookies and rate limiting, None when off ([cookies], [rrl]); the limiter's buckets
+        # belong to the Answerer, handed from State to State (Answerer._limits).
+        settings = snapshot.config.cookies
+        self.cookies: Cookies | None = None if settings is None else shared(settings.secrets,
+                                                                            settings.large_answer_size)
+        self.rrl: RateLimiter | None = None
 
 
 OPT_PLAIN = opt_record(None)
@@ -193,20 +206,30 @@ _ECS_HEAD = struct.Struct("!HHIH")
 class Answerer:
     """Answers queries from the current snapshot and health view."""
 
-    def __init__(self, snapshot: Snapshot, health: HealthView, *, query_log: Callable[..., None] | None = None):
+    def __init__(self, snapshot: Snapshot, health: HealthView, *, query_log: Callable[..., None] | None = None,
+                 processes: int = 1):
         self.counters = Counters()
         self.query_log = query_log
-        self.state = State(snapshot, health)  # answers are picked as first asked
+        self.processes = processes  # answering processes sharing the sockets: each limits rates to its share
+        self.state = self._limits(State(snapshot, health), None)  # answers are picked as first asked
 
     # -- what the rest of the program changes -------------------------------------------------
 
     def set_snapshot(self, snapshot: Snapshot) -> None:
-        self.state = self._prepare(State(snapshot, self.state.health))
+        self.state = self._prepare(self._limits(State(snapshot, self.state.health), self.state))
 
     def set_health(self, health: HealthView) -> None:
         # A new verdict re-picks the steered answers before the new state serves; static
         # and negative answers stay, and nothing is located again.
-        self.state = self._prepare(State(self.state.snapshot, health, self.state))
+        self.state = self._prepare(self._limits(State(self.state.snapshot, health, self.state), self.state))
+
+    def _limits(self, st: State, previous: State | None) -> State:
+        """Give `st` the rate limiter: the previous one (its buckets) while the settings stay."""
+        settings = st.snapshot.config.rrl
+        if settings is not None:
+            old = previous.rrl if previous is not None else None
+            st.rrl = old if old is not None and old.settings == settings else RateLimiter(settings, self.processes)
+        return st
 
     def _prepare(self, st: State) -> State:
         """Pick every ranking's answer of the steered questions known, before `st` serves.
@@ -260,6 +283,8 @@ class Answerer:
                 reply, entry, rcode = self._general(wire, source, tcp)
                 if reply is not None:
                     self._count(reply, entry, rcode, tcp)
+            elif not reply:  # rate limited: nothing is sent
+                reply = None
         except Exception:
             log.exception("unexpected error answering a query from %s", source)
             counters.servfail += 1
@@ -318,6 +343,7 @@ class Answerer:
             return None
         arcount = wire[11]
         ecs = None
+        cookie = None
         do = 0
         if arcount == 0:
             if qend != n:
@@ -332,17 +358,22 @@ class Answerer:
                 return None
             limit = min(max(wire[qend + 3] << 8 | wire[qend + 4], 512), 1232)
             do = wire[qend + 7] & 0x80
-            # Options: ECS at most once; COOKIE, padding, NSID and unknown ones are ignored
-            # (RFC 6891 §6.1.2), as the general path does.
+            # Options: ECS at most once; COOKIE at most once (used when cookies are on);
+            # padding, NSID and unknown ones are ignored (RFC 6891 §6.1.2), as the general path does.
             pos = qend + 11
             while pos < n:
                 end = pos + 4 + (wire[pos + 2] << 8 | wire[pos + 3]) if pos + 4 <= n else n + 1
                 if end > n:
                     return None
-                if wire[pos : pos + 2] == b"\x00\x08":
+                code = wire[pos : pos + 2]
+                if code == b"\x00\x08":
                     if ecs is not None:
                         return None
                     ecs = wire[pos + 4 : end]
+                elif code == b"\x00\x0a":
+                    if cookie is not None and st.cookies is not None:
+                        return None
+                    cookie = wire[pos + 4 : end]
                 pos = end
         if ecs is not None and not _ecs_valid(ecs):
             return None
@@ -367,14 +398,26 @@ class Answerer:
                 return None
             if not entry.scoped:
                 scope = 0
+        # RFC 7873 §5.2: our COOKIE option (the client's cookie and a server cookie) when on.
+        cookies = st.cookies
+        answer_cookie = b""
+        valid = False
+        if cookie is not None and cookies is not None:
+            if source is None or not length_ok(len(cookie)):
+                return None
+            answer_cookie, valid = cookies.answer(source, cookie)
         if ecs is not None:
             option = ecs[:3] + bytes((scope,)) + ecs[4:]
             opt = b"".join((
                 b"\x00\x00\x29\x04\xd0\x00\x00",
                 b"\x80\x00" if do else b"\x00\x00",
-                struct.pack("!HHH", len(option) + 4, 8, len(option)),
+                struct.pack("!HHH", len(option) + 4 + len(answer_cookie), 8, len(option)),
                 option,
+                answer_cookie,
             ))
+        elif answer_cookie:
+            opt = b"".join((b"\x00\x00\x29\x04\xd0\x00\x00", b"\x80\x00" if do else b"\x00\x00",
+                            struct.pack("!H", len(answer_cookie)), answer_cookie))
         elif arcount:
             opt = OPT_DO if do else OPT_PLAIN
         else:
@@ -382,8 +425,15 @@ class Answerer:
         head = entry.head_opt if arcount else entry.head
         flags = entry.flag_bytes[(wire[2] & 0x01) | (wire[3] & 0x10) >> 3]
         reply = b"".join((wire[:2], flags, head, wire[12:qend], entry.body, opt))
-        if not tcp and len(reply) > limit:
-            return None
+        if not tcp:
+            if len(reply) > limit:
+                return None
+            if cookies is not None and cookies.tc_size and not valid and len(reply) > cookies.tc_size:
+                return None  # a large answer without a valid server cookie: the general path sends TC
+            if st.rrl is not None and not valid and source is not None:
+                verdict = st.rrl.check(source, entry.rrl_kind)
+                if verdict != ALLOW:
+                    return self._limited(verdict, reply, qend, opt, answer_cookie)
         counters = self.counters
         try:
             counters.by_key[entry.tcp_key if tcp else entry.udp_key] += 1
@@ -397,8 +447,19 @@ class Answerer:
         return reply
 
     def _general(self, wire: bytes, source: str | None, tcp: bool) -> tuple[bytes | None, Entry | None, int]:
+        st = self.state
+        query: Query | None = None
+        cookie = b""  # our COOKIE option for the reply, when the query had one and cookies are on
+        valid = False  # the query returned a valid server cookie of ours
         try:
-            query = parse_query(wire)
+            query = parse_query(wire, empty=st.cookies is not None)
+            edns = query.edns
+            if st.cookies is not None and edns is not None and edns.cookies and source is not None:
+                if len(edns.cookies) > 1 or not length_ok(len(edns.cookies[0])):
+                    # RFC 7873 §5.2.2: a COOKIE option of a length no cookie has is malformed.
+                    raise FormError(f"COOKIE option of {len(edns.cookies[0])} bytes, or more than one")
+                cookie, valid = st.cookies.answer(source, edns.cookies[0])
+            reply, entry, rcode = self._respond(st, wire, query, source, tcp, cookie, valid)
         except Drop:
             self.counters.dropped += 1
             return None, None, 0
@@ -406,24 +467,71 @@ class Answerer:
             # RFC 1035 §4.1.1 / RFC 6895 §2.2: NOTIMP with the opcode and RD echoed, nothing
             # else, whatever the sections hold (as BIND, Knot and gdnsd answer).
             qid, flags = struct.unpack_from("!HH", wire)
-            return struct.pack("!HHHHHH", qid, QR | (flags & (OPCODE_MASK | RD)) | NOTIMP, 0, 0, 0, 0), None, NOTIMP
+            reply = struct.pack("!HHHHHH", qid, QR | (flags & (OPCODE_MASK | RD)) | NOTIMP, 0, 0, 0, 0)
+            entry, rcode = None, NOTIMP
         except FormError as exc:
             log.debug("FORMERR to %s: %s", source, exc)
             self.counters.formerr += 1
-            return _formerr(wire), None, FORMERR
+            reply = _formerr(wire) if query is None or not query.question else _header_reply(query, FORMERR, aa=False)
+            entry, rcode = None, FORMERR
+        if st.rrl is not None and not tcp and not valid and source is not None and reply is not None:
+            verdict = st.rrl.check(source, kind_of(reply))
+            if verdict != ALLOW:
+                qend = 12 + len(query.question) if query is not None and reply[5] else 12
+                opt = b""
+                if query is not None and query.edns is not None and reply[11]:
+                    subnet = query.edns.client_subnet
+                    opt = opt_record(query.edns, None if subnet is None else 0, cookie=cookie)
+                return self._limited(verdict, reply, qend, opt, cookie) or None, entry, rcode
+        return reply, entry, rcode
+
+    def _respond(self, st: State, wire: bytes, query: Query, source: str | None, tcp: bool, cookie: bytes,
+                 valid: bool) -> tuple[bytes, Entry | None, int]:
+        """The general path's reply to a parsed query, with our COOKIE option `cookie` when not empty."""
         edns = query.edns
+        if not query.question:
+            if not cookie:
+                raise FormError("0 questions")
+            assert edns is not None
+            # RFC 7873 §5.4: a query for our server cookie. BADCOOKIE if it sent one we do not accept.
+            rcode = BADCOOKIE if len(edns.cookies[0]) > 8 and not valid else 0
+            flags = QR | (query.flags & (OPCODE_MASK | RD | CD)) | (rcode & 0xF)
+            opt = opt_record(edns, extended_rcode=rcode >> 4, cookie=cookie)
+            return struct.pack("!HHHHHH", query.id, flags, 0, 0, 0, 1) + opt, None, rcode
         if edns is not None and edns.version > 0:
             # RFC 6891 §6.1.3: BADVERS, with the highest version we do (0).
             return _header_reply(query, BADVERS & 0xF, aa=False, extended_rcode=BADVERS >> 4), None, BADVERS
         if query.qtype == TYPE_OPT or (query.qtype in _META_TYPES and query.qtype not in (TYPE_AXFR, TYPE_IXFR)):
             self.counters.formerr += 1
-            return _header_reply(query, FORMERR, aa=False), None, FORMERR
+            return _header_reply(query, FORMERR, aa=False, cookie=cookie), None, FORMERR
         if query.qclass != CLASS_IN or query.qtype in (TYPE_AXFR, TYPE_IXFR):
             # Zone transfers are not offered; other classes are not served.
             self.counters.refused += 1
-            return _header_reply(query, REFUSED, aa=False), None, REFUSED
-        entry, scope = self._resolve(self.state, query, source)
-        return self._assemble(query, entry, scope, tcp), entry, entry.rcode
+            return _header_reply(query, REFUSED, aa=False, cookie=cookie), None, REFUSED
+        entry, scope = self._resolve(st, query, source)
+        cookies = st.cookies
+        tc_size = cookies.tc_size if cookies is not None and not valid else 0
+        return self._assemble(query, entry, scope, tcp, cookie, tc_size), entry, entry.rcode
+
+    def _limited(self, verdict: int, reply: bytes, qend: int, opt: bytes, cookie: bytes) -> bytes:
+        """A reply over the rate limit: b"" (send nothing) or, for a SLIP, a minimal one.
+
+        The slipped reply has no records and TC set, so a real client behind a limited
+        network retries over TCP, which is never limited; one that does cookies gets
+        BADCOOKIE with our cookie instead (RFC 7873 §5.2.3) and comes back with it, exempt.
+        """
+        counters = self.counters
+        counters.rrl_limited += 1
+        if verdict != SLIP:
+            return b""
+        counters.rrl_slipped += 1
+        if cookie:
+            flags = bytes((reply[2] & ~0x04 & 0xFF, (reply[3] & 0xF0) | (BADCOOKIE & 0xF)))
+            opt = opt[:5] + bytes((BADCOOKIE >> 4,)) + opt[6:]
+        else:
+            flags = bytes((reply[2] | 0x02, reply[3]))  # TC
+        counts = b"\x00\x00\x00\x00\x00\x01" if opt else b"\x00\x00\x00\x00\x00\x00"
+        return b"".join((reply[:2], flags, reply[4:6], counts, reply[12:qend], opt))
 
     def _resolve(self, st: State, query: Query, source: str | None) -> tuple[Entry, int]:
         """The entry answering the question and the ECS scope to return; cache what can be reused."""
@@ -465,16 +573,21 @@ class Answerer:
         return pick(steered.service, st.snapshot.config.datacenters, steered.ranks.rankings[rank], st.health,
                     steered.family)
 
-    def _assemble(self, query: Query, entry: Entry, scope: int, tcp: bool) -> bytes:
-        """The reply bytes; the fast path builds the very same, inline."""
+    def _assemble(self, query: Query, entry: Entry, scope: int, tcp: bool, cookie: bytes = b"",
+                  tc_size: int = 0) -> bytes:
+        """The reply bytes; the fast path builds the very same, inline.
+
+        `tc_size` > 0: a UDP reply larger than that is truncated too (large answers need a
+        valid server cookie, [cookies] large_answers_need_cookie).
+        """
         wire_flags = _flag_bytes(entry.flags, query.flags)
         edns = query.edns
         if edns is None:
             head, opt = entry.head, b""
         else:
-            head, opt = entry.head_opt, opt_record(edns, scope if edns.client_subnet else None)
+            head, opt = entry.head_opt, opt_record(edns, scope if edns.client_subnet else None, cookie=cookie)
         reply = b"".join((struct.pack("!H", query.id), wire_flags, head, query.question, entry.body, opt))
-        if not tcp and len(reply) > udp_limit(edns):
+        if not tcp and (len(reply) > udp_limit(edns) or 0 < tc_size < len(reply)):
             self.counters.truncated += 1
             return _truncated(query, entry, udp_limit(edns), opt)
         return reply
@@ -608,10 +721,10 @@ def _truncated(query: Query, entry: Entry, limit: int, opt: bytes) -> bytes:
     return b"".join((struct.pack("!H", query.id), flags, counts, query.question, opt))
 
 
-def _header_reply(query: Query, rcode: int, *, aa: bool, extended_rcode: int = 0) -> bytes:
+def _header_reply(query: Query, rcode: int, *, aa: bool, extended_rcode: int = 0, cookie: bytes = b"") -> bytes:
     """A reply with the question echoed and no records: NOTIMP, BADVERS, FORMERR, REFUSED."""
     flags = QR | (query.flags & (OPCODE_MASK | RD | CD)) | (AA if aa else 0) | rcode
-    opt = b"" if query.edns is None else opt_record(query.edns, extended_rcode=extended_rcode)
+    opt = b"" if query.edns is None else opt_record(query.edns, extended_rcode=extended_rcode, cookie=cookie)
     counts = struct.pack("!HHHH", 1, 0, 0, 1 if opt else 0)
     return b"".join((struct.pack("!HH", query.id, flags), counts, query.question, opt))
 

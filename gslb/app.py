@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gslb.answer import Answerer, Counters
+from gslb.cookies import shared as shared_cookies
 from gslb.health import HealthMonitor, HealthView
 from gslb.inputs import Inputs
 from gslb.logs import QueryLog
@@ -141,6 +142,8 @@ class Control:
             on_probe=self.metrics.probed,
         )
         self.reloads = {"ok": 0, "failed": 0}
+        if snapshot.config.cookies is not None:  # made before workers fork: they share the secret, one log line
+            shared_cookies(snapshot.config.cookies.secrets, snapshot.config.cookies.large_answer_size)
         self.last_reload_error: list[str] = []
         self.bound: list[ListenAddress] = []
         self.started = time.time()
@@ -300,7 +303,7 @@ class Worker:
     """
 
     def __init__(self, snapshot: Snapshot, options: Options, listeners: list[Listener], control: Connection):
-        self.answerer = Answerer(snapshot, HealthView())
+        self.answerer = Answerer(snapshot, HealthView(), processes=options.workers)  # each limits rates to its share
         if options.query_log > 0:  # each worker logs a sample of its own queries
             self.answerer.query_log = QueryLog(self.answerer, options.query_log)
         self.listeners = listeners

@@ -79,6 +79,21 @@ One TOML file (``zones/gslb.toml`` by default) with four tables, all optional::
     order = ["us", "eu"]  # first healthy wins (default: datacenters; members left out follow
                           # in datacenters order)
 
+    [cookies]             # DNS Cookies (RFC 7873, RFC 9018 server cookies); without it: ignored
+    secret_file = "cookie.key"   # 32 hex digits a line, relative to this file; the first makes
+                          # cookies, further lines (a rotation's old or next secret) are accepted
+                          # too; without it a random secret per process start
+    large_answers_need_cookie = false   # true: UDP replies over large_answer_size to a query
+    large_answer_size = 512             # without a valid server cookie get TC (retry over TCP)
+
+    [rrl]                 # response rate limiting, per client network and kind; off without it
+    rate = 20             # replies a second per network and kind (answer, NXDOMAIN, error, referral)
+    window = 1            # seconds of replies a quiet network may send at once (burst rate * window)
+    slip = 2              # every slip-th limited reply goes out truncated (TC); 0: drop all
+    exempt = ["192.0.2.0/24"]   # networks never limited
+    log_only = false      # true: count and log what would be limited, limit nothing
+    ipv4_prefix = 24      # the network a client counts in (1-32; 1-128 for ipv6_prefix = 56)
+
 Policies (see gslb.policy): "nearest" ranks members by great-circle distance from the client
 plus bias_km; "geo" takes the order of the most specific matching map rule (precedence: cidr,
 longest prefix first, then subdivision, country, continent; file order does not matter);
@@ -108,6 +123,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
+from gslb import inputs
 from gslb.geo import IPAddress, IPNetwork, Location
 from gslb.health import Check, Target
 
@@ -118,9 +134,11 @@ __all__ = [
     "POLICIES",
     "Config",
     "ConfigError",
+    "CookieSettings",
     "DataCenter",
     "GeoRule",
     "Problem",
+    "RrlSettings",
     "Service",
     "empty",
     "load",
@@ -347,6 +365,28 @@ class Service:
 
 
 @dataclass(frozen=True, slots=True)
+class CookieSettings:
+    """[cookies]: answer DNS Cookies (RFC 7873) with RFC 9018 server cookies."""
+
+    secrets: tuple[bytes, ...] | None = field(default=None, repr=False)  # None: random per process
+    secret_file: str | None = None
+    large_answer_size: int = 0  # > 0: larger UDP replies need a valid server cookie, else TC
+
+
+@dataclass(frozen=True, slots=True)
+class RrlSettings:
+    """[rrl]: response rate limiting per client network and kind of reply (UDP only)."""
+
+    rate: int = 20  # replies a second per (network, kind)
+    window: float = 1.0  # seconds of credit: a bucket holds rate * window replies
+    slip: int = 2  # every slip-th limited reply is sent truncated; 0: none
+    exempt: tuple[IPNetwork, ...] = ()
+    log_only: bool = False
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 56
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the configuration file says, validated."""
 
@@ -361,6 +401,8 @@ class Config:
     # MMDB that maps your own networks) instead of sending them to the default.
     private_in_database: bool = False
     default_location: Location = field(default_factory=Location)
+    cookies: CookieSettings | None = None  # [cookies]; None: COOKIE options ignored
+    rrl: RrlSettings | None = None  # [rrl]; None: no rate limiting
 
     def targets(self) -> tuple[Target, ...]:
         """What the prober must watch: one target per data center with a check."""
@@ -610,6 +652,10 @@ _SERVICE_KEYS: Final = (
     "default", "order",
 )  # fmt: skip
 _RULE_KEYS: Final = ("match", "order")
+_COOKIE_KEYS: Final = ("enabled", "secret_file", "large_answers_need_cookie", "large_answer_size")
+_RRL_KEYS: Final = ("enabled", "rate", "window", "slip", "exempt", "log_only", "ipv4_prefix", "ipv6_prefix")
+_SECRET: Final = re.compile(r"[0-9A-Fa-f]{32}")
+MAX_SECRETS: Final = 3
 _EXPECT_STATUS: Final[tuple[int, ...]] = (200,)
 _NO_ADDRESSES: Final[tuple[IPAddress, ...]] = ()
 
@@ -874,7 +920,7 @@ class _Loader:
     # -- sections
 
     def config(self, document: dict[str, Any]) -> Config:
-        root = self.table(document, (), ("geo", "checks", "datacenters", "services"))
+        root = self.table(document, (), ("geo", "checks", "datacenters", "services", "cookies", "rrl"))
         assert root is not None
         no_ecs, private_in_database, default_location, overrides = self.geo(root.get("geo", {}))
         checks = self.checks(root.get("checks", {}))
@@ -889,7 +935,78 @@ class _Loader:
             no_ecs=no_ecs,
             private_in_database=private_in_database,
             default_location=default_location,
+            cookies=self.cookies(root["cookies"]) if "cookies" in root else None,
+            rrl=self.rrl(root["rrl"]) if "rrl" in root else None,
         )
+
+    def cookies(self, value: Any) -> CookieSettings | None:
+        key: KeyPath = ("cookies",)
+        table = self.table(value, key, _COOKIE_KEYS)
+        if table is None or not self.get(table, (*key, "enabled"), self.boolean, True):
+            return None
+        secret_file = self.get(table, (*key, "secret_file"), self.file)
+        secrets = None if secret_file is None else self.secrets(Path(secret_file), (*key, "secret_file"))
+        need = self.get(table, (*key, "large_answers_need_cookie"), self.boolean, False)
+        size = self.get(table, (*key, "large_answer_size"), self.integer(64, 65535), 512)
+        if "large_answer_size" in table and need is False:
+            self.error((*key, "large_answer_size"), "only used with large_answers_need_cookie = true")
+        if (secret_file is not None and secrets is None) or size is None:
+            return None
+        return CookieSettings(secrets, secret_file, size if need else 0)
+
+    def secrets(self, path: Path, key: KeyPath) -> tuple[bytes, ...] | None:
+        """The secrets in a cookie secret file: 32 hex digits a line; blank lines and # comments skipped."""
+        inputs.read(path)  # a rotation is a reload
+        try:
+            text = path.read_text("ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            self.error(key, f"{str(path)!r}: cannot read: {getattr(e, 'strerror', None) or e}")
+            return None
+        secrets: list[bytes] = []
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if not _SECRET.fullmatch(line):
+                self.error(key, f"{str(path)!r} line {number}: expected 32 hex digits (16 bytes, e.g. from "
+                                f"'openssl rand -hex 16'), got {len(line)} characters")
+                return None
+            secrets.append(bytes.fromhex(line))
+        if not secrets:
+            self.error(key, f"{str(path)!r}: no secret in the file")
+            return None
+        if len(secrets) > MAX_SECRETS:
+            self.error(key, f"{str(path)!r}: {len(secrets)} secrets; at most {MAX_SECRETS} "
+                            "(the current one first, then those still accepted)")
+            return None
+        return tuple(secrets)
+
+    def rrl(self, value: Any) -> RrlSettings | None:
+        key: KeyPath = ("rrl",)
+        table = self.table(value, key, _RRL_KEYS)
+        if table is None or not self.get(table, (*key, "enabled"), self.boolean, True):
+            return None
+        before = len(self.problems)
+        rate = self.get(table, (*key, "rate"), self.integer(1, 1_000_000), 20)
+        window = self.get(table, (*key, "window"), self.number(1, 3600), 1.0)
+        slip = self.get(table, (*key, "slip"), self.integer(0, 10), 2)
+        log_only = self.get(table, (*key, "log_only"), self.boolean, False)
+        ipv4_prefix = self.get(table, (*key, "ipv4_prefix"), self.integer(1, 32), 24)
+        ipv6_prefix = self.get(table, (*key, "ipv6_prefix"), self.integer(1, 128), 56)
+        exempt: list[IPNetwork] = []
+        items: list[Any] = self.get(table, (*key, "exempt"), self.array_or_empty, []) or []
+        for i, item in enumerate(items):
+            network = self.network(item, (*key, "exempt", i))
+            if network is not None:
+                exempt.append(network)
+        if len(self.problems) > before:
+            return None
+        assert rate is not None and window is not None and slip is not None and log_only is not None
+        assert ipv4_prefix is not None and ipv6_prefix is not None
+        return RrlSettings(rate, float(window), slip, tuple(exempt), log_only, ipv4_prefix, ipv6_prefix)
+
+    def array_or_empty(self, value: Any, key: KeyPath) -> list[Any] | None:
+        return self.array(value, key, nonempty=False)
 
     def geo(self, value: Any) -> tuple[str, bool, Location, tuple[tuple[IPNetwork, Location], ...]]:
         key: KeyPath = ("geo",)

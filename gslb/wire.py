@@ -25,6 +25,7 @@ TYPE_DS, TYPE_IXFR, TYPE_AXFR, TYPE_ANY = 43, 251, 252, 255
 CLASS_IN = 1
 
 OPTION_ECS = 8  # RFC 7871
+OPTION_COOKIE = 10  # RFC 7873
 ECS_FAMILY_BITS = {1: 32, 2: 128}
 
 # The payload size we advertise and cap UDP replies at (DNS flag day 2020: 1232 avoids
@@ -76,6 +77,7 @@ class Edns:
     version: int
     dnssec_ok: bool
     client_subnet: ClientSubnet | None
+    cookies: tuple[bytes, ...] = ()  # the data of each COOKIE option, as sent (RFC 7873)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ def _parse_opt(wire: bytes, offset: int, end: int, ttl: int, payload: int) -> Ed
     version = (ttl >> 16) & 0xFF
     dnssec_ok = bool(ttl & 0x8000)
     client_subnet = None
+    cookies: tuple[bytes, ...] = ()
     pos = offset
     while pos < end:
         if pos + 4 > end:
@@ -136,9 +139,11 @@ def _parse_opt(wire: bytes, offset: int, end: int, ttl: int, payload: int) -> Ed
             if client_subnet is not None:
                 raise FormError("more than one Client Subnet option")
             client_subnet = _parse_ecs(wire[pos : pos + length])
+        elif code == OPTION_COOKIE and version == 0:
+            cookies = (*cookies, wire[pos : pos + length])  # judged where cookies are answered
         # Unknown options are ignored and never echoed (RFC 6891 §6.1.2).
         pos += length
-    return Edns(max(payload, MIN_UDP_PAYLOAD), version, dnssec_ok, client_subnet)
+    return Edns(max(payload, MIN_UDP_PAYLOAD), version, dnssec_ok, client_subnet, cookies)
 
 
 def _parse_ecs(data: bytes) -> ClientSubnet:
@@ -161,8 +166,12 @@ def _parse_ecs(data: bytes) -> ClientSubnet:
     return ClientSubnet(family, source, address)
 
 
-def parse_query(wire: bytes) -> Query:
-    """Parse a query; raise Drop or FormError (with the header readable) when malformed."""
+def parse_query(wire: bytes, *, empty: bool = False) -> Query:
+    """Parse a query; raise Drop or FormError (with the header readable) when malformed.
+
+    `empty`: a query without a question is parsed too (labels and question empty, QTYPE and
+    QCLASS 0): with cookies on, it asks for a server cookie (RFC 7873 §5.4).
+    """
     if len(wire) < 12:
         raise Drop("shorter than a DNS header")
     qid, flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!6H", wire)
@@ -171,13 +180,17 @@ def parse_query(wire: bytes) -> Query:
     if flags & OPCODE_MASK:
         # Decided before anything about the question: a NOTIFY or UPDATE may have none.
         raise NotImp(f"opcode {(flags & OPCODE_MASK) >> 11}")
-    if qdcount != 1:
+    labels: tuple[bytes, ...] = ()
+    if qdcount == 0 and empty:
+        pos, qtype, qclass = 12, 0, 0
+    elif qdcount != 1:
         raise FormError(f"{qdcount} questions")
-    labels, pos = read_name(wire, 12)
-    if pos + 4 > len(wire):
-        raise FormError("question runs past the end of the message")
-    qtype, qclass = struct.unpack_from("!HH", wire, pos)
-    pos += 4
+    else:
+        labels, pos = read_name(wire, 12)
+        if pos + 4 > len(wire):
+            raise FormError("question runs past the end of the message")
+        qtype, qclass = struct.unpack_from("!HH", wire, pos)
+        pos += 4
     question = wire[12:pos]
     if ancount or nscount:
         raise FormError("a query with answer or authority records")
@@ -223,16 +236,18 @@ def _skip_name(wire: bytes, offset: int) -> tuple[int, int]:
         offset += 1 + length
 
 
-def opt_record(edns: Edns | None, scope: int | None = None, extended_rcode: int = 0) -> bytes:
+def opt_record(edns: Edns | None, scope: int | None = None, extended_rcode: int = 0, cookie: bytes = b"") -> bytes:
     """Our OPT record for a reply to a query that carried `edns`.
 
-    Version 0, our payload size, DO copied (RFC 3225), unknown flags cleared, and the
-    Client Subnet echoed with `scope` when the query had one (RFC 7871 §7.2.1).
+    Version 0, our payload size, DO copied (RFC 3225), unknown flags cleared, the Client
+    Subnet echoed with `scope` when the query had one (RFC 7871 §7.2.1), then `cookie`
+    (our whole COOKIE option, RFC 7873 §5.2, or nothing).
     """
     ttl = (extended_rcode << 24) | (0x8000 if edns is not None and edns.dnssec_ok else 0)
     options = b""
     if edns is not None and edns.client_subnet is not None and scope is not None:
         options = edns.client_subnet.option(scope)
+    options += cookie
     return b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_PAYLOAD, ttl, len(options)) + options
 
 

@@ -14,6 +14,7 @@ import dns.message
 import maxminddb
 import pytest
 
+from gslb import cookies as cookie_module
 from gslb.answer import Answerer
 from gslb.health import HealthView, Status
 from gslb.snapshot import Snapshot, Sources, build
@@ -137,6 +138,48 @@ def test_fast_and_general_paths_agree(snapshot: Snapshot, down: set[str]) -> Non
             fresh += 1
             assert fast == general, dns.message.from_wire(wire).to_text()
     assert fresh > 150, fresh
+
+
+@pytest.fixture(scope="module")
+def cookie_snapshot(tmp_path_factory: pytest.TempPathFactory, snapshot: Snapshot) -> Snapshot:
+    """The same zones and database with DNS Cookies on ([cookies] and a secret file)."""
+    directory = tmp_path_factory.mktemp("cookies")
+    (directory / "cookie.key").write_text("00112233445566778899aabbccddeeff\n")
+    config = directory / "gslb.toml"
+    config.write_text((EXAMPLE_ZONES / "gslb.toml").read_text() + '\n[cookies]\nsecret_file = "cookie.key"\n')
+    assert snapshot.geo.path is not None
+    return build(Sources(EXAMPLE_ZONES, config=config, geodb=Path(snapshot.geo.path)))
+
+
+def test_fast_and_general_paths_agree_with_cookies_on(cookie_snapshot: Snapshot,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server cookie is stamped in seconds: a pinned clock keeps the fresh answerer's equal.
+    monkeypatch.setattr(cookie_module, "clock", lambda: 1_700_000_000)
+    rng = random.Random(7873)
+    warm = Answerer(cookie_snapshot, HealthView())
+    cookies = warm.state.cookies
+    assert cookies is not None
+    fast_hits = with_cookie = 0
+    for _ in range(4000):
+        source = rng.choice(SOURCES)
+        message = dns.message.from_wire(_query(rng))
+        if message.edns >= 0 and rng.random() < 0.5:  # a valid server cookie of ours, young or older
+            client = rng.randbytes(8)
+            made = cookies.make(client, ipaddress.ip_address(source).packed, 1_700_000_000 - rng.choice([5, 2000]))
+            options = [o for o in message.options if o.otype != dns.edns.OptionType.COOKIE]
+            message.use_edns(0, message.ednsflags, message.payload, options=[
+                *options, dns.edns.GenericOption(dns.edns.OptionType.COOKIE, client + made)])
+        wire = message.to_wire()
+        tcp = rng.random() < 0.2
+        first = warm.handle(wire, source, tcp)
+        fast = warm._fast(wire, source, tcp)
+        if fast is None:
+            continue
+        fast_hits += 1
+        with_cookie += b"\x00\x0a\x00\x18" in fast
+        general = Answerer(cookie_snapshot, HealthView())._general(wire, source, tcp)[0]
+        assert fast == general == first, (dns.message.from_wire(wire).to_text(), source, tcp)
+    assert fast_hits > 2000 and with_cookie > 800, (fast_hits, with_cookie)
 
 
 def test_health_changes_during_a_run_keep_the_paths_equal(snapshot: Snapshot) -> None:
