@@ -20,9 +20,11 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 
 #ifndef GSLB_FASTUDP_SOURCE
@@ -31,6 +33,7 @@
 
 #define BATCH 64           /* datagrams per recvmmsg/sendmmsg */
 #define RECV_SIZE 4096     /* as the Python loop: a query never needs more */
+#define WAKE_SECONDS 0.5   /* server.UDP_WAKE: how often a waiting loop checks whether to stop */
 #define REPLY_MAX 1232     /* a reply built here never exceeds the largest UDP limit */
 #define OPT_HEAD 11        /* our OPT RR without options */
 #define SAMPLE_MASK 63     /* gslb.answer.LATENCY_SAMPLE_MASK */
@@ -45,7 +48,8 @@ typedef unsigned __int128 u128;
 static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_picks, *s_by_resolver,
     *s_counters, *s_ticks, *s_by_key, *s_by_answer, *s_query_log, *s_flag_bytes, *s_head, *s_head_opt, *s_body,
     *s_scoped, *s_udp_key, *s_answer_key, *s_ranks, *s_starts4, *s_ranks4, *s_starts6_hi, *s_starts6_lo,
-    *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe;
+    *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe,
+    *s_cookies, *s_rrl;
 
 static PyObject *EntryType;    /* gslb.answer.Entry */
 static PyObject *SteeredType;  /* gslb.answer.Steered: a service's question in State.static */
@@ -54,6 +58,7 @@ static int intern_names(void) {
 #define NAME(var, text) if (!(var = PyUnicode_InternFromString(text))) return -1;
     NAME(s_state, "state") NAME(s_static, "static") NAME(s_negative, "negative") NAME(s_refused, "refused")
     NAME(s_index, "index") NAME(s_picks, "picks") NAME(s_by_resolver, "by_resolver")
+    NAME(s_cookies, "cookies") NAME(s_rrl, "rrl")
     NAME(s_counters, "counters") NAME(s_ticks, "ticks") NAME(s_by_key, "by_key") NAME(s_by_answer, "by_answer")
     NAME(s_query_log, "query_log") NAME(s_flag_bytes, "flag_bytes") NAME(s_head, "head")
     NAME(s_head_opt, "head_opt") NAME(s_body, "body") NAME(s_scoped, "scoped")
@@ -117,6 +122,7 @@ static void info_release(Info *info) {
 typedef struct {
     PyObject *answerer, *state, *statics, *negative, *refused, *index, *picks, *counters, *by_key, *by_answer;
     int by_resolver;
+    int cookies;        /* state.cookies is not None: a query with a COOKIE option goes to Python */
     int disabled;       /* 1: answer nothing here (query log on, or the tables unreadable) */
     long long ticks;    /* counters.ticks, kept here during a batch and written back */
     int ticks_dirty;
@@ -197,6 +203,18 @@ static void ctx_open(Ctx *c, PyObject *answerer) {
     Py_DECREF(by_resolver);
     if (c->by_resolver < 0)
         goto fail;
+    /* DNS Cookies and rate limiting are Python's (fastpath-spec.md): with state.rrl set every
+     * packet goes there, with state.cookies set those with a COOKIE option. No such attribute: off. */
+    PyObject *rrl = PyObject_GetAttr(c->state, s_rrl);
+    PyErr_Clear();
+    PyObject *cookies = PyObject_GetAttr(c->state, s_cookies);
+    PyErr_Clear();
+    int limited = rrl != NULL && rrl != Py_None;
+    c->cookies = cookies != NULL && cookies != Py_None;
+    Py_XDECREF(rrl);
+    Py_XDECREF(cookies);
+    if (limited)
+        return;
     if (load_types() < 0 || ctx_read_ticks(c) < 0)
         goto fail;
     c->disabled = 0;
@@ -572,6 +590,8 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
                 return 0;
             Py_ssize_t code = w[pos] << 8 | w[pos + 1], olen = w[pos + 2] << 8 | w[pos + 3];
             if (pos + 4 + olen > n)
+                return 0;
+            if (code == 10 && c->cookies)
                 return 0;
             if (code == 8) {
                 if (ecs >= 0)
@@ -949,6 +969,15 @@ static PyObject *Loop_run(LoopObject *self, PyObject *Py_UNUSED(ignored)) {
         return PyErr_NoMemory();
     self->running = 1;
     PyObject *result = Py_None;
+    /* A blocking receive that gives up now and then, so that stop() is noticed: gslb's sockets
+     * come with one (server.udp_socket); give any other socket one too. */
+    struct timeval wake;
+    socklen_t wake_len = sizeof(wake);
+    if (getsockopt(self->fd, SOL_SOCKET, SO_RCVTIMEO, &wake, &wake_len) == 0 && wake.tv_sec == 0 &&
+        wake.tv_usec == 0) {
+        wake.tv_usec = (suseconds_t)(WAKE_SECONDS * 1e6);
+        setsockopt(self->fd, SOL_SOCKET, SO_RCVTIMEO, &wake, sizeof(wake));
+    }
     while (!self->stopping) {
         for (int k = 0; k < BATCH; k++) {
             b->in_iov[k].iov_base = b->bufs[k];
@@ -960,9 +989,16 @@ static PyObject *Loop_run(LoopObject *self, PyObject *Py_UNUSED(ignored)) {
             b->in[k].msg_hdr.msg_iovlen = 1;
         }
         int got, err;
+        double started = now();
         Py_BEGIN_ALLOW_THREADS
         got = recvmmsg(self->fd, b->in, BATCH, MSG_WAITFORONE, NULL);
         err = errno;
+        if (got < 0 && (err == EAGAIN || err == EWOULDBLOCK) && now() - started < WAKE_SECONDS / 10) {
+            /* At once, not after the wake-up timeout: the socket is non-blocking (a flag its
+             * other users share). Wait here instead of spinning. */
+            struct pollfd pfd = {.fd = self->fd, .events = POLLIN};
+            poll(&pfd, 1, (int)(WAKE_SECONDS * 1000));
+        }
         Py_END_ALLOW_THREADS
         if (got < 0) {
             if (self->stopping)

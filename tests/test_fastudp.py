@@ -15,6 +15,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -301,6 +302,31 @@ def test_stop_is_noticed_while_idle(snapshot: Snapshot) -> None:
     server.stop()
     assert time.monotonic() - started < 1.5
     assert not server._thread.is_alive()
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_the_loop_wakes_on_any_socket(snapshot: Snapshot, blocking: bool) -> None:
+    """A socket without gslb's receive timeout, or a non-blocking one: stop() is noticed, nothing spins."""
+    answerer = Answerer(snapshot, HealthView())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(blocking)
+    loop = _fastudp.Loop(sock.fileno(), answerer, answerer.handle)
+    thread = threading.Thread(target=loop.run)
+    started, idle = time.monotonic(), time.process_time()
+    thread.start()
+    try:
+        wire = dns.message.make_query("static.example.com.", "A").to_wire()
+        got = _exchange(sock.getsockname()[1], [wire])
+        assert got[struct.unpack_from("!H", wire)[0]][3] & 0x0F == dns.rcode.NOERROR
+        time.sleep(0.6)  # idle: the loop waits, it does not spin
+    finally:
+        loop.stop()
+        thread.join(timeout=3)
+        sock.close()
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 2.5
+    assert time.process_time() - idle < 0.4, "the idle loop used the CPU"
 
 
 def _zones_with_a_big_name(tmp_path: Path) -> Path:
