@@ -478,8 +478,11 @@ class Perf:
     rcodes: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     error: str = ""
+    percentiles: dict[float, float] = field(default_factory=dict)  # ms, when the sender computed them
 
     def pct(self, q: float) -> float:
+        if q in self.percentiles:
+            return self.percentiles[q]
         if not self.latencies:
             return math.nan
         v = sorted(self.latencies)
@@ -512,10 +515,52 @@ def parse_dnsperf(text: str) -> Perf:
     return p
 
 
+def parse_blast(text: str) -> Perf:
+    """blast.c's "key value" lines."""
+    kv = dict(line.split(None, 1) for line in text.splitlines() if " " in line)
+
+    def num(key: str) -> float:
+        try:
+            return float(kv.get(key, "nan"))
+        except ValueError:
+            return math.nan
+
+    if "qps" not in kv:
+        return Perf(error=text[-800:])
+    return Perf(
+        sent=int(num("sent")),
+        completed=int(num("completed")),
+        lost=int(num("lost")),
+        qps=num("qps"),
+        avg_ms=num("avg_ms"),
+        max_ms=num("max_ms"),
+        runtime=num("runtime"),
+        rcodes={k: int(v) for k, v in (x.split(":") for x in kv.get("rcodes", "").split())},
+        percentiles={50: num("p50_ms"), 99: num("p99_ms"), 99.9: num("p999_ms")},
+    )
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, qdir: Path):
         self.args = args
         self.qdir = qdir
+        self.blast_path: Path | None = None  # the compiled blast.c, for send(sender="blast")
+
+    def blast(
+        self, port: int, extra: list[str], *, seconds: float | None, rate: int | None = None, outstanding: int = 100
+    ) -> Perf:
+        """blast.c: batched sends and receives; `extra` names the file (-f) and passes (-n)."""
+        assert self.blast_path is not None
+        cmd = ["taskset", "-c", str(self.args.client_cpu), str(self.blast_path), "-s", "127.0.0.1"]
+        cmd += ["-p", str(port), "-q", str(outstanding), "-c", str(UDP_CLIENTS), "-l", f"{seconds or 60:g}", *extra]
+        if rate:
+            cmd += ["-Q", str(int(rate))]
+        limit = (seconds or 60) + 60
+        try:
+            r = subprocess.run(cmd, cwd=self.qdir, capture_output=True, text=True, timeout=limit, check=False)
+        except subprocess.TimeoutExpired:
+            return Perf(error=f"blast did not finish within {limit:.0f} s")
+        return parse_blast(r.stdout + r.stderr)
 
     def dnsperf(
         self,
@@ -799,6 +844,8 @@ class Runner:
         expect_rcode: str | None = None,
         during: Any = None,
         open_loop: bool = False,
+        sender: str = "dnsperf",
+        outstanding: int | None = None,
     ) -> dict[str, Any]:
         pids = tree(s.pid)
         ld = load1()
@@ -808,15 +855,18 @@ class Runner:
         t0 = time.monotonic()
         # open_loop: a fixed rate that dnsperf keeps up even when answers stall (as resolvers
         # do), so a stalled server loses queries instead of silently slowing the client down.
-        perf = self.bench.dnsperf(
-            s.port,
-            extra,
-            seconds=seconds,
-            rate=rate,
-            verbose=verbose,
-            during=during,
-            outstanding=OPEN_LOOP_OUTSTANDING if open_loop else 100,
-        )
+        window = outstanding or (OPEN_LOOP_OUTSTANDING if open_loop else 100)
+        if sender == "blast":
+            worker = threading.Thread(target=during, daemon=True) if during is not None else None
+            if worker is not None:
+                worker.start()
+            perf = self.bench.blast(s.port, extra, seconds=seconds, rate=rate, outstanding=window)
+            if worker is not None:
+                worker.join(timeout=30)
+        else:
+            perf = self.bench.dnsperf(
+                s.port, extra, seconds=seconds, rate=rate, verbose=verbose, during=during, outstanding=window
+            )
         t1 = time.monotonic()
         b1 = cpu_busy()
         d1, e1 = udp_drops(s.port), rcvbuf_errors()
