@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gslb.answer import Answerer, Counters
+from gslb.cluster import Cluster, default_instance
 from gslb.cookies import shared as shared_cookies
 from gslb.health import HealthMonitor, HealthView
 from gslb.inputs import Inputs
@@ -69,6 +70,8 @@ class Options:
     token: str | None = field(default=None, repr=False)  # for admin actions; None: refused
     query_log: float = 0.0  # share of queries logged (gslb.query); 0: off
     udp_loop: str = "auto"  # auto | compiled | python (see server.udp_loop)
+    instance: str | None = None  # this instance's name in [cluster]; None: host name and DNS port
+    probe_source: str | None = None  # the local address probes are sent from; None: the system's choice
 
 
 @dataclass
@@ -139,8 +142,10 @@ class Control:
         self.metrics = Metrics(self)
         self.monitor = HealthMonitor(
             snapshot.config.targets(), state_file=options.state_file, on_change=self.health_changed,
-            on_probe=self.metrics.probed,
+            on_probe=self.metrics.probed, probe_source=options.probe_source,
         )
+        self.cluster: Cluster | None = None  # with [cluster], once serving
+        self._cluster_task: asyncio.Task[None] | None = None
         self.reloads = {"ok": 0, "failed": 0}
         if snapshot.config.cookies is not None:  # made before workers fork: they share the secret, one log line
             shared_cookies(snapshot.config.cookies.secrets, snapshot.config.cookies.large_answer_size)
@@ -185,6 +190,9 @@ class Control:
             self.snapshot = snapshot
             self._inputs_replaced(snapshot.inputs)
             self.monitor.update_targets(snapshot.config.targets())
+            if self.cluster is None or self.cluster.config != snapshot.config.cluster:
+                await self._stop_cluster()
+                self._start_cluster()
             for hook in self.on_reload:
                 hook(snapshot)
             self.reloads["ok"] += 1
@@ -226,6 +234,41 @@ class Control:
             self._watcher = None
             watcher.close()
 
+    # -- several instances (gslb.cluster)
+
+    def _start_cluster(self) -> None:
+        config = self.snapshot.config.cluster
+        if config is None or self.cluster is not None:
+            return
+        port = self.bound[0].port if self.bound else 0
+        self.cluster = Cluster(config, self.options.instance or default_instance(port), self.monitor)
+        self.monitor.on_observe = self.cluster.observed
+        self._cluster_task = asyncio.create_task(self.cluster.run(), name="cluster")
+
+    async def _stop_cluster(self) -> None:
+        cluster, task = self.cluster, self._cluster_task
+        if cluster is None or task is None:
+            return
+        self.cluster = self._cluster_task = None
+        self.monitor.on_observe = None
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await cluster.close()
+
+    async def drain(self, name: str) -> bool | None:
+        """Drain `name` (a data center or a VIP): here, and with [cluster] on every instance.
+        True: shared through etcd; False: etcd unreachable, shared once it is back; None: alone."""
+        if self.cluster is None:
+            self.monitor.drain(name, probed=False)
+            return None
+        return await self.cluster.drain(name)
+
+    async def undrain(self, name: str) -> bool | None:
+        if self.cluster is None:
+            self.monitor.undrain(name)
+            return None
+        return await self.cluster.undrain(name)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -235,6 +278,7 @@ class Control:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        self._start_cluster()
         tasks = []
         if self.options.probes:
             tasks.append(asyncio.create_task(self.monitor.run()))
@@ -256,6 +300,7 @@ class Control:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop_cluster()  # revokes the lease: the others stop counting us now
         await self.monitor.close()
 
 

@@ -6,6 +6,8 @@ The only module that prints.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -14,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from gslb import __version__, logs
+from gslb.cluster import check_instance
+from gslb.config import ClusterConfig
 from gslb.explain import explain_query
+from gslb.health import HealthView
 from gslb.server import DEFAULT_PORT, TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, UDP_LOOPS, ListenAddress, udp_loop
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
 from gslb.web import DEFAULT_HTTP, read_token
@@ -70,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
                             "(gslb._fastudp, built at install when gcc and python3-dev are there); "
                             "python: the pure-Python loop; auto (default): compiled when built")
     serve.add_argument("--no-probes", action="store_true", help="do not probe; every data center is up")
+    serve.add_argument("--instance", metavar="NAME",
+                       help="this instance's name in the [cluster] (default: the host name and the "
+                            "first --listen port, host:port)")
+    serve.add_argument("--probe-source", metavar="ADDRESS",
+                       help="the local address HTTP, HTTPS and TCP probes are sent from (multi-homed "
+                            "hosts); targets of the other address family are probed from the default")
     serve.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only, not on file changes")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -209,11 +220,19 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"gslb: --udp-loop: {exc}", file=sys.stderr)
         return 2
+    try:
+        instance = check_instance(args.instance) if args.instance is not None else None
+        probe_source = str(ipaddress.ip_address(args.probe_source)) if args.probe_source else None
+    except ValueError as exc:
+        print(f"gslb: {'--instance' if args.instance is not None else '--probe-source'}: {exc}",
+              file=sys.stderr)
+        return 2
     options = Options(sources, listen, state_file=state_file, watch=not args.no_watch,
                       probes=not args.no_probes, workers=args.workers,
                       tcp_idle_timeout=args.tcp_idle_timeout,
                       tcp_max_connections=args.tcp_max_connections,
-                      http=http, token=token, query_log=args.query_log, udp_loop=args.udp_loop)
+                      http=http, token=token, query_log=args.query_log, udp_loop=args.udp_loop,
+                      instance=instance, probe_source=probe_source)
     try:
         serve(options, snapshot)
     except OSError as exc:
@@ -231,16 +250,36 @@ def _explain(args: argparse.Namespace) -> int:
     state_file = Path(args.state_file) if args.state_file else snapshot.sources.zones / STATE_FILE
     # The last verdicts the server saved (nothing is probed here; no file: all up).
     health = HealthMonitor(snapshot.config.targets(), state_file=state_file).view
+    shared: dict[str, Any] | None = None
+    if snapshot.config.cluster is not None:
+        health, shared = _cluster_view(snapshot.config.cluster, health)
     try:
         result = explain_query(snapshot, args.name, args.qtype, args.client, args.subnet, health)
     except ValueError as exc:
         print(f"gslb explain: {exc}", file=sys.stderr)
         return 2
+    if shared is not None:
+        result["cluster"] = shared
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(render_explain(result))
     return 0
+
+
+def _cluster_view(config: ClusterConfig, saved: HealthView) -> tuple[HealthView, dict[str, Any]]:
+    """With [cluster]: health as the live instances vote it now, read from etcd; the state
+    file's verdicts when etcd cannot be reached."""
+    from gslb import cluster
+    from gslb.etcd import EtcdError
+
+    try:
+        endpoint, records, drains = asyncio.run(cluster.read(config))
+    except EtcdError as exc:
+        return saved, {"name": config.name, "etcd": False, "error": str(exc)}
+    view, votes = cluster.shared_view(config, records, drains, saved)
+    return view, {"name": config.name, "etcd": True, "endpoint": endpoint, "live": sorted(records),
+                  "datacenters": votes}
 
 
 def render_explain(result: dict[str, Any]) -> str:
@@ -272,6 +311,16 @@ def render_explain(result: dict[str, Any]) -> str:
         lines.append(f"  static       {result['rcode']}")
         for rr in result["answer"]:
             lines.append(f"    {rr}")
+    shared = result.get("cluster")
+    if shared is not None and not shared["etcd"]:
+        lines.append(f"  cluster      {shared['name']}: etcd unreachable ({shared['error']}); health from the "
+                     "state file")
+    elif shared is not None:
+        lines.append(f"  cluster      {shared['name']}: {len(shared['live'])} live instances "
+                     f"({', '.join(shared['live']) or 'none'}), read from {shared['endpoint']}")
+        for name, vote in shared["datacenters"].items():
+            seen = ", ".join(f"{i} ({r})" for i, r in vote["reasons"].items()) or "nobody"
+            lines.append(f"    {name:<10} seen down by {seen}{'  -> DOWN' if vote['down_by_vote'] else ''}")
     lines.append(f"  ECS scope    /{result['ecs_scope']}")
     lines.append(f"  why          {result['why']}")
     return "\n".join(lines)
@@ -322,10 +371,19 @@ def _remote(args: argparse.Namespace) -> int:
     elif args.command == "reload":
         print(f"reloaded: {data['zones']} zones, {data['services']} services")
     elif args.command == "drain":
-        print(f"{data['drained']}: {'already drained' if data['already'] else 'drained'}")
+        print(f"{data['drained']}: {'already drained' if data['already'] else 'drained'}{_where(data)}")
     else:
-        print(f"{data['undrained']}: {'undrained' if data['was_drained'] else 'was not drained'}")
+        print(f"{data['undrained']}: {'undrained' if data['was_drained'] else 'was not drained'}{_where(data)}")
     return 0
+
+
+def _where(data: dict[str, Any]) -> str:
+    """Where a drain or undrain took effect, with [cluster]."""
+    shared = data.get("shared")
+    if shared is None:
+        return ""
+    return (" on every instance (through etcd)" if shared
+            else " on this instance; etcd is unreachable: the others get it once it is back")
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -353,6 +411,9 @@ def render_status(status: dict[str, Any]) -> str:
             reason = dc["reason"]
         lines.append(f"{dc['name']:<12} {state:<8} {since:>9}  {probe:<24} "
                      f"{dc['answers_per_second']:>9g}  {reason}")
+    cluster = status.get("cluster")
+    if cluster:
+        lines += ["", *render_cluster(cluster, status["datacenters"])]
     lines += ["", f"{'SERVICE':<28} {'POLICY':<9} {'TTL':>5} {'ANSWERS/S':>9}  DATA CENTERS"]
     for svc in status["services"]:
         ttl = f"{svc['ttl_now']}{'*' if svc['degraded'] else ''}"
@@ -363,6 +424,27 @@ def render_status(status: dict[str, Any]) -> str:
     if status["reloads"]["last_error"]:
         lines += ["", "last reload failed:", *(f"  {e}" for e in status["reloads"]["last_error"])]
     return "\n".join(lines)
+
+
+def render_cluster(cluster: dict[str, Any], datacenters: list[dict[str, Any]]) -> list[str]:
+    """The [cluster] part of `gslb status`: etcd, the live instances, and who sees what down."""
+    etcd = (f"etcd at {cluster['endpoint']}" if cluster["etcd"]
+            else "etcd UNREACHABLE: deciding on this instance's own observations")
+    names = ", ".join(f"{i['name']}{' (this one)' if i['self'] else ''}" for i in cluster["instances"])
+    lines = [f"cluster {cluster['name']} as {cluster['instance']}: {etcd}; {cluster['live']} live "
+             f"instance{'s' if cluster['live'] != 1 else ''} ({names}); down when more than "
+             f"{cluster['down_quorum']:g} of them see it down"]
+    if cluster.get("pending_drains"):
+        lines.append(f"  not yet shared: drains of {', '.join(cluster['pending_drains'])}")
+    for dc in datacenters:
+        vote = dc.get("vote")
+        if vote is None:
+            continue
+        seen = ", ".join(f"{name} ({o['reason']})" for name, o in dc["observations"].items()
+                         if o["state"] == "down") or "nobody"
+        lines.append(f"  {dc['name']:<10} {len(vote['down'])} of {vote['voters']} see it down: {seen}"
+                     f"{'  -> DOWN' if vote['down_by_vote'] else ''}")
+    return lines
 
 
 def _age(seconds: float) -> str:

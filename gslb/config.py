@@ -79,6 +79,13 @@ One TOML file (``zones/gslb.toml`` by default) with four tables, all optional::
     order = ["us", "eu"]  # first healthy wins (default: datacenters; members left out follow
                           # in datacenters order)
 
+    [cluster]             # several instances, one verdict (gslb.cluster); without it each decides alone
+    name = "example"      # required; keys in etcd live under /gslb/<name>/
+    etcd = ["http://127.0.10.1:2379"]   # required; the etcd members' client URLs
+    down_quorum = 0.5     # down when more than this share of live instances see it down (0-0.99;
+                          # 0: any one instance)
+    lease = 5             # seconds an instance's observations outlive it (2-3600, an integer)
+
     [cookies]             # DNS Cookies (RFC 7873, RFC 9018 server cookies); without it: ignored
     secret_file = "cookie.key"   # 32 hex digits a line, relative to this file; the first makes
                           # cookies, further lines (a rotation's old or next secret) are accepted
@@ -132,6 +139,7 @@ __all__ = [
     "CONTINENTS",
     "NO_ECS_MODES",
     "POLICIES",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "CookieSettings",
@@ -365,6 +373,16 @@ class Service:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """[cluster]: the instances sharing health observations and drains through etcd (gslb.cluster)."""
+
+    name: str  # keys live under /gslb/<name>/
+    etcd: tuple[str, ...]  # client URLs of the etcd members, http://host:port
+    down_quorum: float = 0.5  # down when more than this share of live instances see it down
+    lease: int = 5  # seconds an instance's observations outlive it
+
+
+@dataclass(frozen=True, slots=True)
 class CookieSettings:
     """[cookies]: answer DNS Cookies (RFC 7873) with RFC 9018 server cookies."""
 
@@ -403,6 +421,7 @@ class Config:
     default_location: Location = field(default_factory=Location)
     cookies: CookieSettings | None = None  # [cookies]; None: COOKIE options ignored
     rrl: RrlSettings | None = None  # [rrl]; None: no rate limiting
+    cluster: ClusterConfig | None = None  # [cluster]; None: this instance decides alone
 
     def targets(self) -> tuple[Target, ...]:
         """What the prober must watch: one target per data center with a check."""
@@ -656,6 +675,8 @@ _COOKIE_KEYS: Final = ("enabled", "secret_file", "large_answers_need_cookie", "l
 _RRL_KEYS: Final = ("enabled", "rate", "window", "slip", "exempt", "log_only", "ipv4_prefix", "ipv6_prefix")
 _SECRET: Final = re.compile(r"[0-9A-Fa-f]{32}")
 MAX_SECRETS: Final = 3
+_CLUSTER_KEYS: Final = ("name", "etcd", "down_quorum", "lease")
+_ETCD_URL: Final = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?")
 _EXPECT_STATUS: Final[tuple[int, ...]] = (200,)
 _NO_ADDRESSES: Final[tuple[IPAddress, ...]] = ()
 
@@ -920,7 +941,7 @@ class _Loader:
     # -- sections
 
     def config(self, document: dict[str, Any]) -> Config:
-        root = self.table(document, (), ("geo", "checks", "datacenters", "services", "cookies", "rrl"))
+        root = self.table(document, (), ("geo", "checks", "datacenters", "services", "cookies", "rrl", "cluster"))
         assert root is not None
         no_ecs, private_in_database, default_location, overrides = self.geo(root.get("geo", {}))
         checks = self.checks(root.get("checks", {}))
@@ -937,7 +958,46 @@ class _Loader:
             default_location=default_location,
             cookies=self.cookies(root["cookies"]) if "cookies" in root else None,
             rrl=self.rrl(root["rrl"]) if "rrl" in root else None,
+            cluster=self.cluster(root["cluster"]) if "cluster" in root else None,
         )
+
+    def cluster(self, value: Any) -> ClusterConfig | None:
+        key: KeyPath = ("cluster",)
+        table = self.table(value, key, _CLUSTER_KEYS)
+        if table is None:
+            return None
+        before = len(self.problems)
+        name = self.get(table, (*key, "name"), self.string(), required=True)
+        if name is not None and not _DC_NAME.fullmatch(name):
+            self.error((*key, "name"), f"{name!r}: letters, digits, '_', '-', '.' only "
+                                       "(starting with a letter or digit)")
+        endpoints: list[str] = []
+        items = self.get(table, (*key, "etcd"), self.array, required=True) or []
+        for i, item in enumerate(items):
+            url = self.etcd_url(item, (*key, "etcd", i))
+            if url in endpoints:
+                self.error((*key, "etcd", i), f"{url!r} is listed twice")
+            elif url is not None:
+                endpoints.append(url)
+        quorum = self.get(table, (*key, "down_quorum"), self.number(0, 0.99), 0.5)
+        lease = self.get(table, (*key, "lease"), self.integer(2, 3600), 5)
+        if len(self.problems) > before or name is None or quorum is None or lease is None:
+            return None
+        return ClusterConfig(name, tuple(endpoints), quorum, lease)
+
+    def etcd_url(self, value: Any, key: KeyPath) -> str | None:
+        """An etcd member's client URL: http(s)://host:port, nothing after it."""
+        if not isinstance(value, str):
+            self.error(key, f"expected a URL string, got {_kind(value)}")
+            return None
+        m = _ETCD_URL.fullmatch(value.strip())
+        if m is None:
+            self.error(key, f"{value!r} is not an etcd client URL (like \"http://127.0.0.1:2379\")")
+            return None
+        if not 1 <= int(m.group(2)) <= 65535:
+            self.error(key, f"{value!r}: the port must be between 1 and 65535")
+            return None
+        return value.strip().rstrip("/")
 
     def cookies(self, value: Any) -> CookieSettings | None:
         key: KeyPath = ("cookies",)

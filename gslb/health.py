@@ -143,7 +143,8 @@ class ProbeResult:
 
 
 async def probe(
-    target: Target, client: httpx.AsyncClient | None, *, fast_path: bool = True
+    target: Target, client: httpx.AsyncClient | None, *, fast_path: bool = True,
+    source: str | None = None,
 ) -> ProbeResult:
     """Probe `target` once, never raising for network trouble.
 
@@ -153,6 +154,8 @@ async def probe(
     asyncio path (one request, a strict little HTTP/1.1 reader) that costs a fifth of the
     CPU of a request through httpx, unless `fast_path` is false. TCP passes when a
     connection is accepted. `client` may be None when `needs_client(check)` is false.
+    `source` is the local address plain-HTTP and TCP probes are sent from (see
+    probe_source; an httpx client takes its own from new_client).
     """
     check = target.check
     if check.kind not in ("http", "https", "tcp"):
@@ -162,10 +165,11 @@ async def probe(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(check.timeout):
+            local = probe_source(target.address, source)
             if check.kind == "tcp":
-                result = await _probe_tcp(target)
+                result = await _probe_tcp(target, local)
             elif check.kind == "http" and fast_path and not check.follow_redirects:
-                result = await _probe_plain_http(target)
+                result = await _probe_plain_http(target, local)
             else:
                 assert client is not None
                 result = await _probe_httpx(target, client)
@@ -181,8 +185,16 @@ def needs_client(check: Check) -> bool:
     return check.kind == "https" or (check.kind == "http" and check.follow_redirects)
 
 
-async def _probe_tcp(target: Target) -> str:
-    _, writer = await asyncio.open_connection(target.address, target.check.port)
+def probe_source(address: str, source: str | None) -> tuple[str, int] | None:
+    """The local (address, port) to probe `address` from: `source` (--probe-source) when it
+    is of the same family, else None (the system picks, as without --probe-source)."""
+    if source is None or (":" in source) != (":" in address):
+        return None
+    return (source, 0)
+
+
+async def _probe_tcp(target: Target, local: tuple[str, int] | None = None) -> str:
+    _, writer = await asyncio.open_connection(target.address, target.check.port, local_addr=local)
     writer.close()
     return "ok"
 
@@ -374,7 +386,7 @@ def _plain_request(target: Target) -> bytes:
     )
 
 
-async def _probe_plain_http(target: Target) -> str:
+async def _probe_plain_http(target: Target, local: tuple[str, int] | None = None) -> str:
     check = target.check
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
@@ -385,6 +397,7 @@ async def _probe_plain_http(target: Target) -> str:
             lambda: _PlainHttpProtocol(_plain_request(target), response, done),
             target.address,
             check.port,
+            local_addr=local,
         )
         try:
             await done
@@ -413,7 +426,9 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
-def new_client(check: Check, *, max_connections: int = 100) -> httpx.AsyncClient:
+def new_client(
+    check: Check, *, max_connections: int = 100, source: str | None = None
+) -> httpx.AsyncClient:
     """An HTTP client for every check sharing `check`'s TLS settings (verify_tls, ca_file).
 
     Every request gets a fresh connection, closed after the response (no keep-alive), as a
@@ -430,7 +445,7 @@ def new_client(check: Check, *, max_connections: int = 100) -> httpx.AsyncClient
     else:
         ssl_context = httpx.create_ssl_context()
     return httpx.AsyncClient(
-        transport=_FreshConnectionTransport(ssl_context, max_connections),
+        transport=_FreshConnectionTransport(ssl_context, max_connections, source),
         trust_env=False,
         follow_redirects=False,  # probe() follows them itself, see _next_hop
         headers={"User-Agent": USER_AGENT},
@@ -448,8 +463,11 @@ class _FreshConnectionTransport(httpx.AsyncBaseTransport):
     not CancelledError). A pool brings nothing when connections are never reused.
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext, max_connections: int) -> None:
+    def __init__(
+        self, ssl_context: ssl.SSLContext, max_connections: int, source: str | None = None
+    ) -> None:
         self._ssl_context = ssl_context
+        self._source = source
         self._slots = asyncio.Semaphore(max_connections)
         self._backend = _AsyncioBackend()
 
@@ -465,9 +483,11 @@ class _FreshConnectionTransport(httpx.AsyncBaseTransport):
             extensions=request.extensions,
         )
         await self._slots.acquire()
+        local = probe_source(url.host, self._source)
         connection = httpcore.AsyncHTTPConnection(
             origin=core_request.url.origin,
             ssl_context=self._ssl_context,
+            local_address=local[0] if local else None,
             network_backend=self._backend,
         )
         try:
@@ -784,6 +804,11 @@ class HealthMonitor:
     without calling on_change; `stats(name)` reads them fresh. `on_probe(target, result,
     lateness)` is called after every probe, e.g. for metrics.
 
+    Several instances (gslb.cluster): `observations` are this instance's own verdicts, drains
+    aside; `on_observe()` is called whenever one changes (and when the targets do).
+    `set_verdicts()` hands in the cluster's vote, which the view then shows instead of them.
+    `probe_source` is the local address probes are sent from (--probe-source).
+
     At most `max_concurrent_probes` probes run at once (also bounded by half the open-file
     limit); a probe's timeout starts only once it has a slot, so a crowd of hanging
     targets delays other probes rather than failing them. Not thread-safe: call every
@@ -799,8 +824,13 @@ class HealthMonitor:
         on_probe: Callable[[Target, ProbeResult, float], None] | None = None,
         max_concurrent_probes: int = 512,
         stats_interval: float = 1.0,
+        probe_source: str | None = None,
+        on_observe: Callable[[], None] | None = None,
     ) -> None:
         self._state_file = state_file
+        self._probe_source = probe_source
+        self.on_observe = on_observe
+        self._verdicts: Mapping[str, Status] | None = None  # the cluster's vote, when it decides
         self._on_change = on_change
         self._on_probe = on_probe
         self._stats_interval = stats_interval
@@ -840,6 +870,23 @@ class HealthMonitor:
     @property
     def targets(self) -> tuple[Target, ...]:
         return tuple(entry.target for entry in self._entries.values())
+
+    @property
+    def observations(self) -> Mapping[str, Status]:
+        """This instance's own verdict of every target, from its probes alone (no drains)."""
+        return MappingProxyType({name: entry.verdict for name, entry in self._entries.items()})
+
+    def set_verdicts(self, verdicts: Mapping[str, Status] | None) -> None:
+        """Publish `verdicts` (the cluster's vote, by target name) instead of this instance's
+        own observations; a target they leave out, or None for all, keeps its own. Drains
+        still win. The version grows only when some target's up/down changes."""
+        before = {name: status.up for name, status in self._view.states.items()}
+        self._verdicts = verdicts
+        view = self._build_view()
+        if {name: status.up for name, status in view.states.items()} != before:
+            self._changed()
+        else:
+            self._view = view
 
     def stats(self, name: str) -> ProbeStats:
         """Fresh probe statistics of target `name`; KeyError if there is no such target."""
@@ -900,24 +947,26 @@ class HealthMonitor:
                 "health targets updated: %d new or changed, %d removed", len(added), len(removed)
             )
             self._changed()
+            self._observed()
 
     @property
     def drained(self) -> Mapping[str, float]:
         """Every drained name (targets, and others such as VIPs) -> when it was drained."""
         return MappingProxyType(dict(self._drained))
 
-    def drain(self, name: str, *, probed: bool = True) -> None:
+    def drain(self, name: str, *, probed: bool = True, at: float | None = None) -> None:
         """Report `name` down with reason "drained" until undrain(name).
 
         `name` is a target's; with `probed=False` it may be any name the caller vouches for
-        (a VIP, a data center without a check), which the view then lists as drained.
+        (a VIP, a data center without a check), which the view then lists as drained. `at`:
+        when it was drained (default now; another instance's time for a cluster-wide drain).
         """
         entry = self._entries.get(name)
         if entry is None and probed:
             raise KeyError(name)
         if name in self._drained:
             return
-        self._drained[name] = time.time()
+        self._drained[name] = time.time() if at is None else at
         log.warning("%s DRAINED", _describe(entry.target) if entry is not None else name)
         self._changed()
 
@@ -996,7 +1045,7 @@ class HealthMonitor:
         except (OSError, ssl.SSLError) as exc:
             return ProbeResult(False, f"tls: ca_file: {exc}", 0.0)
         try:
-            return await probe(target, client)
+            return await probe(target, client, source=self._probe_source)
         except Exception as exc:
             # A bug, not the target's fault; the loop must live on.
             log.debug("probe of %s failed unexpectedly", target.name, exc_info=True)
@@ -1006,7 +1055,9 @@ class HealthMonitor:
         key = _client_key(check)
         client = self._clients.get(key)
         if client is None:
-            client = new_client(check, max_connections=self._max_concurrent)
+            client = new_client(
+                check, max_connections=self._max_concurrent, source=self._probe_source
+            )
             self._clients[key] = client
         return client
 
@@ -1048,17 +1099,28 @@ class HealthMonitor:
                     result.result,
                     target.check.fall,
                 )
-            if entry.target.name in self._drained:
-                self._save_soon()  # the published view stays "drained"
+            if entry.target.name in self._drained or self._verdicts is not None:
+                # The published view stays "drained", or the cluster's vote decides (and is
+                # asked again by _observed).
+                self._save_soon()
             else:
                 self._changed()
+            self._observed()
         elif verdict.reason in (NO_PROBE_YET, RESTORED) and result.passed == verdict.up:
             # The first probe agreeing with a placeholder verdict gives it a real reason;
             # not an up/down change, so it waits for the next statistics refresh.
             entry.verdict = replace(verdict, reason=result.result)
             self._save_soon()
+            self._observed()
 
     # -- publishing ---------------------------------------------------------------------
+
+    def _observed(self) -> None:
+        if self.on_observe is not None:
+            try:
+                self.on_observe()
+            except Exception:
+                log.exception("on_observe callback failed")
 
     def _changed(self) -> None:
         self._version += 1
@@ -1073,8 +1135,9 @@ class HealthMonitor:
 
     def _build_view(self) -> HealthView:
         states: dict[str, Status] = {}
+        verdicts = self._verdicts or {}
         for name, entry in self._entries.items():
-            verdict = entry.verdict
+            verdict = verdicts.get(name, entry.verdict)
             drained_at = self._drained.get(name)
             if drained_at is not None:
                 verdict = Status(False, DRAINED, drained_at, drained=True)

@@ -114,6 +114,7 @@ class _Collector(Collector):
         control = self.metrics.control
         yield from _queries(control)
         yield from _health(control, self.metrics)
+        yield from _cluster(control)
         yield from _process(control)
 
 
@@ -214,6 +215,31 @@ def _health(control: Control, metrics: Metrics) -> Iterator[Metric]:
     for name, histogram in sorted(metrics.probe_latency.items()):
         latency.add_metric([name], _cumulative(PROBE_BOUNDS, histogram.buckets), histogram.sum)
     yield latency
+
+
+def _cluster(control: Control) -> Iterator[Metric]:
+    """[cluster]: etcd reachable or not, the live instances, and how they see each data center."""
+    cluster = control.cluster
+    if cluster is None:
+        return
+    yield GaugeMetricFamily("gslb_cluster_etcd_up",
+                            "1 while etcd is reachable and the vote is shared; 0: this instance's own view.",
+                            value=1.0 if cluster.etcd_up else 0.0)
+    yield GaugeMetricFamily("gslb_cluster_live_instances",
+                            "Instances whose etcd lease is alive, this one included (1 without etcd).",
+                            value=1 + len(cluster.peers))
+    observations = GaugeMetricFamily("gslb_cluster_observations",
+                                     "Live instances that observe the data center up or down (counted in the vote).",
+                                     labels=["datacenter", "state"])
+    down = GaugeMetricFamily("gslb_cluster_down_by_vote",
+                             "1 while more than down_quorum of the live instances see the data center down.",
+                             labels=["datacenter"])
+    for name, vote in sorted(cluster.votes.items()):
+        observations.add_metric([name, "up"], len(vote.up))
+        observations.add_metric([name, "down"], len(vote.down))
+        down.add_metric([name], 1.0 if vote.is_down else 0.0)
+    yield observations
+    yield down
 
 
 def _process(control: Control) -> Iterator[Metric]:

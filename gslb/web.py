@@ -255,6 +255,11 @@ class WebServer:
                                    client, subnet, health=self.control.monitor.view)
         except (ValueError, dns.exception.DNSException) as exc:
             raise HttpError(400, str(exc) or type(exc).__name__) from exc
+        cluster = self.control.cluster
+        if cluster is not None and result.get("kind") == "service":
+            result["cluster"] = {"instance": cluster.instance, "etcd": cluster.etcd_up, "datacenters": {
+                c["name"]: cluster.datacenter(c["name"]) for c in result["candidates"]
+                if c["name"] in cluster.votes}}
         return json_response(result)
 
     # -- admin actions -----------------------------------------------------------------
@@ -293,18 +298,19 @@ class WebServer:
         self._authorize(request)
         kind, name = self._target(request, undrain=False)
         already = name in self.control.monitor.drained
-        self.control.monitor.drain(name, probed=False)
+        shared = await self.control.drain(name)
         log.info("http: drained %s %s", kind, name)
-        return json_response({"drained": name, "kind": kind, "already": already})
+        return json_response({"drained": name, "kind": kind, "already": already, **_shared(shared)})
 
     async def _undrain(self, request: Request) -> Response:
         self._authorize(request)
         kind, name = self._target(request, undrain=True)
         was = name in self.control.monitor.drained
-        if was:
-            self.control.monitor.undrain(name)
+        shared = None
+        if was or self.control.cluster is not None:  # with a cluster, undrain everywhere anyway
+            shared = await self.control.undrain(name)
             log.info("http: undrained %s %s", kind, name)
-        return json_response({"undrained": name, "kind": kind, "was_drained": was})
+        return json_response({"undrained": name, "kind": kind, "was_drained": was, **_shared(shared)})
 
     async def _reload(self, request: Request) -> Response:
         self._authorize(request)
@@ -328,6 +334,7 @@ class WebServer:
         rates = self._rates()
         answer_rates = rates["answers"]
         targets = {target.name: target for target in monitor.targets}
+        cluster = control.cluster
         datacenters = []
         for name, dc in snapshot.config.datacenters.items():
             status = view.status(name)
@@ -352,6 +359,7 @@ class WebServer:
                          for vip in dc.vips],
                 "answers_per_second": round(sum(
                     rate for (_, d), rate in answer_rates.items() if d == name), 2),
+                **(cluster.datacenter(name) if cluster is not None and target is not None else {}),
             })
         countries = self._countries(snapshot, view)
         default = snapshot.locate(None)
@@ -394,6 +402,7 @@ class WebServer:
                 "truncated": counters.truncated, "dropped": counters.dropped,
             },
             "drained": sorted(monitor.drained),
+            "cluster": cluster.status() if cluster is not None else None,
             "datacenters": datacenters,
             "services": services,
         }
@@ -440,6 +449,11 @@ class WebServer:
             out[service.name] = sent
         self._map_key, self._map = key, out
         return out
+
+
+def _shared(shared: bool | None) -> dict[str, bool]:
+    """With [cluster], whether a drain or undrain reached etcd (see Control.drain)."""
+    return {} if shared is None else {"shared": shared}
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Request:
