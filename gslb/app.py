@@ -190,9 +190,7 @@ class Control:
             self.snapshot = snapshot
             self._inputs_replaced(snapshot.inputs)
             self.monitor.update_targets(snapshot.config.targets())
-            if self.cluster is None or self.cluster.config != snapshot.config.cluster:
-                await self._stop_cluster()
-                self._start_cluster()
+            await self._cluster_reloaded(snapshot)
             for hook in self.on_reload:
                 hook(snapshot)
             self.reloads["ok"] += 1
@@ -244,6 +242,17 @@ class Control:
         self.cluster = Cluster(config, self.options.instance or default_instance(port), self.monitor)
         self.monitor.on_observe = self.cluster.observed
         self._cluster_task = asyncio.create_task(self.cluster.run(), name="cluster")
+
+    async def _cluster_reloaded(self, snapshot: Snapshot) -> None:
+        """A new [cluster] table: a new down_quorum applies at once; a new name, etcd or lease
+        means leaving (the lease is revoked) and joining again."""
+        config, cluster = snapshot.config.cluster, self.cluster
+        if cluster is not None and config is not None and cluster.same_membership(config):
+            cluster.reconfigure(config)
+            return
+        if cluster is None or cluster.config != config:
+            await self._stop_cluster()
+            self._start_cluster()
 
     async def _stop_cluster(self) -> None:
         cluster, task = self.cluster, self._cluster_task

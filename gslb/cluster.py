@@ -168,6 +168,17 @@ class Cluster:
         self._pending: dict[str, float | None] = {}  # drains (time) and undrains (None) not yet in etcd
         self._lost_logged = False
 
+    def same_membership(self, config: ClusterConfig) -> bool:
+        """Whether `config` keeps this instance in the same cluster, under the same lease."""
+        return (config.name, config.etcd, config.lease) == (self.config.name, self.config.etcd, self.config.lease)
+
+    def reconfigure(self, config: ClusterConfig) -> None:
+        """Take a reloaded [cluster] that only changes down_quorum."""
+        if config != self.config:
+            log.info("cluster: down_quorum %g (was %g)", config.down_quorum, self.config.down_quorum)
+            self.config = config
+            self.decide()
+
     # -- keys
 
     @property

@@ -4,6 +4,7 @@ targets that fail per source address."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets
@@ -11,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +24,18 @@ import dns.message
 import httpx
 import pytest
 
+from gslb.cluster import Observation, Record, check_instance, tally, verdict
+from gslb.config import ClusterConfig, ConfigError, loads
+from gslb.etcd import prefix_end
+from gslb.health import Check, ProbeResult, Target, needs_client, new_client, probe, probe_source
 from tests.conftest import EXAMPLE_ZONES, Server
-from tests.probe_targets import HttpTarget, free_port
+from tests.probe_targets import HttpTarget, free_port, run_async
 
 EUROPE = dns.edns.ECSOption("85.214.0.0", 24)  # a German network (embedded geodb): nearest is eu
 EU, US = "127.0.2.1", "127.0.1.1"  # the VIPs answered
 LEASE = 2  # seconds; etcd's least with the timing below
-SOURCES = {"A": "127.0.50.1", "B": "127.0.50.2", "C": "127.0.50.3"}
+SOURCES = {"A": "127.0.50.1", "B": "127.0.50.2", "C": "127.0.50.3", "D": "127.0.50.4"}
+LETTERS = "ABC"  # the cluster's three; D joins for one test
 TOKEN = secrets.token_hex(8)
 
 pytestmark = pytest.mark.timeout(90)
@@ -39,10 +46,13 @@ class SourceTarget(HttpTarget):
 
     def __init__(self, host: str) -> None:
         self.failing: set[str] = set()
+        self.sources: set[str] = set()  # every address a probe came from
         super().__init__(host)
 
     def serve(self, conn: socket.socket) -> None:
-        if conn.getpeername()[0] not in self.failing:
+        source = conn.getpeername()[0]
+        self.sources.add(source)
+        if source not in self.failing:
             super().serve(conn)
             return
         data = b""
@@ -182,8 +192,10 @@ def until(check: Callable[[], bool], timeout: float, every: float = 0.05) -> flo
 
 
 class World:
-    def __init__(self, etcd: Etcd, eu: SourceTarget, us: SourceTarget, instances: dict[str, Instance]) -> None:
+    def __init__(self, etcd: Etcd, eu: SourceTarget, us: SourceTarget, instances: dict[str, Instance],
+                 zones: Path) -> None:
         self.etcd = etcd
+        self.zones = zones
         self.eu = eu
         self.us = us
         self.instances = instances
@@ -191,6 +203,11 @@ class World:
     @property
     def all(self) -> list[Instance]:
         return list(self.instances.values())
+
+    def sees(self, letters: str, state: str, among: list[Instance] | None = None) -> bool:
+        """Whether every instance (of `among`) has the observations of eu by `letters` as `state`."""
+        return all(all(i.datacenter("eu")["observations"].get(f"ns{x}", {}).get("state") == state for x in letters)
+                   for i in among or self.all)
 
     def fail_eu(self, *letters: str) -> None:
         self.eu.failing = {SOURCES[letter] for letter in letters}
@@ -256,13 +273,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     zones.mkdir()
     shutil.copy(EXAMPLE_ZONES / "example.com.zone", zones)
     (zones / "gslb.toml").write_text(_config(eu, us, etcd))
-    instances = {letter: Instance(letter, zones, directory / f"state-{letter}.json") for letter in SOURCES}
+    instances = {letter: Instance(letter, zones, directory / f"state-{letter}.json") for letter in LETTERS}
     try:
         etcd.start_all()
         until(etcd.healthy, 15, every=0.1)
         with ThreadPoolExecutor(len(instances)) as pool:
             list(pool.map(Instance.start, instances.values()))
-        yield World(etcd, eu, us, instances)
+        yield World(etcd, eu, us, instances, zones)
     finally:
         for instance in instances.values():
             if instance.server is not None:
@@ -319,7 +336,7 @@ def test_two_of_three_move_everyone_and_back(cluster: World) -> None:
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_an_instance_that_goes_counts_until_its_lease_ends(cluster: World, how: str) -> None:
-    a, b, c = (cluster.instances[x] for x in "ABC")
+    a, b, c = (cluster.instances[x] for x in LETTERS)
     cluster.fail_eu("A", "B")
     until(lambda: cluster.everyone_answers(US), 4)
     went = time.monotonic()
@@ -341,7 +358,7 @@ def test_an_instance_that_goes_counts_until_its_lease_ends(cluster: World, how: 
 
 
 def test_drain_on_one_applies_on_all(cluster: World) -> None:
-    a, b, c = (cluster.instances[x] for x in "ABC")
+    a, b, c = (cluster.instances[x] for x in LETTERS)
     assert a.admin("drain", "eu")["shared"] is True
     drained = until(lambda: b.answer() == US and c.answer() == US, 1, every=0.01)
     for instance in (b, c):
@@ -354,7 +371,7 @@ def test_drain_on_one_applies_on_all(cluster: World) -> None:
 
 
 def test_losing_etcd_falls_back_and_rejoins(cluster: World) -> None:
-    a, b, c = (cluster.instances[x] for x in "ABC")
+    a, b, c = (cluster.instances[x] for x in LETTERS)
     cluster.fail_eu("A")
     until(lambda: all(i.datacenter("eu")["observations"]["nsA"]["state"] == "down" for i in cluster.all), 5)
     # One member of three lost: the instances talking to it move to another; no answer changes.
@@ -421,3 +438,177 @@ def test_status_page_shows_who_sees_it_down(cluster: World, tmp_path: Path) -> N
     assert "seen down by <b>nsA (status 503)</b> · 1 of 3 instances: not enough to move anyone" in dom
     assert '<b id="cluster" title="etcd at ' in dom and ">3 live</b>" in dom
     assert "cluster test-" in dom and " as nsB" in dom
+
+
+# -- the pure parts: the vote, the record, the config table -------------------------------------
+
+
+def _seen(**states: str) -> dict[str, Observation]:
+    """Observations by instance: "up", "down", or "new" (nothing probed yet)."""
+    return {name: Observation(state == "up", "ok" if state == "up" else "status 503", 1000.0, state != "new")
+            for name, state in states.items()}
+
+
+@pytest.mark.parametrize(("states", "quorum", "down"), [
+    ({"a": "down"}, 0.5, True),  # alone: its own view
+    ({"a": "up"}, 0.5, False),
+    ({"a": "down", "b": "up"}, 0.5, False),  # 1 of 2 is not more than half
+    ({"a": "down", "b": "down"}, 0.5, True),
+    ({"a": "down", "b": "up", "c": "up"}, 0.5, False),
+    ({"a": "down", "b": "down", "c": "up"}, 0.5, True),
+    ({"a": "down", "b": "down", "c": "up", "d": "up"}, 0.5, False),
+    ({"a": "down", "b": "up", "c": "up"}, 0.0, True),  # 0: any one
+    ({"a": "up", "b": "up"}, 0.0, False),
+    ({"a": "down", "b": "down", "c": "up"}, 0.7, False),  # 2/3 is not more than 0.7
+    ({"a": "down", "b": "new", "c": "new"}, 0.5, True),  # the new ones are not counted
+    ({"a": "new"}, 0.0, False),  # nobody counted: up
+])
+def test_the_vote(states: dict[str, str], quorum: float, down: bool) -> None:
+    vote = tally("eu", _seen(**states), quorum)
+    assert vote.is_down is down
+    assert vote.voters == sum(state != "new" for state in states.values())
+
+
+@pytest.mark.parametrize(("states", "reason"), [
+    ({"a": "down", "b": "down", "c": "up"}, "down for 2 of 3 instances: status 503"),
+    ({"a": "down", "b": "up", "c": "up"}, "up for 2 of 3 instances (a: down)"),
+    ({"a": "up", "b": "up"}, "ok"),
+])
+def test_the_verdict_says_how_the_instances_saw_it(states: dict[str, str], reason: str) -> None:
+    observations = _seen(**states)
+    status = verdict(tally("eu", observations, 0.5), observations, 1234.0)
+    assert (status.reason, status.since, status.up) == (reason, 1234.0, not reason.startswith("down"))
+
+
+def test_a_record_survives_the_trip_and_a_foreign_one_is_refused() -> None:
+    record = Record("ns1", 1000.0, _seen(eu="down", us="new"), "host", 42)
+    assert Record.decode(record.encode()) == record
+    for data in (b"not json", b'{"format": 9}', b'{"format": 1, "instance": "x"}', b"[]"):
+        with pytest.raises(ValueError):
+            Record.decode(data)
+
+
+def test_prefix_end_covers_exactly_the_prefix() -> None:
+    assert base64.b64decode(prefix_end("/gslb/x/")) == b"/gslb/x0"
+    assert base64.b64decode(prefix_end("é")) == b"\xc3\xaa"  # the last byte of its UTF-8, plus one
+
+
+@pytest.mark.parametrize(("text", "problems"), [
+    ('[cluster]\nname = "x"\n', ["<config>:1: cluster.etcd: required key is missing"]),
+    ('[cluster]\nname = "x"\netcd = ["http://127.0.0.1:2379"]\nlaese = 5\n',
+     ["<config>:4: cluster.laese: unknown key; did you mean 'lease'?"]),
+    ('[cluster]\nname = "a/b"\netcd = ["127.0.0.1:2379", "http://h:99999", "http://h:1", "http://h:1"]\n'
+     "down_quorum = 1\nlease = 1\n", [
+         "<config>:2: cluster.name: 'a/b': letters, digits, '_', '-', '.' only (starting with a letter or digit)",
+         "<config>:3: cluster.etcd[0]: '127.0.0.1:2379' is not an etcd client URL (like \"http://127.0.0.1:2379\")",
+         "<config>:3: cluster.etcd[1]: 'http://h:99999': the port must be between 1 and 65535",
+         "<config>:3: cluster.etcd[3]: 'http://h:1' is listed twice",
+         "<config>:4: cluster.down_quorum: must be between 0 and 0.99, got 1",
+         "<config>:5: cluster.lease: must be between 2 and 3600, got 1",
+     ]),
+])
+def test_the_cluster_table_is_checked_with_file_and_line(text: str, problems: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        loads(text)
+    assert [str(p) for p in caught.value.problems] == problems
+
+
+def test_the_cluster_table_defaults() -> None:
+    config = loads('[cluster]\nname = "x"\netcd = ["http://[::1]:2379/", "https://etcd.example:2379"]\n')
+    assert config.cluster == ClusterConfig("x", ("http://[::1]:2379", "https://etcd.example:2379"), 0.5, 5)
+    assert loads("").cluster is None
+
+
+@pytest.mark.parametrize("name", ["", "a/b", " ns1", "x" * 129, "ns\n1"])
+def test_bad_instance_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        check_instance(name)
+
+
+@pytest.mark.parametrize("kind", ["http", "tcp", "http through httpx"])
+def test_probes_are_sent_from_the_probe_source(kind: str) -> None:
+    source = "127.0.50.9"
+    with SourceTarget("127.0.60.9") as server:
+        check = Check(kind="tcp" if kind == "tcp" else "http", port=server.port,
+                      follow_redirects=kind.endswith("httpx"))
+        target = Target("eu", server.host, check)
+
+        async def main() -> ProbeResult:
+            client = new_client(check, source=source) if needs_client(check) else None
+            try:
+                return await probe(target, client, source=source)
+            finally:
+                if client is not None:
+                    await client.aclose()
+
+        assert run_async(main).passed
+        until(lambda: bool(server.sources), 2)
+        assert server.sources == {source}
+        server.failing = {source}
+        if kind != "tcp":
+            assert run_async(main).result == "status 503"
+
+
+def test_a_probe_source_of_the_other_family_is_not_used() -> None:
+    assert probe_source("127.0.0.1", "127.0.50.1") == ("127.0.50.1", 0)
+    assert probe_source("::1", "127.0.50.1") is None
+    assert probe_source("127.0.0.1", "::1") is None
+    assert probe_source("127.0.0.1", None) is None
+
+
+def _gslb(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "gslb", *args], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "GSLB_TOKEN": TOKEN})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_gslb_status_and_explain_say_who_sees_it_down(cluster: World) -> None:
+    c = cluster.instances["C"]
+    cluster.fail_eu("A", "B")
+    until(lambda: cluster.everyone_answers(US), 4)
+    status = _gslb("status", "--http", c.http.removeprefix("http://"))
+    assert re.search(rf"^cluster test-{TOKEN} as nsC: etcd at http://127\.0\.10\.\d:\d+; 3 live instances "
+                     r"\(nsC \(this one\), nsA, nsB\); down when more than 0\.5 of them see it down$", status, re.M)
+    assert re.search(r"^  eu +2 of 3 see it down: nsA \(status 503\), nsB \(status 503\)  -> DOWN$", status, re.M)
+    assert re.search(r"^  us +0 of 3 see it down: nobody$", status, re.M)
+    explain = _gslb("explain", "www.example.com", "--subnet", "85.214.0.0/24", "--zones", str(cluster.zones),
+                    "--state-file", c.args[c.args.index("--state-file") + 1])
+    assert f"  answer       {US}" in explain
+    assert re.search(r"^    eu +seen down by nsA \(status 503\), nsB \(status 503\)  -> DOWN$", explain, re.M)
+    assert re.search(r"^  cluster      test-\w+: 3 live instances \(nsA, nsB, nsC\)", explain, re.M)
+    drained = _gslb("drain", "eu", "--http", c.http.removeprefix("http://"))
+    assert drained == "eu: drained on every instance (through etcd)\n"
+
+
+def test_a_reloaded_down_quorum_applies_at_once(cluster: World) -> None:
+    config = cluster.zones / "gslb.toml"
+    text = config.read_text()
+    cluster.fail_eu("A")
+    until(lambda: cluster.sees("A", "down"), 5)
+    assert cluster.everyone_answers(EU)  # 1 of 3
+    try:
+        config.write_text(text.replace("down_quorum = 0.5", "down_quorum = 0"))  # any one
+        until(lambda: cluster.everyone_answers(US), 5)
+    finally:
+        config.write_text(text)
+    until(lambda: cluster.everyone_answers(EU), 5)
+    assert cluster.live_everywhere(3)  # nobody left the cluster to reload
+
+
+def test_a_single_process_instance_votes_too(cluster: World, tmp_path: Path) -> None:
+    d = Instance("D", cluster.zones, tmp_path / "state-D.json")
+    d.args[d.args.index("--workers") + 1] = "0"
+    d.start()
+    try:
+        until(lambda: cluster.live_everywhere(4, [*cluster.all, d]), 5)
+        everyone = [*cluster.all, d]
+        cluster.fail_eu("A", "B")
+        until(lambda: cluster.sees("AB", "down", everyone), 5)
+        assert all(i.answer() == EU for i in everyone)  # 2 of 4 is not more than half
+        cluster.fail_eu("A", "B", "D")
+        until(lambda: all(i.answer() == US for i in everyone), 4)  # 3 of 4
+        assert d.datacenter("eu")["reason"].startswith("down for 3 of 4 instances")
+    finally:
+        d.stop()
+    until(lambda: cluster.live_everywhere(3), 2)
