@@ -167,6 +167,7 @@ class Cluster:
         self._dirty = asyncio.Event()  # our record needs writing
         self._pending: dict[str, float | None] = {}  # drains (time) and undrains (None) not yet in etcd
         self._lost_logged = False
+        self._warned: set[int] = set()  # leases of other instances seen writing under our name
 
     def same_membership(self, config: ClusterConfig) -> bool:
         """Whether `config` keeps this instance in the same cluster, under the same lease."""
@@ -362,6 +363,8 @@ class Cluster:
             if name == self.instance:
                 if deleted:
                     self._dirty.set()  # deleted from outside: write it again
+                elif kv.lease != self._lease:
+                    self._same_name(kv)
                 return
             if deleted:
                 if self.peers.pop(name, None) is not None:
@@ -380,6 +383,20 @@ class Cluster:
                 drains[name] = kv.value
             else:
                 self._apply_drain(name, None if deleted else kv.value)
+
+    def _same_name(self, kv: KeyValue) -> None:
+        """Our key written under another lease: another live instance has our name."""
+        if kv.lease in self._warned:
+            return
+        self._warned.add(kv.lease)
+        try:
+            record = Record.decode(kv.value)
+            who = f" (host {record.host}, pid {record.pid})"
+        except ValueError:
+            who = ""
+        log.error("cluster: another instance%s writes its observations as %s too: give each instance its own "
+                  "--instance NAME; until then their votes overwrite each other", who, self.instance)
+        self._dirty.set()
 
     def _joined(self, endpoint: str) -> None:
         if not self.etcd_up:

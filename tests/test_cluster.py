@@ -612,3 +612,17 @@ def test_a_single_process_instance_votes_too(cluster: World, tmp_path: Path) -> 
     finally:
         d.stop()
     until(lambda: cluster.live_everywhere(3), 2)
+
+
+def test_two_instances_with_one_name_are_told(cluster: World, tmp_path: Path) -> None:
+    c = cluster.instances["C"]
+    twin = Instance("D", cluster.zones, tmp_path / "state-twin.json")
+    twin.args[twin.args.index("--instance") + 1] = "nsC"
+    mark = c.live.mark()
+    twin.start()
+    try:
+        twin.live.wait_log(r"another instance \(host .*, pid \d+\) writes its observations as nsC too")
+        c.live.wait_log(r"another instance \(host .*, pid \d+\) writes its observations as nsC too", start=mark)
+    finally:
+        twin.stop()  # its lease goes, and with it the key both wrote: C writes it again
+    until(lambda: cluster.live_everywhere(3), 3)
