@@ -158,6 +158,12 @@ def _queries(control: Control) -> Iterator[Metric]:
     yield CounterMetricFamily("gslb_dns_dropped",
                               "Queries dropped unanswered (short header, QR set).",
                               value=counters.dropped)
+    yield CounterMetricFamily("gslb_dns_rrl_limited",
+                              "UDP replies over the [rrl] rate limit: dropped or slipped (in log_only mode: "
+                              "those that would have been).", value=counters.rrl_limited)
+    yield CounterMetricFamily("gslb_dns_rrl_slipped",
+                              "Rate-limited replies sent as a minimal truncated (TC) or BADCOOKIE reply.",
+                              value=counters.rrl_slipped)
     yield CounterMetricFamily("gslb_dns_errors",
                               "Queries answered SERVFAIL after an unexpected error (logged).",
                               value=counters.servfail)
