@@ -99,3 +99,54 @@ def test_files_split_one_stream(tmp_path: Path) -> None:
     whole = [q.wire for q in stream.generate(700, seed=3, mmdb=mmdb)]
     assert first + second == whole
     assert stream.cached(tmp_path, [500, 200], seed=3, mmdb=mmdb) == [a, b]  # reused, not rewritten
+
+
+def test_blast_sends_the_file_and_matches_every_answer(tmp_path: Path) -> None:
+    """blast.c, the benchmark's batched sender: every query of one pass answered and counted."""
+    import shutil
+    import socket
+    import subprocess
+    import threading
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path / "blast"
+    subprocess.run([cc, "-O2", "-o", str(exe), str(Path(stream.__file__).with_name("blast.c"))], check=True)
+    (qfile,) = stream.cached(tmp_path, [300], seed=5, mmdb=stream.geolite2_city())
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    ids: set[bytes] = set()
+    stop = threading.Event()
+
+    def answer() -> None:  # echo each query back as an answer: QR set, RCODE 3 for every tenth
+        n = 0
+        while not stop.is_set():
+            try:
+                data, addr = srv.recvfrom(4096)
+            except TimeoutError:
+                continue
+            ids.add(data[:2])
+            n += 1
+            srv.sendto(data[:2] + bytes([data[2] | 0x80, 3 if n % 10 == 0 else 0]) + data[4:], addr)
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        r = subprocess.run(
+            [str(exe), "-s", "127.0.0.1", "-p", str(srv.getsockname()[1]), "-f", str(qfile), "-n", "1", "-l", "10"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        srv.close()
+    out = dict(line.split(None, 1) for line in r.stdout.splitlines())
+    assert (out["sent"], out["completed"], out["lost"]) == ("300", "300", "0")
+    assert out["rcodes"].split() == ["NOERROR:270", "NXDOMAIN:30"]
+    assert len(ids) == 300  # a fresh ID for every query
+    assert 0 < float(out["p50_ms"]) <= float(out["p99_ms"]) <= float(out["max_ms"]) + 0.001

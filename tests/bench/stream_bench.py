@@ -1,35 +1,36 @@
 """gslb against gdnsd on the never-repeating stream: the real case, one command.
 
-    python tests/bench/stream_bench.py [-l SECONDS] [--runs cold,warm,flip,bare,scope]
+    python tests/bench/stream_bench.py [-l SECONDS] [--reps N] [--runs cold,warm,flip,scope]
 
 Both servers answer ``www.example.com`` by "nearest" (great-circle distance from the
 client's location in the real GeoLite2-City database to three data centers) with the same
 data centers, coordinates and VIPs (peer_configs.gslb_nearest / gdnsd_nearest).  gslb runs
 in its default mode: one worker (``--workers 1``), its prober watching three loopback HTTP
-endpoints this script serves.  Each server is pinned to one core (taskset), dnsperf and
-this script to the other, and every run starts each server afresh (cold):
+endpoints this script serves.  Each server is pinned to one core (taskset), the sender
+(blast.c, batched; or dnsperf -B with ``--sender dnsperf``) and this script to the other,
+and every run starts each server afresh (cold):
 
 * cold   the never-repeating stream (stream.py: every query its own public /24 or /48,
-         a third with a client cookie), dnsperf at its maximum rate for -l seconds, against
+         a third with a client cookie) at the sender's maximum rate for -l seconds, against
          gslb, gslb with ``--udp-loop python`` (the pure-Python fallback, when gslb has the
          option), the bare Python loop (bare_udp.py: recvfrom/sendto, the ceiling of any
          pure-Python server) and gdnsd;
 * warm   a 60,000-query stream replayed three times (pass 1 cold, passes 2 and 3 warm);
 * flip   the cold stream while the "us" data center's verdict flips every 2 s: gslb's
-         probe endpoint for us answers 503 / 200 in turn (the real prober notices, 0.5 s
-         interval, fall = rise = 1); gdnsd gets ``geoip/www/us => DOWN`` in its admin_state
+         probe endpoint for us answers 503 / 200 in turn (the real prober notices: 0.5 s
+         interval, fall 2, rise 1); gdnsd gets ``geoip/www/us => DOWN`` in its admin_state
          file and then an empty file (gdnsd applies it at once; its own monitors cannot
-         probe faster than every 2 s);
+         probe more often than every 2 s);
 * scope  1,000 random public /24s asked of both servers: the ECS scope each returns,
          against the database network (maxminddb get_with_prefix_len).
 
-After each maximum-rate run, the same server process gets a latency run: dnsperf -v at a
-fixed rate (half gslb's rate in that run, the same for every server) on queries whose
-networks none of the runs uses (cold, flip) or on the same 60,000 (warm); p50 / p99
-come from its per-query lines.  Memory is the RSS of the server's process tree right after
-it answers and after the runs.  Start time is process start to the first answer; the first
-gslb start of an invocation uses a new state and zones directory (nothing cached on disk
-beside either), later ones are restarts.
+After each maximum-rate run, the same server process gets a latency run at a fixed rate
+(half the server's own peak in that run, open loop) on queries whose networks no run uses
+(cold, flip) or on the same 60,000 (warm); p50 / p99 come from blast's histogram (dnsperf:
+its -v lines).  Memory is the RSS of the server's process tree 1 s after its first answer
+and after the runs.  Start time is process start to the first answer; the first gslb start
+of an invocation uses a new state and zones directory (nothing cached on disk beside
+either), later ones are restarts.
 
 gslb is the committed code of ``--gslb-rev`` (default HEAD; git archive into the run
 directory, its compiled extension built there with ``setup.py build_ext --inplace``), so
@@ -383,20 +384,17 @@ class StreamBench:
         )
         s.stop()
 
-    def rate_for(self, run: str) -> int:
-        """The fixed rate of a run's latency measurements: half gslb's rate in that run."""
-        for which in (run, "cold"):
-            q = [
-                r["qps"]
-                for r in self.rows
-                if r["run"] == which
-                and r["server"] == "gslb"
-                and r["rep"] == self.rep
-                and r["scenario"] not in ("latency", "memory")
-            ]
-            if q:
-                return max(1000, int(min(q) / 2))
-        return self.a.latency_rate
+    def rate_for(self, run: str, server: str) -> int:
+        """The fixed rate of a latency measurement: half the server's own peak in that run."""
+        q = [
+            r["qps"]
+            for r in self.rows
+            if r["run"] == run
+            and r["server"] == server
+            and r["rep"] == self.rep
+            and r["scenario"] not in ("latency", "memory")
+        ]
+        return max(1000, int(min(q) / 2)) if q else self.a.latency_rate
 
     def one(self, name: str, run: str) -> None:
         cold = self.queries(self.cold)
@@ -408,17 +406,17 @@ class StreamBench:
                     row = self.measure(s, run, f"pass {i}", self.queries(self.warm, 1), seconds=15)
                     if row["sent"] < self.a.warm_queries:
                         self.note(f"{s.label}: warm pass {i} stopped at 15 s, after {row['sent']:,} queries")
-                self.latency(s, run, self.warm, self.rate_for(run))
+                self.latency(s, run, self.warm, self.rate_for(run, name))
             elif run == "flip":
                 flipper = Flipper(self, s)
                 self.measure(s, run, "flip", cold, seconds=self.a.duration, during=flipper.run)
                 row = self.rows[-1]
                 row.update(flipper.result())
                 flipper = Flipper(self, s, seconds=self.a.latency_seconds)
-                self.latency(s, run, self.cold_latency, self.rate_for(run), during=flipper.run)
+                self.latency(s, run, self.cold_latency, self.rate_for(run, name), during=flipper.run)
             else:
                 self.measure(s, run, "stream", cold, seconds=self.a.duration)
-                self.latency(s, run, self.cold_latency, self.rate_for(run))
+                self.latency(s, run, self.cold_latency, self.rate_for(run, name))
         finally:
             self.finish(s, run, rss0)
 
@@ -507,7 +505,7 @@ class StreamBench:
         w("")
         w(
             f"{m['cpus']} CPUs ({m['cpu_model']}), kernel {m['kernel']}; servers on CPU {a.server_cpu}, "
-            f"dnsperf on CPU {a.client_cpu}; load1 {m['load1_start']} at start, {m.get('load1_end', '-')} at end. "
+            f"{a.sender} on CPU {a.client_cpu}; load1 {m['load1_start']} at start, {m.get('load1_end', '-')} at end. "
             f"gslb {m['gslb_rev']}, Python {m['python']}, {m['gdnsd']}, {m['dnsperf']}. Database "
             f"{self.mmdb.name} (build {m['db_build']}). Stream: {a.queries:,} queries (cold), "
             f"{a.warm_queries:,} (warm); {a.duration:g} s per run; {a.reps} rep(s), medians; "
@@ -518,10 +516,10 @@ class StreamBench:
         w("")
         how = (
             f"blast (tests/bench/blast.c) -q {a.outstanding} -c 8 at its maximum rate; latency: blast at half "
-            "gslb's rate (the `at` column, open loop)"
+            "the server's own peak (the `at` column, open loop)"
             if a.sender == "blast"
-            else f"dnsperf -B -q {a.outstanding} -c 8 at its maximum rate; latency: dnsperf -v at half gslb's rate "
-            "(the `at` column)"
+            else f"dnsperf -B -q {a.outstanding} -c 8 at its maximum rate; latency: dnsperf -v at half the "
+            "server's own peak (the `at` column)"
         )
         w(
             how + " on the same process right after, on networks not seen before (warm: the same 60,000 "
