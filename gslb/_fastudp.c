@@ -49,7 +49,7 @@ static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_picks
     *s_counters, *s_ticks, *s_by_key, *s_by_answer, *s_query_log, *s_flag_bytes, *s_head, *s_head_opt, *s_body,
     *s_scoped, *s_udp_key, *s_answer_key, *s_ranks, *s_starts4, *s_ranks4, *s_starts6_hi, *s_starts6_lo,
     *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe,
-    *s_cookies, *s_rrl;
+    *s_cookies, *s_rrl, *s_tc_size;
 
 static PyObject *EntryType;    /* gslb.answer.Entry */
 static PyObject *SteeredType;  /* gslb.answer.Steered: a service's question in State.static */
@@ -58,7 +58,7 @@ static int intern_names(void) {
 #define NAME(var, text) if (!(var = PyUnicode_InternFromString(text))) return -1;
     NAME(s_state, "state") NAME(s_static, "static") NAME(s_negative, "negative") NAME(s_refused, "refused")
     NAME(s_index, "index") NAME(s_picks, "picks") NAME(s_by_resolver, "by_resolver")
-    NAME(s_cookies, "cookies") NAME(s_rrl, "rrl")
+    NAME(s_cookies, "cookies") NAME(s_rrl, "rrl") NAME(s_tc_size, "tc_size")
     NAME(s_counters, "counters") NAME(s_ticks, "ticks") NAME(s_by_key, "by_key") NAME(s_by_answer, "by_answer")
     NAME(s_query_log, "query_log") NAME(s_flag_bytes, "flag_bytes") NAME(s_head, "head")
     NAME(s_head_opt, "head_opt") NAME(s_body, "body") NAME(s_scoped, "scoped")
@@ -123,6 +123,7 @@ typedef struct {
     PyObject *answerer, *state, *statics, *negative, *refused, *index, *picks, *counters, *by_key, *by_answer;
     int by_resolver;
     int cookies;        /* state.cookies is not None: a query with a COOKIE option goes to Python */
+    Py_ssize_t tc_size; /* state.cookies.tc_size: longer replies go to Python (it may send TC) */
     int disabled;       /* 1: answer nothing here (query log on, or the tables unreadable) */
     long long ticks;    /* counters.ticks, kept here during a batch and written back */
     int ticks_dirty;
@@ -211,6 +212,12 @@ static void ctx_open(Ctx *c, PyObject *answerer) {
     PyErr_Clear();
     int limited = rrl != NULL && rrl != Py_None;
     c->cookies = cookies != NULL && cookies != Py_None;
+    if (c->cookies) {
+        PyObject *size = PyObject_GetAttr(cookies, s_tc_size);
+        c->tc_size = size != NULL && PyLong_Check(size) ? PyLong_AsSsize_t(size) : 1;  /* unreadable: all */
+        Py_XDECREF(size);
+        PyErr_Clear();
+    }
     Py_XDECREF(rrl);
     Py_XDECREF(cookies);
     if (limited)
@@ -686,7 +693,7 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
     Py_ssize_t qlen = qend - 12;
     Py_ssize_t opt_len = !has_opt ? 0 : ecs < 0 ? OPT_HEAD : OPT_HEAD + 4 + ecs_len;
     Py_ssize_t total = 12 + qlen + p->body_len + opt_len;
-    if (total > limit || total > REPLY_MAX)
+    if (total > limit || total > REPLY_MAX || (c->tc_size > 0 && total > c->tc_size))
         goto done; /* Python sends it with TC */
     unsigned char *o = out;
     memcpy(o, w, 2);

@@ -351,3 +351,32 @@ def test_dnspython_sends_a_cookie_and_keeps_the_answer(cookie_servers: tuple[Ser
         reply = server.send(again, tcp=tcp)
         echoed = next(o for o in reply.options if isinstance(o, dns.edns.CookieOption))
         assert echoed.server == cookie.server and reply.answer
+
+
+def test_the_compiled_loop_hands_cookie_queries_to_python(clock: list[int], snapshot: Snapshot) -> None:
+    compiled = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built")
+    answerer = Answerer(snapshot, HealthView())
+    plain, with_cookie = _query("static.example.com."), _query("static.example.com.", cookie=b"clientck")
+    for wire in (plain, with_cookie):
+        answerer.handle(wire, "127.0.0.1")  # the general path caches the answer
+    assert compiled.answer(answerer, plain, "127.0.0.1") == answerer._fast(plain, "127.0.0.1", False)
+    assert compiled.answer(answerer, with_cookie, "127.0.0.1") is None  # Python makes the server cookie
+    # Without [cookies] the option is ignored in C as in Python.
+    off = Answerer(build(Sources(EXAMPLE_ZONES)), HealthView())
+    off.handle(with_cookie, "127.0.0.1")
+    reply = compiled.answer(off, with_cookie, "127.0.0.1")
+    assert reply is not None and reply == off._fast(with_cookie, "127.0.0.1", False)
+
+
+def test_the_compiled_loop_leaves_large_answers_to_python(clock: list[int], tmp_path: Path, secret_file: Path) -> None:
+    compiled = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built")
+    config = _config(tmp_path, f'[cookies]\nsecret_file = "{secret_file}"\n'
+                               "large_answers_need_cookie = true\nlarge_answer_size = 100\n")
+    answerer = Answerer(build(Sources(EXAMPLE_ZONES, config=config)), HealthView())
+    large, small = _query("txt.example.com.", "TXT", payload=1232), _query("static.example.com.")
+    for wire in (large, small):
+        answerer.handle(wire, "127.0.0.1", True)  # cached (over TCP: no TC)
+    assert answerer._fast(large, "127.0.0.1", False) is None  # Python sends TC
+    assert compiled.answer(answerer, large, "127.0.0.1") is None
+    reply = compiled.answer(answerer, small, "127.0.0.1")
+    assert reply is not None and reply == answerer._fast(small, "127.0.0.1", False)

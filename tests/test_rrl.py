@@ -272,3 +272,15 @@ def test_a_flood_from_one_address_is_limited_and_another_gets_every_answer(
         time.sleep(0.2)
     assert slipped >= out["truncated"]
     assert _metric(text, "gslb_dns_rrl_limited") >= slip * slipped
+
+
+def test_the_compiled_loop_hands_every_packet_to_python_when_limiting(clock: Clock, snapshot: Snapshot) -> None:
+    compiled = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built")
+    answerer = Answerer(snapshot, HealthView())
+    wire = _wire("static.example.com.")
+    assert answerer.handle(wire, "192.0.2.77", True) is not None  # cached, over TCP: not counted
+    assert answerer._fast(wire, "192.0.2.77", False) is not None
+    assert compiled.answer(answerer, wire, "192.0.2.77") is None
+    without = Answerer(build(Sources(EXAMPLE_ZONES)), HealthView())
+    without.handle(wire, "192.0.2.77")
+    assert compiled.answer(without, wire, "192.0.2.77") is not None
