@@ -1,34 +1,64 @@
-"""A fast reader for the plain majority of master files; anything unusual goes to dnspython.
+"""RFC 1035 master files, read in one pass: every record with the file and line it starts on,
+and every syntax error of a file (each `file:line: message`), the rest of the file still read.
 
-dnspython's zone reader costs about 100 µs a record here, 10 s for a 100k-record zone. Most
-large zones are generated and plain: one record a line, common types, no escapes. This reader
-handles exactly that (plus parentheses, comments, $ORIGIN and $TTL) and builds the same
-dnspython rdata objects; on anything else it returns None, and the caller reads the file with
-dnspython, which then also words any error. A test holds the two readers to the same records.
+The whole format (`$ORIGIN`, `$TTL`, `$INCLUDE` relative to the zone file's directory,
+`$GENERATE`, parentheses, comments, escapes, omitted owner/TTL/class, RFC 3597 `\\# len hex`),
+with dnspython's public pieces doing what they do well: names with escapes or IDNA
+(`dns.name.from_text`), the rdata of every type (`dns.rdata.from_text`), TTLs and ranges.
+The common data (A, AAAA, TXT, CNAME, NS, PTR, MX without escapes) is built here directly, as
+light objects that encode as dnspython's do: a 100k-record zone reads in about a second.
+dnspython's defaulting rules are followed (RFC 2308 `$TTL`, else the last TTL, else the
+SOA's MINIMUM); a test holds this reader to dnspython's records, file by file.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import dns.exception
+import dns.grange
 import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.SOA
 import dns.ttl
+
+from gslb import inputs
 
 Name = dns.name.Name
 IN = dns.rdataclass.IN
 
-# A token: a quoted string without escapes, a parenthesis, a comment, or a plain word.
-_TOKEN = re.compile(r'"[^"\\]*"|[()]|;.*|[^\s;()"]+')
+MAX_PROBLEMS_PER_FILE = 100  # listed; the rest of a garbage file is counted, not listed
+MAX_INCLUDE_DEPTH = 20
+MAX_GENERATED = 1_000_000  # records from one $GENERATE: a typo in a range must not exhaust memory
+
+# A line's tokens where it has quotes or escapes: a quoted string, a parenthesis, a comment,
+# or a word (a backslash escapes the next character in both).  Anything else left between
+# them is an unterminated quote or a trailing backslash.
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[()]|;.*|(?:[^\s;()"\\]|\\.)+')
+_PARENS = re.compile(r"[()]|[^\s()]+")
 _NUMBER = re.compile(r"\d+$")
+_IPV4 = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
+# A $GENERATE substitution: an escape (kept), "$$" (a "$"), or "$" with an optional {modifier}.
+_SUBSTITUTION = re.compile(r"\\.|\$(\$|\{[^}]*\}?)?")
+_MODIFIER = re.compile(r"\{([+-]?\d+)(?:,(\d+)(?:,([doxXnN]))?)?\}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
 
 
 class WireRdata:
@@ -109,32 +139,19 @@ class NameRdata:
         return hash(self._key)
 
 
-_IPV4 = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
-
-
-def _a(reader: _Reader, args: list[str]) -> WireRdata:
-    address = _one(args)
-    if not _IPV4.match(address):
-        raise _Unusual("A")  # dnspython words the error
-    return WireRdata(dns.rdatatype.A, socket.inet_pton(socket.AF_INET, address))
-
-
-def _aaaa(reader: _Reader, args: list[str]) -> WireRdata:
-    address = _one(args)
-    if address.count(":") < 2 or "." in address or "%" in address:
-        raise _Unusual("AAAA")  # embedded IPv4 and scopes: dnspython decides
-    try:
-        return WireRdata(dns.rdatatype.AAAA, socket.inet_pton(socket.AF_INET6, address))
-    except OSError:
-        raise _Unusual("AAAA") from None
-
-
-def _txt(reader: _Reader, args: list[str]) -> WireRdata:
-    return WireRdata(dns.rdatatype.TXT, b"".join(bytes((len(s),)) + s for s in _strings(args)))
+def _syntax(message: str | None = None) -> dns.exception.SyntaxError:
+    """dnspython's syntax error (its own wording, "Text input is malformed", without a message)."""
+    if message is None:
+        return dns.exception.SyntaxError()  # type: ignore[no-untyped-call]
+    return dns.exception.SyntaxError(message)  # type: ignore[no-untyped-call]
 
 
 class _Unusual(Exception):
-    """Something this reader leaves to dnspython."""
+    """Data a maker leaves to dnspython's parser (which then also words any error)."""
+
+
+class _Outside(Exception):
+    """A record whose owner is outside the zone: reported, and the entry skipped."""
 
 
 @dataclass(slots=True)
@@ -146,128 +163,395 @@ class Record:
     line: int
 
 
-def read(path: Path, origin: Name) -> list[Record] | None:
-    """Every record of a plain master file, or None to have dnspython read it."""
+def read(path: Path, origin: Name) -> tuple[list[Record], list[Problem]]:
+    """Every record of a master file and the files it includes, and every problem found.
+
+    Each file is opened once; a bad entry (a line, or lines in parentheses) is reported and
+    skipped, and reading goes on.  Included names are resolved against `path`'s directory
+    (as named does, without chdir) and recorded with gslb.inputs.  A record outside the zone
+    is reported, not kept.
+    """
+    reader = _Reader(origin, path.parent)
+    inputs.read(path)
     try:
-        text = path.read_text(encoding="ascii")
-    except (UnicodeDecodeError, OSError):
-        return None
-    upper = text.upper()
-    if "\\" in text or "$INCLUDE" in upper or "$GENERATE" in upper:
-        return None
+        data = path.read_bytes()
+    except OSError as exc:
+        return [], [Problem(str(path), 1, f"cannot read: {exc}")]
+    reader.read_file(str(path), data, [os.path.realpath(path)])
+    if reader.unlisted:
+        reader.problems.append(Problem(str(path), 0, f"{reader.unlisted} more problems not listed"))
+    return reader.records, reader.problems
+
+
+@dataclass(slots=True)
+class _State:
+    """What an $INCLUDE changes and the end of the included file restores (as dnspython does)."""
+
+    origin: Name
+    last_ttl: int | None = None
+    default_ttl: int | None = None
+    default_from_soa: bool = False
+
+
+def _lines(data: bytes) -> tuple[list[str], list[int]]:
+    """The file's lines, and the numbers of those that are not UTF-8 (blanked)."""
     try:
-        return _Reader(str(path), origin).read(text)
-    except (_Unusual, dns.exception.DNSException, ValueError, IndexError):
-        return None
+        return data.decode().split("\n"), []
+    except UnicodeDecodeError:
+        pass
+    lines, bad = [], []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            lines.append(raw.decode())
+        except UnicodeDecodeError:
+            lines.append("")
+            bad.append(number)
+    return lines, bad
 
 
-class _Reader:
-    def __init__(self, file: str, origin: Name):
-        self.file = file
-        self.zone_origin = origin
-        self.origin = origin
-        self.default_ttl: int | None = None
-        self.last_owner: Name | None = None
-        self.names: dict[str, Name] = {}  # for the current origin
+def _tokens(line: str) -> list[str]:
+    """One line's tokens, comments dropped; quoted strings keep their quotes and escapes."""
+    if '"' not in line and "\\" not in line:
+        if ";" in line:
+            line = line[: line.index(";")]
+        return _PARENS.findall(line) if "(" in line or ")" in line else line.split()
+    tokens = []
+    end = 0
+    for match in _TOKEN.finditer(line):
+        if line[end : match.start()].strip():
+            break
+        end = match.end()
+        if match.group()[0] != ";":
+            tokens.append(match.group())
+    rest = line[end:].strip()
+    if rest:
+        if rest[0] == '"':
+            raise _syntax("newline in quoted string")
+        raise dns.exception.UnexpectedEnd  # a backslash at the end of the line
+    return tokens
 
-    def name(self, text: str) -> Name:
-        key = text
-        name = self.names.get(key)
-        if name is None:
-            if text == "@":
-                name = self.origin
-            elif text.endswith("."):
-                labels = text[:-1].split(".") if text != "." else []
-                name = Name([label.encode() for label in labels] + [b""])
-            else:
-                name = Name([label.encode() for label in text.split(".")] + list(self.origin.labels))
-            if any(not label for label in name.labels[:-1]):
-                raise _Unusual("empty label")
-            self.names[key] = name
-        return name
 
-    def outside(self, owner: Name, text: str) -> bool:
-        # A relative name is inside the current origin, which was checked when set.
-        return text.endswith(".") and not owner.is_subdomain(self.zone_origin)
-
-    def read(self, text: str) -> list[Record]:
-        records: list[Record] = []
-        pending: list[str] = []  # tokens of a record spanning parentheses
-        pending_line = 0
-        pending_blank = False
-        depth = 0
-        for number, line in enumerate(text.split("\n"), 1):
-            tokens = [t for t in _TOKEN.findall(line) if not t.startswith(";")]
-            if not pending:
-                if not tokens:
-                    continue
-                pending_line = number
-                pending_blank = line[:1] in (" ", "\t")
+def _entries(lines: list[str]) -> Iterator[tuple[int, bool, list[str] | dns.exception.DNSException]]:
+    """(first line, owner omitted, tokens or the error) for each entry: a line, or lines in parentheses."""
+    pending: list[str] = []
+    start = 0
+    blank = False
+    depth = 0
+    error: dns.exception.DNSException | None = None
+    within = False  # an entry has begun
+    for number, line in enumerate(lines, 1):
+        try:
+            tokens = _tokens(line)
+        except dns.exception.DNSException as exc:
+            tokens = []
+            error = error or exc
+            if not within:
+                within, start = True, number
+        if not within:
+            if not tokens:
+                continue
+            within, start, blank = True, number, line[:1] in (" ", "\t")
+        if "(" in tokens or ")" in tokens:
             for token in tokens:
                 if token == "(":
                     depth += 1
-                elif token == ")":
-                    depth -= 1
-                    if depth < 0:
-                        raise _Unusual("unbalanced parentheses")
-                else:
+                elif token != ")":
                     pending.append(token)
-            if depth == 0 and pending:
-                record = self.record(pending, pending_blank, pending_line)
-                if record is not None:
-                    records.append(record)
-                pending = []
-        if depth or pending:
-            raise _Unusual("unterminated record")
-        return records
+                elif depth:
+                    depth -= 1
+                else:
+                    error = error or _syntax("unbalanced parentheses")
+        else:
+            pending.extend(tokens)
+        if depth == 0:
+            if error is not None:
+                yield start, False, error
+            elif pending:
+                yield start, blank, pending
+            pending, error, within = [], None, False
+    if within:
+        yield start, False, error or _syntax("unbalanced parentheses")
 
-    def record(self, tokens: list[str], blank: bool, line: int) -> Record | None:
-        first = tokens[0]
-        if first.startswith("$"):
-            directive = first.upper()
-            if directive == "$ORIGIN" and len(tokens) == 2:
-                self.origin = self.name(tokens[1])
-                self.names = {}  # relative names now mean something else
-                if not self.origin.is_subdomain(self.zone_origin):
-                    raise _Unusual("$ORIGIN outside the zone")
-                return None
-            if directive == "$TTL" and len(tokens) == 2:
-                self.default_ttl = dns.ttl.from_text(tokens[1])
-                return None
-            raise _Unusual(directive)
-        pos = 0
-        if blank:
-            owner = self.last_owner
-            if owner is None:
-                raise _Unusual("no owner yet")
+
+class _Reader:
+    def __init__(self, zone_origin: Name, base: Path):
+        self.zone_origin = zone_origin
+        self.base = base  # $INCLUDE names are relative to the zone file's directory, at any depth
+        self.records: list[Record] = []
+        self.problems: list[Problem] = []
+        self.unlisted = 0
+        self._names: dict[Name, dict[str, tuple[Name, bool]]] = {}  # per origin: text -> (name, inside)
+        self._ttls: dict[str, int | None] = {}
+        self._classes: dict[str, int | None] = {}
+        self._types: dict[str, dns.rdatatype.RdataType] = {}
+        self._use(_State(zone_origin))
+        self.last: tuple[Name, bool] = (zone_origin, True)  # the owner a blank owner repeats
+
+    def _use(self, state: _State) -> None:
+        self.state = state
+        self.names = self._names.setdefault(state.origin, {})
+        self.origin_inside = state.origin.is_subdomain(self.zone_origin)
+
+    def problem(self, file: str, line: int, message: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS_PER_FILE:
+            self.problems.append(Problem(file, line, message))
         else:
-            owner = self.name(first)
-            pos = 1
-        self.last_owner = owner
-        ttl = None
-        for _ in range(2):  # TTL and class, in either order
-            token = tokens[pos].upper()
-            if token == "IN":
-                pos += 1
-            elif ttl is None and token[:1].isdigit():
-                ttl = dns.ttl.from_text(token)
-                pos += 1
+            self.unlisted += 1
+
+    def read_file(self, file: str, data: bytes, chain: list[str]) -> None:
+        lines, not_utf8 = _lines(data)
+        for number in not_utf8:
+            self.problem(file, number, "not valid UTF-8")
+        for line, blank, entry in _entries(lines):
+            try:
+                if isinstance(entry, dns.exception.DNSException):
+                    raise entry
+                if not blank and entry[0][0] == "$":
+                    self.directive(entry, file, line, chain)
+                else:
+                    self.record(entry, blank, file, line)
+            except _Outside:
+                self.problem(file, line, f"outside the zone {self.zone_origin}: {lines[line - 1].strip()}")
+            except (dns.exception.DNSException, ValueError) as exc:
+                message = (str(exc) or "syntax error").rstrip(".")
+                shown = lines[line - 1].strip()
+                self.problem(file, line, f"{message}: {shown}" if shown else message)
+
+    # -- names, TTLs, classes and types, each text looked at once -------------------------------
+
+    def name(self, text: str) -> tuple[Name, bool]:
+        """The name `text` means here, and whether it is inside the zone."""
+        known = self.names.get(text)
+        if known is None:
+            known = self.names[text] = self._located(text)
+        return known
+
+    def _located(self, text: str) -> tuple[Name, bool]:
+        if text[0] == '"':
+            raise _syntax("expecting an identifier")
+        if text == "@":
+            return self.state.origin, self.origin_inside
+        name = _name(text, self.state.origin)
+        relative = not text.endswith(".") and "\\" not in text
+        return name, (relative and self.origin_inside) or name.is_subdomain(self.zone_origin)
+
+    def _ttl(self, text: str) -> int | None:
+        if text not in self._ttls:
+            try:
+                self._ttls[text] = dns.ttl.from_text(text)
+            except dns.ttl.BadTTL:
+                self._ttls[text] = None
+        return self._ttls[text]
+
+    def _class(self, text: str) -> int | None:
+        """The class `text` names, None when it names none (the type comes next)."""
+        if text not in self._classes:
+            rdclass: int | None
+            try:
+                rdclass = dns.rdataclass.from_text(text)
+            except dns.exception.SyntaxError:
+                raise
+            except Exception:
+                rdclass = None
+            self._classes[text] = rdclass
+        rdclass = self._classes[text]
+        if rdclass is not None and rdclass != IN:
+            raise _syntax("RR class is not zone's class")
+        return rdclass
+
+    def _type(self, text: str) -> dns.rdatatype.RdataType:
+        rdtype = self._types.get(text)
+        if rdtype is None:
+            try:
+                rdtype = self._types[text] = dns.rdatatype.from_text(text)
+            except Exception:
+                raise _syntax(f"unknown rdatatype '{text}'") from None
+        return rdtype
+
+    def _implicit_ttl(self) -> int | None:
+        # RFC 2308: $TTL; else the last TTL given (RFC 1035 §5.1), which also beats the SOA's MINIMUM.
+        state = self.state
+        if state.last_ttl is not None and (state.default_ttl is None or state.default_from_soa):
+            return state.last_ttl
+        return state.default_ttl
+
+    def _ttl_class(self, tokens: list[str], pos: int) -> tuple[int | None, int]:
+        """[TTL] [class] in either order from tokens[pos]: the TTL given (or None) and where the type is."""
+        ttl = self._ttl(_ident(tokens, pos))
+        if ttl is not None:
+            pos += 1
+        if self._class(_ident(tokens, pos)) is not None:
+            pos += 1
+            if ttl is None:
+                ttl = self._ttl(_ident(tokens, pos))
+                if ttl is not None:
+                    pos += 1
+        if ttl is not None:
+            self.state.last_ttl = ttl
+        return ttl, pos
+
+    # -- entries ---------------------------------------------------------------------------------
+
+    def record(self, tokens: list[str], blank: bool, file: str, line: int) -> None:
+        if not blank:
+            self.last = self.name(tokens[0])
+        name, inside = self.last
+        if not inside:
+            raise _Outside
+        given, pos = self._ttl_class(tokens, 0 if blank else 1)
+        ttl = given if given is not None else self._implicit_ttl()
+        rdtype = self._type(_ident(tokens, pos))
+        rdata = self.rdata(rdtype, tokens[pos + 1 :])
+        if self.state.default_ttl is None and isinstance(rdata, dns.rdtypes.ANY.SOA.SOA):
+            # Without $TTL, the SOA's MINIMUM is the default (the pre-RFC 2308 rule dnspython keeps).
+            self.state.default_ttl, self.state.default_from_soa = rdata.minimum, True
+            ttl = ttl if ttl is not None else self._implicit_ttl()
         if ttl is None:
-            if self.default_ttl is None:
-                raise _Unusual("no TTL")  # dnspython knows the RFC 2308 fallbacks
-            ttl = self.default_ttl
-        rdtype = dns.rdatatype.from_text(tokens[pos])
-        if self.outside(owner, first if not blank else "@"):
-            raise _Unusual("outside the origin")  # dnspython skips these; the caller reports
+            raise _syntax("Missing default TTL value")
+        self.records.append(Record(name, ttl, rdata, file, line))
+
+    def rdata(self, rdtype: dns.rdatatype.RdataType, args: list[str]) -> dns.rdata.Rdata | WireRdata | NameRdata:
         make = _MAKERS.get(rdtype)
-        args = tokens[pos + 1 :]
         if make is not None:
-            rdata = make(self, args)
-        elif rdtype in (dns.rdatatype.SOA, dns.rdatatype.SRV, dns.rdatatype.CAA):
-            rdata = dns.rdata.from_text(IN, rdtype, " ".join(args), origin=self.origin, relativize=False)
+            try:
+                return make(self, args)
+            except (_Unusual, dns.exception.DNSException, ValueError, OSError):
+                pass  # dnspython's parser decides, and words any error
+        try:
+            return dns.rdata.from_text(IN, rdtype, " ".join(args), self.state.origin, False, self.zone_origin)
+        except dns.exception.SyntaxError:
+            raise
+        except Exception as exc:  # any failure of a type's parser is a syntax error of the line
+            raise _syntax(f"caught exception {type(exc)}: {exc}") from None
+
+    def directive(self, tokens: list[str], file: str, line: int, chain: list[str]) -> None:
+        word, args = tokens[0].upper(), tokens[1:]
+        if word == "$ORIGIN":
+            if len(args) != 1:
+                raise _syntax("$ORIGIN takes one name")
+            self._use(replace(self.state, origin=self._located(args[0])[0]))
+        elif word == "$TTL":
+            if len(args) != 1 or args[0][0] == '"':
+                raise _syntax("bad $TTL")
+            self.state.default_ttl, self.state.default_from_soa = dns.ttl.from_text(args[0]), False
+        elif word == "$INCLUDE":
+            self.include(args, file, line, chain)
+        elif word == "$GENERATE":
+            self.generate(args, file, line)
         else:
-            raise _Unusual(dns.rdatatype.to_text(rdtype))
-        return Record(owner, ttl, rdata, self.file, line)
+            raise _syntax(f"zone file directive '{word}' is not allowed")
+
+    def include(self, args: list[str], file: str, line: int, chain: list[str]) -> None:
+        """`$INCLUDE file [origin]`: the file read in place, with the state restored after it."""
+        if not 1 <= len(args) <= 2:
+            raise _syntax("$INCLUDE takes a file name and an optional origin")
+        name = args[0][1:-1] if args[0][0] == '"' else args[0]
+        origin = self._located(args[1])[0] if len(args) == 2 else self.state.origin
+        path = Path(name) if os.path.isabs(name) else self.base / name
+        inputs.read(path)  # a missing one too: its appearing is a change
+        real = os.path.realpath(path)
+        if real in chain or len(chain) > MAX_INCLUDE_DEPTH:
+            self.problem(file, line, f"$INCLUDE {name}: {path} includes itself")
+            return
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.problem(file, line, f"$INCLUDE {name}: cannot read {path}: {exc.strerror}")
+            return
+        saved, last = self.state, self.last
+        self._use(replace(saved, origin=origin))
+        try:
+            self.read_file(str(path), data, [*chain, real])
+        finally:
+            self._use(saved)
+            self.last = last
+
+    def generate(self, args: list[str], file: str, line: int) -> None:
+        """`$GENERATE range lhs [ttl] [class] type rhs`, as BIND reads it."""
+        try:
+            start, stop, step = dns.grange.from_text(_ident(args, 0))
+        except Exception:
+            raise _syntax("bad $GENERATE range") from None
+        if (stop - start) // step >= MAX_GENERATED:
+            raise _syntax(f"$GENERATE range of more than {MAX_GENERATED} records")
+        lhs = _ident(args, 1)
+        given, pos = self._ttl_class(args, 2)
+        ttl = given if given is not None else self._implicit_ttl()
+        if ttl is None:
+            raise _syntax("Missing default TTL value")
+        rdtype = self._type(_ident(args, pos))
+        if len(args) != pos + 2:
+            raise _syntax("$GENERATE takes one rhs (quote it if it has spaces)")
+        rhs = args[pos + 1][1:-1] if args[pos + 1][0] == '"' else args[pos + 1]
+        for counter in range(start, stop + 1, step):
+            self.last = name, inside = self._located(_substitute(lhs, counter))
+            if not inside:
+                raise _Outside
+            rdata = self.rdata(rdtype, _tokens(_substitute(rhs, counter)))
+            self.records.append(Record(name, ttl, rdata, file, line))
+
+
+def _ident(tokens: list[str], pos: int) -> str:
+    """tokens[pos], which must be there and not a quoted string."""
+    if pos >= len(tokens) or tokens[pos][0] == '"':
+        raise _syntax()
+    return tokens[pos]
+
+
+def _name(text: str, origin: Name) -> Name:
+    if "\\" in text or not text.isascii():
+        return dns.name.from_text(text, origin)  # escapes, IDNA
+    tail: tuple[bytes, ...]
+    if text.endswith("."):
+        labels, tail = (text[:-1].split(".") if text != "." else []), (b"",)
+    else:
+        labels, tail = text.split("."), origin.labels
+    if "" in labels:
+        return dns.name.from_text(text, origin)  # raises EmptyLabel, as dnspython words it
+    return Name([label.encode() for label in labels] + list(tail))
+
+
+def _substitute(template: str, counter: int) -> str:
+    """A $GENERATE template with each `$` or `${offset[,width[,base]]}` replaced; `$$` is a `$`."""
+    if "$" not in template:
+        return template
+
+    def one(match: re.Match[str]) -> str:
+        text, modifier = match.group(), match.group(1)
+        if text[0] == "\\":
+            return text  # an escape stays for the name or rdata parser
+        if modifier == "$":
+            return "$"
+        offset, width, base = 0, 0, "d"
+        if modifier:
+            parts = _MODIFIER.match(modifier)
+            if parts is None:
+                raise _syntax("invalid $GENERATE modifier")
+            offset, width, base = int(parts[1]), int(parts[2] or 0), parts[3] or "d"
+            if width > 127:  # BIND's limit on one substitution
+                raise _syntax("$GENERATE width is too large")
+        value = counter + offset
+        if base in "nN":
+            return _nibbles(value, width, base)
+        return format(value, base).zfill(width)
+
+    return _SUBSTITUTION.sub(one, template)
+
+
+def _nibbles(value: int, width: int, base: str) -> str:
+    """Hex nibbles, least significant first, dot-separated, zero nibbles added to `width` characters."""
+    if value < 0:
+        raise _syntax("negative $GENERATE value in nibble mode")
+    digits = "0123456789ABCDEF" if base == "N" else "0123456789abcdef"
+    out = digits[value & 15]
+    value >>= 4
+    while value or len(out) < width:
+        out += "." + digits[value & 15]
+        value >>= 4
+    return out
+
+
+# -- the common types, built without dnspython's parser ------------------------------------------
 
 
 def _one(args: list[str]) -> str:
@@ -276,30 +560,50 @@ def _one(args: list[str]) -> str:
     return args[0]
 
 
-def _strings(args: list[str]) -> tuple[bytes, ...]:
+def _a(reader: _Reader, args: list[str]) -> WireRdata:
+    address = _one(args)
+    if not _IPV4.match(address):
+        raise _Unusual("A")
+    return WireRdata(dns.rdatatype.A, socket.inet_pton(socket.AF_INET, address))
+
+
+def _aaaa(reader: _Reader, args: list[str]) -> WireRdata:
+    address = _one(args)
+    if address.count(":") < 2 or "." in address or "%" in address:
+        raise _Unusual("AAAA")  # embedded IPv4 and scopes: dnspython decides
+    return WireRdata(dns.rdatatype.AAAA, socket.inet_pton(socket.AF_INET6, address))
+
+
+def _txt(reader: _Reader, args: list[str]) -> WireRdata:
     out = []
     for arg in args:
-        raw = arg[1:-1] if arg.startswith('"') else arg
-        if len(raw) > 255:
-            raise _Unusual("string too long")
-        out.append(raw.encode())
+        raw = arg[1:-1] if arg[0] == '"' else arg
+        if len(raw) > 255 or "\\" in raw or not raw.isascii():
+            raise _Unusual("TXT")
+        out.append(bytes((len(raw),)) + raw.encode())
     if not out:
         raise _Unusual("no strings")
-    return tuple(out)
+    return WireRdata(dns.rdatatype.TXT, b"".join(out))
+
+
+def _target(reader: _Reader, text: str) -> Name:
+    if text[0] == '"':
+        raise _Unusual("quoted name")
+    return reader.name(text)[0]
 
 
 def _mx(reader: _Reader, args: list[str]) -> NameRdata:
     if len(args) != 2 or not _NUMBER.match(args[0]) or int(args[0]) > 65535:
         raise _Unusual("MX")
-    return NameRdata(dns.rdatatype.MX, reader.name(args[1]), int(args[0]))
+    return NameRdata(dns.rdatatype.MX, _target(reader, args[1]), int(args[0]))
 
 
-_MAKERS: dict[int, Callable[[_Reader, list[str]], dns.rdata.Rdata | WireRdata | NameRdata]] = {
+_MAKERS: dict[int, Callable[[_Reader, list[str]], WireRdata | NameRdata]] = {
     dns.rdatatype.A: _a,
     dns.rdatatype.AAAA: _aaaa,
-    dns.rdatatype.CNAME: lambda r, a: NameRdata(dns.rdatatype.CNAME, r.name(_one(a))),
-    dns.rdatatype.NS: lambda r, a: NameRdata(dns.rdatatype.NS, r.name(_one(a))),
-    dns.rdatatype.PTR: lambda r, a: NameRdata(dns.rdatatype.PTR, r.name(_one(a))),
+    dns.rdatatype.CNAME: lambda r, a: NameRdata(dns.rdatatype.CNAME, _target(r, _one(a))),
+    dns.rdatatype.NS: lambda r, a: NameRdata(dns.rdatatype.NS, _target(r, _one(a))),
+    dns.rdatatype.PTR: lambda r, a: NameRdata(dns.rdatatype.PTR, _target(r, _one(a))),
     dns.rdatatype.MX: _mx,
     dns.rdatatype.TXT: _txt,
 }

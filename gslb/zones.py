@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import dns.exception
 import dns.name
-import dns.rdata
 import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
-import dns.tokenizer
-import dns.zonefile
 
 from gslb import inputs, masterfile
+from gslb.masterfile import Problem
 from gslb.wire import (
     NOERROR,
     NXDOMAIN,
@@ -39,20 +33,9 @@ Name = dns.name.Name
 Rdataset = dns.rdataset.Rdataset
 
 MAX_CNAME_CHAIN = 12  # loops and absurd chains end here, as in most servers
-MAX_SYNTAX_ERRORS_PER_FILE = 20
 WILDCARD_WIRE = b"\x01*"  # the label "*" (RFC 4592), as it starts a wire-form name
 # Types that may sit beside a CNAME (RFC 2181 §10.1, RFC 4035 §2.5).
 CNAME_NEIGHBOURS = {TYPE_CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.KEY}
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
 
 
 class ZoneError(Exception):
@@ -91,181 +74,6 @@ class Resolution:
     def service(self) -> ServiceAnswer | None:
         last = self.answer[-1] if self.answer else None
         return last if isinstance(last, ServiceAnswer) else None
-
-
-@dataclass(slots=True)
-class _Record:
-    name: Name
-    ttl: int
-    rdata: dns.rdata.Rdata
-    file: str
-    line: int
-
-
-class _Collector:
-    """Stands in for a dnspython transaction: records every RR with the file and line it came from."""
-
-    def __init__(self, origin: Name):
-        self.origin = origin
-        self.records: list[_Record] = []
-        self.manager = self
-        self.file = ""
-        self.line = 0
-        self.in_record = False
-        self.ignored: list[tuple[str, int]] = []
-
-    def watch(self, reader: dns.zonefile.Reader) -> None:
-        """Note where each record starts: a record in parentheses ends lines later."""
-        read_record = reader._rr_line
-
-        def _rr_line() -> None:
-            filename, self.line = reader.tok.where()
-            self.file = str(filename)
-            self.in_record = True
-            before = len(self.records)
-            read_record()
-            self.in_record = False
-            if len(self.records) == before:
-                # dnspython skips a record whose owner is outside the origin; we report it.
-                self.ignored.append((self.file, self.line))
-
-        reader._rr_line = _rr_line  # type: ignore[method-assign]
-
-    def origin_information(self) -> tuple[Name, bool, Name]:
-        return self.origin, False, self.origin
-
-    def check_put_rdataset(self, check: Callable[..., Any]) -> None:
-        pass  # consistency is checked afterwards, with line numbers, all problems at once
-
-    def _set_origin(self, origin: Name) -> None:
-        pass
-
-    def add(self, name: Name, ttl: int, rdata: dns.rdata.Rdata) -> None:
-        self.records.append(_Record(name, ttl, rdata, self.file, self.line))
-
-
-class _IncludingTokenizer(dns.tokenizer.Tokenizer):
-    """Resolves the file name of an `$INCLUDE` against the zone file's directory.
-
-    dnspython opens an `$INCLUDE` name as written, so relative to the process's working
-    directory; named reads it relative to its directory, and so does gslb: the zone file's
-    directory, for includes inside included files too. Without chdir: a reload runs in a
-    thread while others answer. Each included file is recorded as an input of the snapshot.
-    """
-
-    def __init__(self, f: Any, filename: str, base: Path):
-        super().__init__(f, filename)
-        self.base = base
-        self._include_line = 0  # the line of an $INCLUDE whose file name comes next
-
-    def get(self, want_leading: bool = False, want_comment: bool = False) -> dns.tokenizer.Token:
-        token = super().get(want_leading, want_comment)
-        if self._include_line:
-            line, self._include_line = self._include_line, 0
-            if token.is_identifier() or token.is_quoted_string():
-                token = dns.tokenizer.Token(token.ttype, self._resolve(token.value, line), token.has_escape)
-        elif want_leading and want_comment and token.is_identifier() and token.value.upper() == "$INCLUDE":
-            # The reader asks for a line's first token with (True, True) only; a directive is one.
-            self._include_line = self.line_number
-        return token
-
-    def _resolve(self, name: str, line: int) -> str:
-        path = Path(name) if os.path.isabs(name) else self.base / name
-        inputs.read(path)  # a missing one too: its appearing is a change
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise _IncludeError(self.filename, line, f"$INCLUDE {name}: cannot read {path}: {exc.strerror}") from None
-        return str(path)
-
-
-class _IncludeError(Exception):
-    """An $INCLUDE that cannot be read, at the directive's own line (dnspython would say the next)."""
-
-    def __init__(self, file: str, line: int, message: str):
-        super().__init__(f"{file}:{line}: {message}")
-        self.file = file
-        self.line = line
-        self.message = message
-
-
-class _IncludingReader(dns.zonefile.Reader):
-    """A zone file reader whose included files get the resolving tokenizer as well."""
-
-    _including: _IncludingTokenizer
-
-    @property
-    def tok(self) -> _IncludingTokenizer:
-        return self._including
-
-    @tok.setter
-    def tok(self, tok: dns.tokenizer.Tokenizer) -> None:
-        if not isinstance(tok, _IncludingTokenizer):  # dnspython's own, for an included file
-            tok = _IncludingTokenizer(tok.file, tok.filename, self._including.base)
-        self._including = tok
-
-
-_ERROR_AT = re.compile(r"^(.*?):(\d+): (.*)$", re.S)
-
-
-def _read_records(path: Path, origin: Name) -> tuple[list[_Record], list[Problem]]:
-    """Every record in one zone file, and every syntax error found (one per bad line)."""
-    inputs.read(path)
-    plain = masterfile.read(path, origin)
-    if plain is not None:
-        return plain, []  # type: ignore[return-value]
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    problems: list[Problem] = []
-    for _ in range(MAX_SYNTAX_ERRORS_PER_FILE):
-        collector = _Collector(origin)
-        tok = _IncludingTokenizer(text, str(path), path.parent)
-        reader = _IncludingReader(
-            tok, dns.rdataclass.IN, collector, allow_include=True  # type: ignore[arg-type]
-        )
-        collector.watch(reader)
-        try:
-            reader.read()
-            for file, line in collector.ignored:
-                problems.append(Problem(file, line, f"outside the zone {origin}: {_line_text(file, line)}"))
-            return collector.records, problems
-        except (dns.exception.SyntaxError, _IncludeError) as exc:
-            if isinstance(exc, _IncludeError):
-                file, line, message = exc.file, exc.line, exc.message
-            elif match := _ERROR_AT.match(str(exc)):
-                file, line, message = match.group(1), int(match.group(2)), match.group(3)
-            else:
-                problems.append(Problem(str(path), 1, str(exc)))
-                return [], problems
-            if collector.in_record and collector.file == file:
-                # dnspython reports the line after a record's end; the record's start is right.
-                line = collector.line
-            lines = text.split("\n")
-            here = Path(file).resolve() == path.resolve() and 1 <= line <= len(lines)
-            shown = lines[line - 1].strip() if here else _line_text(file, line)  # an included file's
-            if shown and not isinstance(exc, _IncludeError):
-                message = f"{message.rstrip('.')}: {shown}"
-            problems.append(Problem(file, line, message))
-            # Keep reading past the bad line, so one run reports every error in the file.
-            if not here:
-                return [], problems
-            lines[line - 1] = ";"
-            text = "\n".join(lines)
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(str(path), 1, f"cannot read: {exc}"))
-            return [], problems
-    return [], problems
-
-
-def _line_text(file: str, line: int) -> str:
-    try:
-        with open(file, encoding="utf-8", errors="replace") as f:
-            for number, text in enumerate(f, 1):
-                if number == line:
-                    return text.strip()
-    except OSError:
-        pass
-    return ""
 
 
 class Zone:
@@ -345,20 +153,15 @@ def _origin_for(path: Path) -> Name:
 def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list[Problem]]:
     """Read and check one zone file; the zone is None when it has problems."""
     origin = origin or _origin_for(path)
-    # Consistency is checked even when some lines had errors: every problem in one run
-    # (unless the file had so many that reading it was given up).
-    records, problems = _read_records(path, origin)
-    if len(problems) >= MAX_SYNTAX_ERRORS_PER_FILE:
-        problems.append(Problem(str(path), 0, f"stopped after {len(problems)} errors"))
-        return None, problems
+    # One pass reads every record and finds every syntax error (in included files too), and
+    # consistency is checked even when some lines had errors: every problem in one run.
+    records, problems = masterfile.read(path, origin)
     if problems and not records:
-        return None, problems  # reading stopped (in an included file): "no SOA" would only mislead
+        return None, problems  # nothing read (the file, or every line, is bad): "no SOA" would only mislead
     # Grouped by the owner object first (the fast reader hands out one object per owner
     # text): a dnspython Name hashes slowly, so each name is hashed once, not per record.
     groups: dict[int, tuple[Name, dict[int, Rdataset], dict[int, tuple[str, int]]]] = {}
     for rec in records:
-        if isinstance(rec, _Record) and not rec.name.is_subdomain(origin):
-            continue  # dnspython read it; reported by _read_records (the fast reader declines these)
         if rec.rdata.rdclass != dns.rdataclass.IN:
             problems.append(Problem(rec.file, rec.line, "only class IN is served"))
             continue
@@ -369,14 +172,14 @@ def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list
         rdtype = rec.rdata.rdtype
         rdataset = types.get(rdtype)
         if rdataset is None:
-            rdataset = types[rdtype] = dns.rdataset.Rdataset(dns.rdataclass.IN, rdtype)
+            rdataset = types[rdtype] = dns.rdataset.Rdataset(dns.rdataclass.IN, rdtype)  # type: ignore[arg-type]
             rdataset.ttl = rec.ttl
             lines[rdtype] = (rec.file, rec.line)
         elif rdataset.ttl != rec.ttl:
             # RFC 2181 §5.2: TTLs in an RRset must agree; like named, use the lowest.
             log.debug("%s:%d: TTL differs within the %s RRset", rec.file, rec.line, rec.name)
             rdataset.ttl = min(rdataset.ttl, rec.ttl)
-        rdataset.add(rec.rdata)
+        rdataset.add(rec.rdata)  # type: ignore[arg-type]  # the light rdata encode as dnspython's do
     nodes: dict[bytes, dict[int, Rdataset]] = {}
     names: dict[bytes, Name] = {}
     first_line: dict[bytes, dict[int, tuple[str, int]]] = {}
