@@ -278,14 +278,15 @@ class Cluster:
             if self._pending.get(name, 0) == at:
                 del self._pending[name]
 
-    def _apply_drain(self, name: str, value: bytes | None) -> None:
+    def _apply_drain(self, name: str, value: bytes | None, joining: bool = False) -> None:
         """A drain key as etcd has it (None: deleted) made true here."""
         if name in self._pending:
             return  # ours, not yet written: it wins when it is
         drained = name in self.monitor.drained
         if value is None:
             if drained:
-                log.info("cluster: %s undrained on another instance", name)
+                log.info("cluster: %s %s", name, "is not drained in etcd: undrained here" if joining
+                         else "undrained on another instance")
                 self.monitor.undrain(name)
             return
         if drained:
@@ -321,7 +322,7 @@ class Cluster:
                 synced = self._client is not None
                 self._client = None
                 await client.aclose()
-            log.info("cluster: %s", error) if synced else log.debug("cluster: %s", error)
+            log.log(logging.INFO if synced else logging.DEBUG, "cluster: %s", error)
             index += 1
             failures = 1 if synced else failures + 1
             if synced:
@@ -352,7 +353,7 @@ class Cluster:
             self._apply(kv, deleted=False, drains=drains)
         for name in list(self.monitor.drained):
             if name not in drains:
-                self._apply_drain(name, None)
+                self._apply_drain(name, None, joining=True)
         for name, value in drains.items():
             self._apply_drain(name, value)
 
