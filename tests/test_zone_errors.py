@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import io
 import os
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from gslb import masterfile, zones
 from gslb.inputs import recording
+from tests.conftest import EXAMPLE_ZONES
 
 ORIGIN = dns.name.from_text("err.test.")
 HEAD = "$ORIGIN err.test.\n$TTL 60\n@ SOA ns hostmaster ( 1 7200\n    1800 1209600 300 )\n  NS ns\nns A 127.0.0.1\n"
@@ -172,3 +174,25 @@ def test_a_missing_zone_file_is_one_problem(tmp_path: Path) -> None:
     assert records == [] and len(problems) == 1
     assert problems[0].line == 1 and problems[0].message.startswith("cannot read: ")
 
+
+
+def test_mangled_zone_files_give_problems_never_exceptions(tmp_path: Path) -> None:
+    """Random edits of the example zone (quotes, escapes, parentheses, directives): every outcome is
+    records and problems at lines of the file, never an exception out of the reader."""
+    base = (EXAMPLE_ZONES / "example.com.zone").read_bytes() + b"$GENERATE 1-3 g$ A 10.0.0.$\n$INCLUDE h.inc\n"
+    (tmp_path / "h.inc").write_bytes(b"h1 A 127.0.0.1\n")
+    zone = tmp_path / "example.com.zone"
+    alphabet = b' \t\n()";\\$@.{}0123456789aAxX#-/,\xff'
+    rng = random.Random(7)
+    for _ in range(300):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(data))
+            if rng.random() < 0.5:
+                data[at] = rng.choice(alphabet)
+            else:
+                data.insert(at, rng.choice(alphabet))
+        zone.write_bytes(bytes(data))
+        _, problems = zones.load_zone(zone)
+        lines = data.count(b"\n") + 1
+        assert all(0 <= p.line <= lines for p in problems if p.file == str(zone)), problems
