@@ -529,7 +529,7 @@ class StreamBench:
         w("")
         w(
             "| run | server | qps | ratio to gdnsd | server CPU % | qps per server core (ratio) | client core % | "
-            "answered | lost | at qps | p50 ms | p99 ms | RSS start / end MiB |"
+            "answered | lost | at qps | p50 ms | p99 ms | RSS start / end (PSS end) MiB |"
         )
         w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for run in [r for r in ("cold", "warm", "flip") if r in a.runs]:
@@ -545,7 +545,7 @@ class StreamBench:
                     lr = {k: self.cell(run, srv, "latency", k) for k in ("rate", "p50_ms", "p99_ms")}
                     if sc != scen[-1] or lr["rate"] is None:
                         lr = {}
-                    mem = self.cell(run, srv, "memory", "rss_start_mib"), self.cell(run, srv, "memory", "rss_end_mib")
+                    mem = [self.cell(run, srv, "memory", k) for k in ("rss_start_mib", "rss_end_mib", "pss_end_mib")]
                     label = f"{run} ({sc})" if run == "warm" else run
                     w(
                         f"| {label} | {srv} | **{q:,.0f}** | {fmt(ratio)} | "
@@ -553,7 +553,7 @@ class StreamBench:
                         f"{fmt(self.cell(run, srv, sc, 'client_core_pct'), 0)} | "
                         f"{self.cell(run, srv, sc, 'completed'):,.0f} | {self.cell(run, srv, sc, 'lost'):.0f} | "
                         f"{fmt(lr.get('rate'), 0)} | {fmt(lr.get('p50_ms'), 3)} | {fmt(lr.get('p99_ms'), 3)} | "
-                        f"{fmt(mem[0], 0)} / {fmt(mem[1], 0)} |"
+                        f"{fmt(mem[0], 0)} / {fmt(mem[1], 0)} ({fmt(mem[2], 0)}) |"
                     )
         flips = [r for r in self.rows if r.get("run") == "flip" and r["scenario"] == "flip"]
         if flips:
@@ -574,11 +574,14 @@ class StreamBench:
         if spurious:
             w("")
             w(f"Verdict changes nobody asked for (a probe reply late on the busy client core): {spurious}")
-        gs = self.cell("cold", "gslb-py", "stream", "qps")
-        bs = self.cell("cold", "bare", "stream", "qps")
-        if gs and bs:
+        gs = [self.cell("cold", "gslb-py", "stream", k) for k in ("qps", "qps_per_core")]
+        bs = [self.cell("cold", "bare", "stream", k) for k in ("qps", "qps_per_core")]
+        if gs[0] and bs[0]:
             w("")
-            w(f"gslb's pure-Python loop / the bare Python loop, cold stream: {fmt(div(gs, bs))}")
+            w(
+                f"gslb's pure-Python loop / the bare Python loop, cold stream: {fmt(div(gs[0], bs[0]))} in qps, "
+                f"{fmt(div(gs[1], bs[1]))} per server core (medians)."
+            )
         if self.starts:
             w("")
             w("## Start: process start to first answer (GeoLite2-City)")
