@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -164,20 +166,29 @@ class GeoTable:
 
 
 def _nodes(buf: bytes, node_count: int, record_size: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each node's left and right records, column by column (a whole int64 copy of the tree
+    would cost 200 MB for a City database)."""
     size = record_size * 2 // 8
-    raw = np.frombuffer(buf, np.uint8, count=node_count * size).reshape(node_count, size).astype(np.int64)
+    raw = np.frombuffer(buf, np.uint8, count=node_count * size).reshape(node_count, size)
+
+    def col(i: int, shift: int = 0, mask: int = 0xFF) -> npt.NDArray[np.uint32]:
+        c = raw[:, i].astype(np.uint32)
+        if mask != 0xFF:
+            c &= np.uint32(mask)
+        return c << np.uint32(shift) if shift else c
+
     if record_size == 24:
-        left = raw[:, 0] << 16 | raw[:, 1] << 8 | raw[:, 2]
-        right = raw[:, 3] << 16 | raw[:, 4] << 8 | raw[:, 5]
+        left = col(0, 16) | col(1, 8) | col(2)
+        right = col(3, 16) | col(4, 8) | col(5)
     elif record_size == 28:
-        left = raw[:, 0] << 16 | raw[:, 1] << 8 | raw[:, 2] | (raw[:, 3] & 0xF0) << 20
-        right = (raw[:, 3] & 0x0F) << 24 | raw[:, 4] << 16 | raw[:, 5] << 8 | raw[:, 6]
+        left = col(0, 16) | col(1, 8) | col(2) | col(3, 20, 0xF0)
+        right = col(3, 24, 0x0F) | col(4, 16) | col(5, 8) | col(6)
     elif record_size == 32:
-        left = raw[:, 0] << 24 | raw[:, 1] << 16 | raw[:, 2] << 8 | raw[:, 3]
-        right = raw[:, 4] << 24 | raw[:, 5] << 16 | raw[:, 6] << 8 | raw[:, 7]
+        left = col(0, 24) | col(1, 16) | col(2, 8) | col(3)
+        right = col(4, 24) | col(5, 16) | col(6, 8) | col(7)
     else:
         raise GeoError(f"unsupported record size {record_size}")
-    return left, right
+    return left.astype(np.int64), right.astype(np.int64)
 
 
 def _walk(left: npt.NDArray[np.int64], right: npt.NDArray[np.int64], node_count: int, root: int,
@@ -384,37 +395,79 @@ def _blocks(arrays: dict[str, np.ndarray]) -> dict[int, Blocks]:
 
 
 def _cached(path: Path, cache_dir: Path | None, specials: bool) -> tuple[dict[str, np.ndarray], list[Any], bool]:
-    """The compiled database, from the cache when its content was compiled before."""
+    """The compiled database, from the cache when its content was compiled before.
+
+    A database not compiled before is compiled by a child process that writes the cache, and
+    read back from it: the walk's few hundred MB of transient arrays and objects then leave
+    with the child instead of staying in this process's heap, and a single-process server
+    keeps answering at full speed meanwhile (the child does not share its interpreter lock).
+    """
     if cache_dir is None:
         arrays, fields = _compile(path, specials)
         return arrays, fields, False
-    digest = _digest(path)
-    target = cache_dir / f".gslb-geo-{digest}-{'s' if specials else 'p'}-v{CACHE_VERSION}.npz"
+    target = cache_dir / f".gslb-geo-{_digest(path)}-{'s' if specials else 'p'}-v{CACHE_VERSION}.npz"
+    found = _load(target)
+    if found is not None:
+        os.utime(target)  # most recently used: kept longest
+        return (*found, True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        log.warning("%s: cannot keep the compiled geo table: %s", cache_dir, error)
+        arrays, fields = _compile(path, specials)
+        return arrays, fields, False
+    child = subprocess.run(
+        [sys.executable, "-m", "gslb.geotable", str(path), str(target), "1" if specials else "0"],
+        capture_output=True, text=True, check=False,
+    )
+    found = _load(target) if child.returncode == 0 else None
+    if found is None:
+        why = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+        if why.startswith("gslb.geo.GeoError: "):
+            raise GeoError(why.removeprefix("gslb.geo.GeoError: "))
+        log.warning("%s: compiling in a child process failed (%s); compiling here", path, why)
+        arrays, fields = _compile(path, specials)
+        _store(target, arrays, fields)
+        return arrays, fields, False
+    return (*found, False)
+
+
+def _load(target: Path) -> tuple[dict[str, np.ndarray], list[Any]] | None:
     try:
         with np.load(target, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files if key != "fields"}
             fields = [None if f is None else tuple(f) for f in json.loads(bytes(stored["fields"]).decode())]
-        os.utime(target)  # most recently used: kept longest
-        return arrays, fields, True
+        return arrays, fields
     except FileNotFoundError:
-        pass
+        return None
     except (OSError, ValueError, KeyError) as error:
         log.warning("%s: unreadable geo cache, compiling again: %s", target, error)
-    arrays, fields = _compile(path, specials)
+        return None
+
+
+def _store(target: Path, arrays: dict[str, np.ndarray], fields: list[Any]) -> None:
+    """Write the compiled database beside others, atomically; keep the few most recent."""
+    cache_dir = target.parent
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=cache_dir, prefix=".gslb-geo-", suffix=".tmp")
         with os.fdopen(fd, "wb") as out:
             stored = {"fields": np.frombuffer(json.dumps(fields).encode(), np.uint8), **arrays}
-            np.savez(out, **stored)
+            np.savez(out, **stored)  # type: ignore[arg-type]
         os.replace(name, target)
-        # Keep the few most recent (a reload may go back to the previous database).
+        # A reload may go back to the previous database: keep a few.
         kept = sorted(cache_dir.glob(".gslb-geo-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[KEEP_CACHED:]:
             old.unlink(missing_ok=True)
     except OSError as error:
         log.warning("%s: cannot keep the compiled geo table: %s", cache_dir, error)
-    return arrays, fields, False
+
+
+def _main(argv: list[str]) -> int:
+    """python -m gslb.geotable DATABASE TARGET SPECIALS: compile one database into the cache."""
+    path, target, specials = Path(argv[0]), Path(argv[1]), argv[2] == "1"
+    arrays, fields = _compile(path, specials)
+    _store(target, arrays, fields)
+    return 0 if target.exists() else 1
 
 
 def compile_table(geo: GeoDatabase, cuts: Iterable[IPNetwork] = (), cache_dir: Path | None = None) -> GeoTable:
@@ -425,9 +478,15 @@ def compile_table(geo: GeoDatabase, cuts: Iterable[IPNetwork] = (), cache_dir: P
     except (IndexError, ValueError, KeyError, TypeError) as error:  # a tree pointing past its end
         raise GeoError(f"{geo.path}: not a usable MaxMind DB file: {error}") from error
     locations = [geo.default]
+    # Codes and names repeat across places: keep one string object of each.
+    shared: dict[str, str] = {}
+    keep = shared.setdefault
     for found in fields[1:]:
         country, continent, subdivision, latitude, longitude, city = found
-        locations.append(Location(country, continent, subdivision, latitude, longitude, None, "database", city))
+        locations.append(Location(
+            country and keep(country, country), continent and keep(continent, continent),
+            subdivision and keep(subdivision, subdivision), latitude, longitude, None, "database",
+            city and keep(city, city)))
     families = _blocks(arrays)
     # Overrides over the special blocks, least specific first, so the more specific one is
     # laid last and wins; cuts only split.
@@ -441,3 +500,7 @@ def compile_table(geo: GeoDatabase, cuts: Iterable[IPNetwork] = (), cache_dir: P
     table = GeoTable(families[4], families[6], locations, cached=cached)
     table.seconds = time.perf_counter() - started
     return table
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -230,3 +230,30 @@ def test_the_c_decoder_survives_corrupt_records(tmp_path: Path) -> None:
         out = geotable._mmdbfields.fields(bytes(data[:cut]), start, at)
         assert len(out) == len(at)
         assert all(item is None or len(item) == 6 for item in out)
+
+
+def test_answers_are_counted_by_the_service_name_as_configured(city: Snapshot) -> None:
+    answerer = Answerer(city, HealthView())
+    for name in ("wWw.ExAmple.com.", "WWW.EXAMPLE.COM.", "www.example.com."):
+        _ask(answerer, name, "85.214.0.0", 24)
+    assert answerer.counters.by_answer == {("www.example.com.", "eu"): 3}
+
+
+def test_a_first_compile_leaves_the_server_process_lean(zones: Path, tmp_path: Path) -> None:
+    # The walk runs in a child process that writes the cache; the building process reads it
+    # back, so its peak is that of the arrays, not of the walk (550-650 MB in process here).
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; from gslb.snapshot import Sources, build\n"
+        f"s = build(Sources(Path({str(zones)!r}), geodb=Path({str(GEOLITE2)!r}), cache=Path({str(tmp_path)!r})))\n"
+        "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+        "print(s.table.cached, peak)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr
+    cached, peak = result.stdout.split()
+    assert cached == "False" and list(tmp_path.glob(".gslb-geo-*.npz"))
+    assert int(peak) < 400_000, peak
