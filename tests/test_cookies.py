@@ -380,3 +380,21 @@ def test_the_compiled_loop_leaves_large_answers_to_python(clock: list[int], tmp_
     assert compiled.answer(answerer, large, "127.0.0.1") is None
     reply = compiled.answer(answerer, small, "127.0.0.1")
     assert reply is not None and reply == answerer._fast(small, "127.0.0.1", False)
+
+
+def test_the_secret_file_is_an_input_and_a_random_secret_is_logged_once(start_server: type[Server], tmp_path: Path,
+                                                                        secret_file: Path) -> None:
+    config = _config(tmp_path, f'[cookies]\nsecret_file = "{secret_file}"\n')
+    assert secret_file in build(Sources(EXAMPLE_ZONES, config=config)).inputs.files  # a rotation reloads
+    config.write_text((EXAMPLE_ZONES / "gslb.toml").read_text() + "\n[cookies]\n")
+    server = start_server("--zones", str(EXAMPLE_ZONES), "--config", str(config), "--no-probes", "--workers", "2",
+                          "--state-file", str(tmp_path / "state.json"))
+    reply = server.query("static.example.com.", use_edns=0, options=[dns.edns.CookieOption(b"\x22" * 8, b"")])
+    server_cookie = next(o for o in reply.options if isinstance(o, dns.edns.CookieOption)).server
+    assert len(server_cookie) == 16
+    for _ in range(20):  # whichever worker answers, it accepts (and echoes) the cookie another made
+        again = server.query("static.example.com.", use_edns=0,
+                             options=[dns.edns.CookieOption(b"\x22" * 8, server_cookie)])
+        assert next(o for o in again.options if isinstance(o, dns.edns.CookieOption)).server == server_cookie
+    # Made in the supervisor before the workers fork: one secret for all of them, one warning.
+    assert sum("using a random secret" in line for line in server.lines) == 1, server.lines
