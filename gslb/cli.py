@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -222,10 +223,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         instance = check_instance(args.instance) if args.instance is not None else None
-        probe_source = str(ipaddress.ip_address(args.probe_source)) if args.probe_source else None
     except ValueError as exc:
-        print(f"gslb: {'--instance' if args.instance is not None else '--probe-source'}: {exc}",
-              file=sys.stderr)
+        print(f"gslb: --instance: {exc}", file=sys.stderr)
+        return 2
+    try:
+        probe_source = _probe_source(args.probe_source) if args.probe_source else None
+    except (OSError, ValueError) as exc:
+        print(f"gslb: --probe-source {args.probe_source}: {exc}", file=sys.stderr)
         return 2
     options = Options(sources, listen, state_file=state_file, watch=not args.no_watch,
                       probes=not args.no_probes, workers=args.workers,
@@ -239,6 +243,17 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gslb: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _probe_source(text: str) -> str:
+    """An address of this host that probes can be sent from (OSError or ValueError if not)."""
+    address = ipaddress.ip_address(text)
+    with socket.socket(socket.AF_INET6 if address.version == 6 else socket.AF_INET) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError as exc:
+            raise OSError(f"not an address of this host ({exc.strerror or exc})") from None
+    return str(address)
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ import dns.message
 import httpx
 import pytest
 
-from gslb.cluster import Observation, Record, check_instance, tally, verdict
+from gslb.cluster import Observation, Record, check_instance, default_instance, tally, verdict
 from gslb.config import ClusterConfig, ConfigError, loads
 from gslb.etcd import prefix_end
 from gslb.health import Check, ProbeResult, Target, needs_client, new_client, probe, probe_source
@@ -642,3 +642,20 @@ def test_two_instances_with_one_name_are_told(cluster: World, tmp_path: Path) ->
     finally:
         twin.stop()  # its lease goes, and with it the key both wrote: C writes it again
     until(lambda: cluster.live_everywhere(3), 3)
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--probe-source", "192.0.2.1", "gslb: --probe-source 192.0.2.1: not an address of this host"),
+    ("--probe-source", "nope", "gslb: --probe-source nope: 'nope' does not appear to be an IPv4 or IPv6 address"),
+    ("--instance", "a/b", "gslb: --instance: 'a/b': an instance name is 1-128 printable characters"),
+])
+def test_serve_refuses_a_bad_instance_or_probe_source(flag: str, value: str, message: str, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "gslb", "serve", "--zones", str(EXAMPLE_ZONES), "--http", "off",
+                          "--state-file", str(tmp_path / "state.json"), "--listen", "127.0.0.1:0", flag, value],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1].startswith(message), out.stderr
+
+
+def test_an_instance_is_named_by_its_host_and_port() -> None:
+    assert default_instance(5300) == f"{socket.gethostname()}:5300"
