@@ -694,7 +694,7 @@ def _encode(resolution: Resolution, decision: Decision | None, question: bytes) 
     if decision is not None:
         service = resolution.service
         assert service is not None
-        service_name = service.service.to_text()
+        service_name = service.service.to_text().lower()  # as configured, whatever the query's case
         datacenters = decision.datacenters
         scoped = decision.location_dependent
         if decision.rcode == SERVFAIL:
