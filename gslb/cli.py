@@ -455,6 +455,9 @@ def render_cluster(cluster: dict[str, Any], datacenters: list[dict[str, Any]]) -
         vote = dc.get("vote")
         if vote is None:
             continue
+        if not vote["voters"]:
+            lines.append(f"  {dc['name']:<10} no instance has probed it yet")
+            continue
         seen = ", ".join(f"{name} ({o['reason']})" for name, o in dc["observations"].items()
                          if o["state"] == "down") or "nobody"
         lines.append(f"  {dc['name']:<10} {len(vote['down'])} of {vote['voters']} see it down: {seen}"

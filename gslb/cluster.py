@@ -217,7 +217,7 @@ class Cluster:
         for name, own in self.monitor.observations.items():
             observations = self.observations(name)
             vote = votes[name] = tally(name, observations, self.config.down_quorum)
-            if set(vote.down + vote.up) <= {self.instance}:
+            if self._alone(vote):
                 # Alone (or nobody has probed): our own view decides, exactly as without a cluster.
                 self._since[name] = (own.up, own.since)
                 continue
@@ -230,11 +230,15 @@ class Cluster:
         self.votes = votes
         self.monitor.set_verdicts(verdicts)
 
+    def _alone(self, vote: Vote) -> bool:
+        """Whether nobody but this instance is counted in `vote`."""
+        return set(vote.down + vote.up) <= {self.instance}
+
     def _log_changes(self, votes: Mapping[str, Vote]) -> None:
         for name, vote in votes.items():
             before = self.votes.get(name)
-            if before is None or before.is_down == vote.is_down:
-                continue
+            if before is None or before.is_down == vote.is_down or (self._alone(before) and self._alone(vote)):
+                continue  # alone, the monitor's own UP/DOWN line says it
             log.log(logging.WARNING if vote.is_down else logging.INFO,
                     "cluster: %s %s by the vote: %d of %d live instances see it down%s", name,
                     "DOWN" if vote.is_down else "UP", len(vote.down), vote.voters,

@@ -435,6 +435,11 @@ def test_no_etcd_at_start_decides_alone_and_keeps_drains(tmp_path: Path) -> None
         assert instance.admin("drain", "eu")["shared"] is False
         status = instance.status()
         assert status["cluster"]["pending_drains"] == ["eu"] and status["drained"] == ["eu"]
+        shown = _gslb("status", "--http", instance.http.removeprefix("http://"))
+        assert "cluster x as nsA: etcd UNREACHABLE: deciding on this instance's own observations; 1 live " \
+               "instance (nsA (this one))" in shown
+        assert "  not yet shared: drains of eu" in shown
+        assert re.search(r"^  us +no instance has probed it yet$", shown, re.M)
         instance.stop()
         instance.start()  # still without etcd: the state file keeps the drain
         assert instance.status()["drained"] == ["eu"]
