@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
+from time import monotonic
 
 from gslb.config import RrlSettings
 
@@ -58,7 +58,7 @@ class RateLimiter:
         if base < 0:
             return ALLOW
         key = base | kind
-        now = time.monotonic()
+        now = monotonic()
         bucket = self.buckets.get(key)
         if bucket is None:
             self._new(key, now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 import re
 import socket
 import struct
@@ -16,6 +17,8 @@ import dns.message
 import dns.rcode
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gslb import cookies as cookie_module
 from gslb import rrl
@@ -41,7 +44,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(rrl.time, "monotonic", clock)
+    monkeypatch.setattr(rrl, "monotonic", clock)
     return clock
 
 
@@ -284,3 +287,59 @@ def test_the_compiled_loop_hands_every_packet_to_python_when_limiting(clock: Clo
     without = Answerer(build(Sources(EXAMPLE_ZONES)), HealthView())
     without.handle(wire, "192.0.2.77")
     assert compiled.answer(without, wire, "192.0.2.77") is not None
+
+
+# -- any bytes in, with cookies and rate limiting on ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict(snapshot: Snapshot) -> Answerer:
+    return Answerer(snapshot, HealthView())  # rate 3, slip 2: most replies below are limited or slipped
+
+
+def _cookie_seeds() -> list[bytes]:
+    out = []
+    for name in ("www.example.com.", "static.example.com.", "nope.example.com.", "example.org."):
+        for cookie in (b"clientck", b"clientck" + b"\x01\x00\x00\x00" + bytes(12), bytes(5)):
+            out.append(_wire(name, cookie))
+    out.append(struct.pack("!HHHHHH", 9, 0x0100, 0, 0, 0, 1) + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x0c"
+               + b"\x00\x0a\x00\x08clientck")  # no question: asks for a server cookie
+    return out
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(_cookie_seeds()), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
+       st.integers(0, 30), st.sampled_from(["192.0.2.1", "2001:db8::1", "10.9.8.7"]))
+def test_mutated_cookie_queries_under_limits(strict: Answerer, seed: bytes, flips: list[tuple[int, int]], cut: int,
+                                             source: str) -> None:
+    wire = bytearray(seed)
+    for position, value in flips:
+        wire[position % len(wire)] = value
+    if cut:
+        wire = wire[: max(0, len(wire) - cut)]
+    for tcp in (False, True):
+        reply = strict.handle(bytes(wire), source, tcp)
+        if reply is not None:
+            assert reply[:2] == wire[:2] and reply[2] & 0x80
+            dns.message.from_wire(reply)  # well formed, slipped and BADCOOKIE replies included
+    assert strict.counters.servfail == 0  # no unexpected exception on any path
+
+
+def test_under_the_rate_both_paths_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_fastpath import SOURCES, _query  # the equivalence corpus
+
+    monkeypatch.setattr(cookie_module, "clock", lambda: 1_700_000_000)
+    config = tmp_path / "gslb.toml"
+    config.write_text((EXAMPLE_ZONES / "gslb.toml").read_text() + "\n[cookies]\n\n[rrl]\nrate = 1000000\n")
+    snapshot = build(Sources(EXAMPLE_ZONES, config=config))
+    rng = random.Random(2026)
+    warm = Answerer(snapshot, HealthView())
+    hits = 0
+    for _ in range(3000):
+        wire, source, tcp = _query(rng), rng.choice(SOURCES), rng.random() < 0.2
+        first = warm.handle(wire, source, tcp)
+        fast = warm._fast(wire, source, tcp)
+        if fast is not None:
+            hits += 1
+            assert fast == first == Answerer(snapshot, HealthView())._general(wire, source, tcp)[0]
+    assert hits > 1500 and warm.counters.rrl_limited == 0
