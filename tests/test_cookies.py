@@ -398,3 +398,13 @@ def test_the_secret_file_is_an_input_and_a_random_secret_is_logged_once(start_se
         assert next(o for o in again.options if isinstance(o, dns.edns.CookieOption)).server == server_cookie
     # Made in the supervisor before the workers fork: one secret for all of them, one warning.
     assert sum("using a random secret" in line for line in server.lines) == 1, server.lines
+
+
+def test_the_readmes_cookies_and_rrl_samples_load(tmp_path: Path) -> None:
+    readme = (EXAMPLE_ZONES.parent / "README.md").read_text()
+    samples = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if b.startswith(("[cookies]", "[rrl]"))]
+    assert len(samples) == 2
+    (tmp_path / "cookie.key").write_text(SECRET_1.hex() + "\n")
+    loaded = [loads(sample, tmp_path / "gslb.toml") for sample in samples]
+    assert loaded[0].cookies is not None and loaded[0].cookies.secrets == (SECRET_1,)
+    assert loaded[1].rrl is not None and loaded[1].rrl.rate == 20
