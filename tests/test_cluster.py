@@ -125,7 +125,7 @@ class Instance:
     def __init__(self, letter: str, zones: Path, state: Path) -> None:
         self.letter = letter
         self.name = f"ns{letter}"
-        self.args = ["--zones", str(zones), "--state-file", str(state), "--workers", "2",
+        self.args = ["--zones", str(zones), "--state-file", str(state), "--workers", "1",
                      "--http", "127.0.0.1:0", "--instance", self.name, "--probe-source", SOURCES[letter]]
         self.server: Server | None = None
         self.http = ""
