@@ -598,6 +598,10 @@ def test_gslb_status_and_explain_say_who_sees_it_down(cluster: World) -> None:
     assert f"  answer       {US}" in explain
     assert re.search(r"^    eu +seen down by nsA \(status 503\), nsB \(status 503\)  -> DOWN$", explain, re.M)
     assert re.search(r"^  cluster      test-\w+: 3 live instances \(nsA, nsB, nsC\)", explain, re.M)
+    api = httpx.get(f"{c.http}/api/explain", params={"name": "www.example.com", "subnet": "85.214.0.0/24"},
+                    timeout=3, trust_env=False).json()
+    assert api["answer"] == [US] and api["cluster"]["etcd"] is True
+    assert api["cluster"]["datacenters"]["eu"]["vote"]["down"] == ["nsA", "nsB"]
     drained = _gslb("drain", "eu", "--http", c.http.removeprefix("http://"))
     assert drained == "eu: drained on every instance (through etcd)\n"
 
