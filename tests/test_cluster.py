@@ -29,7 +29,7 @@ from gslb.config import ClusterConfig, ConfigError, loads
 from gslb.etcd import prefix_end
 from gslb.health import Check, ProbeResult, Target, needs_client, new_client, probe, probe_source
 from tests.conftest import EXAMPLE_ZONES, Server
-from tests.probe_targets import HttpTarget, free_port, run_async
+from tests.probe_targets import Certificate, HttpTarget, free_port, make_certificate, run_async
 
 EUROPE = dns.edns.ECSOption("85.214.0.0", 24)  # a German network (embedded geodb): nearest is eu
 EU, US = "127.0.2.1", "127.0.1.1"  # the VIPs answered
@@ -44,10 +44,10 @@ pytestmark = pytest.mark.timeout(90)
 class SourceTarget(HttpTarget):
     """A health target that answers 503 to probes sent from the addresses in `failing`."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, certificate: Certificate | None = None) -> None:
         self.failing: set[str] = set()
         self.sources: set[str] = set()  # every address a probe came from
-        super().__init__(host)
+        super().__init__(host, certificate=certificate)
 
     def serve(self, conn: socket.socket) -> None:
         source = conn.getpeername()[0]
@@ -546,12 +546,14 @@ def test_bad_instance_names_are_refused(name: str) -> None:
         check_instance(name)
 
 
-@pytest.mark.parametrize("kind", ["http", "tcp", "http through httpx"])
-def test_probes_are_sent_from_the_probe_source(kind: str) -> None:
+@pytest.mark.parametrize("kind", ["http", "tcp", "http through httpx", "https"])
+def test_probes_are_sent_from_the_probe_source(kind: str, tmp_path: Path) -> None:
     source = "127.0.50.9"
-    with SourceTarget("127.0.60.9") as server:
-        check = Check(kind="tcp" if kind == "tcp" else "http", port=server.port,
-                      follow_redirects=kind.endswith("httpx"))
+    certificate = make_certificate(tmp_path) if kind == "https" else None
+    with SourceTarget("127.0.60.9", certificate) as server:
+        check = Check(kind=kind.split()[0], port=server.port, follow_redirects=kind.endswith("httpx"),
+                      ca_file=str(certificate.ca_file) if certificate else None,
+                      host=certificate.name if certificate else None)
         target = Target("eu", server.host, check)
 
         async def main() -> ProbeResult:
