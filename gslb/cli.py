@@ -308,6 +308,11 @@ def render_explain(result: dict[str, Any]) -> str:
         f"  location     {place} {coords}{' ' + loc['city'] if loc['city'] else ''}",
         f"  network      {loc['network'] or '-'} [{loc['source']}]",
     ]
+    record = result.get("database_record")
+    if record is not None:
+        said = ", ".join(str(v) for v in (record["country"] or "no country", record.get("city")) if v)
+        radius = f" (within {record['accuracy_radius_km']} km)" if record.get("accuracy_radius_km") else ""
+        lines.append(f"  database     {record['network'] or '-'}: {said}{radius}")
     if result["kind"] == "service":
         svc = result["service"]
         lines.append(f"  service      policy {svc['policy']}, answers {svc['answers']}, "

@@ -3,18 +3,50 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import dns.name
 import dns.rcode
 import dns.rdatatype
+import geoip2.database
+import geoip2.errors
+import geoip2.models
 
 from gslb.answer import where
+from gslb.geo import IPAddress
 from gslb.health import HealthView
 from gslb.policy import pick
 from gslb.snapshot import Snapshot
 from gslb.wire import ClientSubnet
 from gslb.zones import ServiceAnswer
+
+
+def database_record(path: Path, address: IPAddress) -> dict[str, Any] | None:
+    """What the geo database itself says of `address` (through geoip2's models), or None.
+
+    The slow path's second opinion: the record and network as MaxMind's reader sees them,
+    before gslb's overrides, special blocks, merging and default, with the accuracy radius.
+    """
+    try:
+        with geoip2.database.Reader(str(path)) as reader:
+            kind = reader.metadata().database_type
+            city = "City" in kind
+            if not city and "Country" not in kind:
+                return None
+            found = reader.city(address) if city else reader.country(address)
+    except (geoip2.errors.AddressNotFoundError, ValueError, TypeError, OSError):
+        return None
+    out: dict[str, Any] = {
+        "network": str(found.traits.network) if found.traits.network else None,
+        "country": found.country.iso_code,
+        "registered_country": found.registered_country.iso_code,
+        "continent": found.continent.code,
+    }
+    if isinstance(found, geoip2.models.City):
+        out.update(city=found.city.name, subdivision=found.subdivisions.most_specific.iso_code,
+                   accuracy_radius_km=found.location.accuracy_radius, time_zone=found.location.time_zone)
+    return out
 
 
 def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
@@ -33,10 +65,13 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
         how = f"EDNS Client Subnet {network}"
         ecs = ClientSubnet(1 if network.version == 4 else 2, network.prefixlen,
                            network.network_address.packed[: (network.prefixlen + 7) // 8])
+        looked_up: IPAddress | None = network.network_address if network.prefixlen else None
     elif client is not None and snapshot.no_ecs == "resolver":
-        location = snapshot.locate(ipaddress.ip_address(client))
+        looked_up = ipaddress.ip_address(client)
+        location = snapshot.locate(looked_up)
         how = f"resolver address {client}"
     else:
+        looked_up = None
         location = snapshot.locate(None)
         how = "no address given: the configured default location"
     out: dict[str, Any] = {
@@ -50,6 +85,7 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
             "network": str(location.network) if location.network else None,
             "source": location.source,
         },
+        "database_record": None if looked_up is None else database_record(snapshot.geo.path, looked_up),
     }
     resolution = snapshot.zones.lookup(qname, rdtype)
     service = resolution.service

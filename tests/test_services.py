@@ -146,6 +146,10 @@ def test_explain_says_why() -> None:
     assert out["answer"] == ["127.0.2.1"]
     assert out["location"]["country"] == "DE"  # type: ignore[index]
     assert 0 < out["ecs_scope"] <= _prefix("85.214.0.0")  # type: ignore[operator]
+    # What the database itself says, through geoip2: its own network and accuracy radius.
+    record = out["database_record"]
+    assert record["network"] == f"85.214.0.0/{_prefix('85.214.0.0')}"  # type: ignore[index]
+    assert record["country"] == "DE" and record["accuracy_radius_km"] > 0  # type: ignore[index]
     names = [c["name"] for c in out["candidates"]]  # type: ignore[attr-defined]
     assert names == ["eu", "us", "ap"]  # nearest first
     assert "eu" in str(out["why"])
