@@ -2,7 +2,8 @@
  * fast path of gslb.answer.Answerer (`_fast`) over the same tables, byte for byte.
  *
  * What this file answers itself: the common query (one question, class IN, an optional OPT
- * whose options are walked: ECS used, anything else ignored) whose reply is already encoded
+ * whose options are walked: ECS used, COOKIE answered from gslb.cookies' cache when cookies are
+ * on, anything else ignored) whose reply is already encoded
  * in the answerer's State: a static entry, a negative (NXDOMAIN/REFUSED) entry, or a steered
  * service whose client network is located in the service's RankTable and whose (question,
  * ranking) pick is cached. Everything else, and anything this code is unsure of, goes back
@@ -49,16 +50,18 @@ static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_picks
     *s_counters, *s_ticks, *s_by_key, *s_by_answer, *s_query_log, *s_flag_bytes, *s_head, *s_head_opt, *s_body,
     *s_scoped, *s_udp_key, *s_answer_key, *s_ranks, *s_starts4, *s_ranks4, *s_starts6_hi, *s_starts6_lo,
     *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe,
-    *s_cookies, *s_rrl, *s_tc_size;
+    *s_cookies, *s_rrl, *s_tc_size, *s_cache, *s_clock;
 
 static PyObject *EntryType;    /* gslb.answer.Entry */
 static PyObject *SteeredType;  /* gslb.answer.Steered: a service's question in State.static */
+static PyObject *CookiesModule; /* gslb.cookies: its `clock` (tests pin it) */
 
 static int intern_names(void) {
 #define NAME(var, text) if (!(var = PyUnicode_InternFromString(text))) return -1;
     NAME(s_state, "state") NAME(s_static, "static") NAME(s_negative, "negative") NAME(s_refused, "refused")
     NAME(s_index, "index") NAME(s_picks, "picks") NAME(s_by_resolver, "by_resolver")
     NAME(s_cookies, "cookies") NAME(s_rrl, "rrl") NAME(s_tc_size, "tc_size")
+    NAME(s_cache, "cache") NAME(s_clock, "clock")
     NAME(s_counters, "counters") NAME(s_ticks, "ticks") NAME(s_by_key, "by_key") NAME(s_by_answer, "by_answer")
     NAME(s_query_log, "query_log") NAME(s_flag_bytes, "flag_bytes") NAME(s_head, "head")
     NAME(s_head_opt, "head_opt") NAME(s_body, "body") NAME(s_scoped, "scoped")
@@ -86,8 +89,15 @@ static int load_types(void) {
         Py_XDECREF(entry);
         return -1;
     }
+    PyObject *cookies = PyImport_ImportModule("gslb.cookies");
+    if (cookies == NULL) {
+        Py_DECREF(entry);
+        Py_DECREF(steered);
+        return -1;
+    }
     EntryType = entry;
     SteeredType = steered;
+    CookiesModule = cookies;
     return 0;
 }
 
@@ -122,8 +132,11 @@ static void info_release(Info *info) {
 typedef struct {
     PyObject *answerer, *state, *statics, *negative, *refused, *index, *picks, *counters, *by_key, *by_answer;
     int by_resolver;
-    int cookies;        /* state.cookies is not None: a query with a COOKIE option goes to Python */
-    Py_ssize_t tc_size; /* state.cookies.tc_size: longer replies go to Python (it may send TC) */
+    int cookies;        /* state.cookies is not None: COOKIE options are answered */
+    PyObject *cookie_cache; /* state.cookies.cache (strong); NULL: every COOKIE query goes to Python */
+    long long cookie_now;   /* int(gslb.cookies.clock()), read at the batch's first COOKIE query */
+    int cookie_now_read;
+    Py_ssize_t tc_size; /* state.cookies.tc_size: longer replies without a valid cookie go to Python (TC) */
     int disabled;       /* 1: answer nothing here (query log on, or the tables unreadable) */
     long long ticks;    /* counters.ticks, kept here during a batch and written back */
     int ticks_dirty;
@@ -135,6 +148,9 @@ typedef struct {
 typedef struct {
     int family;  /* 0: no address (a Python caller passed None), 4, 6 */
     unsigned char addr[16];
+    PyObject *host; /* the address as recvfrom gives it (strong), made when first needed; NULL: not yet */
+    const struct sockaddr_storage *sa; /* the loop's peer, to make `host` from; NULL: none */
+    socklen_t sa_len;
 } Source;
 
 static int ctx_read_ticks(Ctx *c) {
@@ -217,6 +233,7 @@ static void ctx_open(Ctx *c, PyObject *answerer) {
         c->tc_size = size != NULL && PyLong_Check(size) ? PyLong_AsSsize_t(size) : 1;  /* unreadable: all */
         Py_XDECREF(size);
         PyErr_Clear();
+        c->cookie_cache = optional_dict(cookies, s_cache);
     }
     Py_XDECREF(rrl);
     Py_XDECREF(cookies);
@@ -259,6 +276,7 @@ static void ctx_close(Ctx *c) {
     Py_CLEAR(c->counters);
     Py_CLEAR(c->by_key);
     Py_CLEAR(c->by_answer);
+    Py_CLEAR(c->cookie_cache);
 }
 
 /* ---- the RankTable ------------------------------------------------------------------- */
@@ -549,9 +567,72 @@ static int ecs_valid(const unsigned char *e, int len) {
     return !(source % 8 && e[len - 1] & (0xFF >> (source % 8)));
 }
 
+static PyObject *peer_host(const struct sockaddr_storage *sa, socklen_t len);
+
+/* gslb.cookies.length_ok: a client cookie alone (8), or with a server cookie of 8 to 32 bytes. */
+static int cookie_length_ok(Py_ssize_t len) { return len == 8 || (len >= 16 && len <= 40); }
+
+/* What gslb.cookies.Cookies.answer remembers for (source, COOKIE option data), if it still
+ * holds: 1 with a new reference to the cached (reply option, valid, until) tuple in *found,
+ * its option bytes in *option / *option_len and the flag in *valid; 0 for a miss, an expired
+ * entry, or anything unexpected (Python works it out and remembers it); -1 with an error set. */
+static int cookie_cached(Ctx *c, Source *src, const unsigned char *data, Py_ssize_t len, PyObject **found,
+                         const char **option, Py_ssize_t *option_len, int *valid) {
+    if (c->cookie_cache == NULL || !cookie_length_ok(len))
+        return 0;
+    if (src->host == NULL && src->sa != NULL && !(src->host = peer_host(src->sa, src->sa_len)))
+        return -1;
+    if (src->host == NULL || !PyUnicode_CheckExact(src->host))
+        return 0;
+    if (!c->cookie_now_read) { /* once a batch, as Python reads it: int(clock()) */
+        PyObject *clock = PyObject_GetAttr(CookiesModule, s_clock);
+        PyObject *t = clock ? PyObject_CallNoArgs(clock) : NULL;
+        PyObject *whole = t ? PyNumber_Long(t) : NULL;
+        Py_XDECREF(clock);
+        Py_XDECREF(t);
+        if (whole == NULL)
+            return -1;
+        c->cookie_now = PyLong_AsLongLong(whole);
+        Py_DECREF(whole);
+        if (c->cookie_now == -1 && PyErr_Occurred())
+            return -1;
+        c->cookie_now_read = 1;
+    }
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, len);
+    if (bytes == NULL)
+        return -1;
+    PyObject *key = PyTuple_Pack(2, src->host, bytes);
+    Py_DECREF(bytes);
+    if (key == NULL)
+        return -1;
+    PyObject *value = PyDict_GetItemWithError(c->cookie_cache, key); /* borrowed */
+    Py_DECREF(key);
+    if (value == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_CheckExact(value) || PyTuple_GET_SIZE(value) != 3)
+        return 0;
+    PyObject *opt = PyTuple_GET_ITEM(value, 0), *flag = PyTuple_GET_ITEM(value, 1), *until = PyTuple_GET_ITEM(value, 2);
+    if (!PyBytes_CheckExact(opt) || PyBytes_GET_SIZE(opt) < 4 || !PyBool_Check(flag) || !PyLong_CheckExact(until))
+        return 0;
+    int overflow = 0;
+    long long u = PyLong_AsLongLongAndOverflow(until, &overflow);
+    if (overflow || (u == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (c->cookie_now >= u)
+        return 0; /* it would change now: Python works it out again */
+    Py_INCREF(value);
+    *found = value;
+    *option = PyBytes_AS_STRING(opt);
+    *option_len = PyBytes_GET_SIZE(opt);
+    *valid = flag == Py_True;
+    return 1;
+}
+
 /* The answer to one query from the tables: 1 with the reply in out[0..*out_len), 0 to hand it
  * to Python, -1 with a Python error set (also handed to Python, after the caller clears it). */
-static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source *src, unsigned char *out,
+static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, Source *src, unsigned char *out,
                       Py_ssize_t *out_len) {
     if (c->disabled)
         return 0;
@@ -577,7 +658,7 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
         return 0;
     /* OPT: exactly one, root owner, type 41, version 0, filling the rest; options walked. */
     int arcount = w[11], has_opt = 0, dnssec = 0;
-    Py_ssize_t limit = 512, ecs = -1, ecs_len = 0;
+    Py_ssize_t limit = 512, ecs = -1, ecs_len = 0, cookie = -1, cookie_len = 0;
     if (arcount == 0) {
         if (qend != n)
             return 0;
@@ -598,8 +679,12 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
             Py_ssize_t code = w[pos] << 8 | w[pos + 1], olen = w[pos + 2] << 8 | w[pos + 3];
             if (pos + 4 + olen > n)
                 return 0;
-            if (code == 10 && c->cookies)
-                return 0;
+            if (code == 10 && c->cookies) {
+                if (cookie >= 0 || !cookie_length_ok(olen))
+                    return 0; /* two, or a length no cookie has: FORMERR from Python */
+                cookie = pos + 4;
+                cookie_len = olen;
+            }
             if (code == 8) {
                 if (ecs >= 0)
                     return 0;
@@ -623,6 +708,7 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
     int rc = 0, scope = 0;
     PyObject *entry = PyDict_GetItemWithError(c->statics, key); /* borrowed */
     PyObject *held = NULL;  /* a reference we own to the entry used */
+    PyObject *cached = NULL; /* the cookie cache's value used, while its bytes are copied */
     if (entry == NULL) {
         if (PyErr_Occurred())
             goto error;
@@ -689,11 +775,22 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
     Info *p = entry_info(c, held);
     if (p == NULL)
         goto error;
+    /* Our COOKIE option, from what Python remembers for this client and option (RFC 7873 §5.2). */
+    const char *answer_cookie = NULL;
+    Py_ssize_t answer_cookie_len = 0;
+    int valid = 0;
+    if (cookie >= 0) {
+        int r = cookie_cached(c, src, w + cookie, cookie_len, &cached, &answer_cookie, &answer_cookie_len, &valid);
+        if (r < 0)
+            goto error;
+        if (r == 0)
+            goto done; /* a miss: Python hashes, answers and remembers */
+    }
     int reply_scope = p->scoped ? scope : 0;
     Py_ssize_t qlen = qend - 12;
-    Py_ssize_t opt_len = !has_opt ? 0 : ecs < 0 ? OPT_HEAD : OPT_HEAD + 4 + ecs_len;
+    Py_ssize_t opt_len = !has_opt ? 0 : OPT_HEAD + (ecs < 0 ? 0 : 4 + ecs_len) + answer_cookie_len;
     Py_ssize_t total = 12 + qlen + p->body_len + opt_len;
-    if (total > limit || total > REPLY_MAX || (c->tc_size > 0 && total > c->tc_size))
+    if (total > limit || total > REPLY_MAX || (c->tc_size > 0 && !valid && total > c->tc_size))
         goto done; /* Python sends it with TC */
     unsigned char *o = out;
     memcpy(o, w, 2);
@@ -708,21 +805,23 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
         memcpy(o, opt_head, 7);
         o[7] = dnssec ? 0x80 : 0;
         o[8] = 0;
-        if (ecs < 0) {
-            o[9] = o[10] = 0;
-            o += OPT_HEAD;
-        } else {
-            Py_ssize_t rdlen = ecs_len + 4;
-            o[9] = (unsigned char)(rdlen >> 8);
-            o[10] = (unsigned char)rdlen;
-            o[11] = 0;
-            o[12] = 8;
-            o[13] = (unsigned char)(ecs_len >> 8);
-            o[14] = (unsigned char)ecs_len;
-            memcpy(o + 15, w + ecs, 3);
-            o[18] = (unsigned char)reply_scope;
-            memcpy(o + 19, w + ecs + 4, (size_t)ecs_len - 4);
-            o += OPT_HEAD + 4 + ecs_len;
+        Py_ssize_t rdlen = opt_len - OPT_HEAD;
+        o[9] = (unsigned char)(rdlen >> 8);
+        o[10] = (unsigned char)rdlen;
+        o += OPT_HEAD;
+        if (ecs >= 0) { /* ECS first, then COOKIE, as Python orders them */
+            o[0] = 0;
+            o[1] = 8;
+            o[2] = (unsigned char)(ecs_len >> 8);
+            o[3] = (unsigned char)ecs_len;
+            memcpy(o + 4, w + ecs, 3);
+            o[7] = (unsigned char)reply_scope;
+            memcpy(o + 8, w + ecs + 4, (size_t)ecs_len - 4);
+            o += 4 + ecs_len;
+        }
+        if (answer_cookie_len) {
+            memcpy(o, answer_cookie, (size_t)answer_cookie_len);
+            o += answer_cookie_len;
         }
     }
     *out_len = o - out;
@@ -735,6 +834,7 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source
 error:
     rc = -1;
 done:
+    Py_XDECREF(cached);
     Py_XDECREF(held);
     Py_DECREF(key);
     return rc;
@@ -747,7 +847,7 @@ static double now(void) {
 }
 
 /* answer_one with the latency sample of Answerer.handle (one query in SAMPLE_MASK + 1). */
-static int answer_timed(Ctx *c, const unsigned char *w, Py_ssize_t n, const Source *src, unsigned char *out,
+static int answer_timed(Ctx *c, const unsigned char *w, Py_ssize_t n, Source *src, unsigned char *out,
                         Py_ssize_t *out_len) {
     int sample = !c->disabled && !((c->ticks + 1) & SAMPLE_MASK);
     double started = sample ? now() : 0;
@@ -776,6 +876,8 @@ static int answer_timed(Ctx *c, const unsigned char *w, Py_ssize_t n, const Sour
 
 static int parse_source(PyObject *source, Source *src) {
     src->family = 0;
+    src->host = NULL;
+    src->sa = NULL;
     if (source == Py_None)
         return 0;
     if (!PyUnicode_Check(source)) {
@@ -795,6 +897,8 @@ static int parse_source(PyObject *source, Source *src) {
         else if (inet_pton(AF_INET6, buf, src->addr) == 1)
             src->family = 6;
     }
+    Py_INCREF(source);
+    src->host = source; /* the cookie cache's key, as the caller gives it */
     return 0;
 }
 
@@ -820,6 +924,7 @@ static PyObject *fastudp_answer(PyObject *module, PyObject *const *args, Py_ssiz
      * a spare NUL after its data), so reading one byte past it is reported. */
     unsigned char *exact = PyMem_RawMalloc(n ? (size_t)n : 1);
     if (exact == NULL) {
+        Py_XDECREF(src.host);
         ctx_close(&c);
         return PyErr_NoMemory();
     }
@@ -830,6 +935,7 @@ static PyObject *fastudp_answer(PyObject *module, PyObject *const *args, Py_ssiz
 #ifdef GSLB_FASTUDP_EXACT
     PyMem_RawFree(exact);
 #endif
+    Py_XDECREF(src.host);
     ctx_close(&c);
     if (rc != 1)
         Py_RETURN_NONE;
@@ -864,8 +970,10 @@ static PyObject *fastudp_answer_batch(PyObject *module, PyObject *const *args, P
         }
         Py_ssize_t len = 0;
         PyObject *result = Py_None;
-        if (answer_timed(&c, (const unsigned char *)PyBytes_AS_STRING(wire), PyBytes_GET_SIZE(wire), &src, reply,
-                         &len) == 1) {
+        int rc = answer_timed(&c, (const unsigned char *)PyBytes_AS_STRING(wire), PyBytes_GET_SIZE(wire), &src, reply,
+                              &len);
+        Py_XDECREF(src.host);
+        if (rc == 1) {
             result = PyBytes_FromStringAndSize((const char *)reply, len);
             if (result == NULL) {
                 ctx_close(&c);
@@ -932,8 +1040,11 @@ static PyObject *peer_host(const struct sockaddr_storage *sa, socklen_t len) {
     return PyUnicode_FromString(host);
 }
 
-static void source_of(const struct sockaddr_storage *sa, Source *src) {
+static void source_of(const struct sockaddr_storage *sa, socklen_t len, Source *src) {
     src->family = 0;
+    src->host = NULL;
+    src->sa = sa;
+    src->sa_len = len;
     if (sa->ss_family == AF_INET) {
         memcpy(src->addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
         src->family = 4;
@@ -1030,19 +1141,23 @@ static PyObject *Loop_run(LoopObject *self, PyObject *Py_UNUSED(ignored)) {
                 n = RECV_SIZE;
             self->datagrams++;
             Source src;
-            source_of(&b->names[k], &src);
+            source_of(&b->names[k], b->in[k].msg_hdr.msg_namelen, &src);
             Py_ssize_t len = 0;
             const void *data;
             PyObject *reply = NULL;
             if (answer_timed(&c, b->bufs[k], n, &src, b->replies[k], &len) == 1) {
+                Py_CLEAR(src.host);
                 data = b->replies[k];
                 self->compiled++;
             } else {
                 if (!c.disabled && ctx_flush_ticks(&c) < 0)
                     PyErr_Clear();
                 PyObject *wire = PyBytes_FromStringAndSize((const char *)b->bufs[k], n);
-                PyObject *host = wire ? peer_host(&b->names[k], b->in[k].msg_hdr.msg_namelen) : NULL;
-                if (host != NULL)
+                PyObject *host = src.host; /* made for a COOKIE already, or now */
+                src.host = NULL;
+                if (host == NULL && wire != NULL)
+                    host = peer_host(&b->names[k], b->in[k].msg_hdr.msg_namelen);
+                if (host != NULL && wire != NULL)
                     reply = PyObject_CallFunctionObjArgs(self->handle, wire, host, Py_False, NULL);
                 Py_XDECREF(wire);
                 Py_XDECREF(host);

@@ -86,7 +86,8 @@ One TOML file (``zones/gslb.toml`` by default) with four tables, all optional::
                           # 0: any one instance)
     lease = 5             # seconds an instance's observations outlive it (2-3600, an integer)
 
-    [cookies]             # DNS Cookies (RFC 7873, RFC 9018 server cookies); without it: ignored
+    [cookies]             # DNS Cookies (RFC 7873, RFC 9018 server cookies); on without the table
+    enabled = true        # false: COOKIE options ignored (no server cookies)
     secret_file = "cookie.key"   # 32 hex digits a line, relative to this file; the first makes
                           # cookies, further lines (a rotation's old or next secret) are accepted
                           # too; without it a random secret per process start
@@ -419,7 +420,7 @@ class Config:
     # MMDB that maps your own networks) instead of sending them to the default.
     private_in_database: bool = False
     default_location: Location = field(default_factory=Location)
-    cookies: CookieSettings | None = None  # [cookies]; None: COOKIE options ignored
+    cookies: CookieSettings | None = field(default_factory=CookieSettings)  # None: COOKIE options ignored
     rrl: RrlSettings | None = None  # [rrl]; None: no rate limiting
     cluster: ClusterConfig | None = None  # [cluster]; None: this instance decides alone
 
@@ -956,7 +957,7 @@ class _Loader:
             no_ecs=no_ecs,
             private_in_database=private_in_database,
             default_location=default_location,
-            cookies=self.cookies(root["cookies"]) if "cookies" in root else None,
+            cookies=self.cookies(root.get("cookies", {})),  # on by default, a random secret
             rrl=self.rrl(root["rrl"]) if "rrl" in root else None,
             cluster=self.cluster(root["cluster"]) if "cluster" in root else None,
         )

@@ -258,11 +258,20 @@ def test_large_answers_need_a_valid_server_cookie(clock: list[int], tmp_path: Pa
     assert answerer._fast(wire, "127.0.0.1", False) == reply
 
 
-def test_without_cookies_the_option_is_ignored(clock: list[int]) -> None:
-    answerer = Answerer(build(Sources(EXAMPLE_ZONES)), HealthView())
+def test_without_cookies_the_option_is_ignored(clock: list[int], tmp_path: Path) -> None:
+    answerer = Answerer(build(Sources(EXAMPLE_ZONES, config=_config(tmp_path, "[cookies]\nenabled = false\n"))),
+                        HealthView())
     reply = answerer.handle(_query("static.example.com.", cookie=b"clientck"), "127.0.0.1")
     assert reply is not None and _cookie_of(reply) is None
     assert answerer.state.cookies is None
+
+
+def test_cookies_are_on_by_default_with_the_process_secret(clock: list[int]) -> None:
+    answerer = Answerer(build(Sources(EXAMPLE_ZONES)), HealthView())  # the example's gslb.toml: no [cookies]
+    assert answerer.state.cookies is not None and answerer.state.cookies.secrets == (cookie_module.PROCESS_SECRET,)
+    reply = answerer.handle(_query("static.example.com.", cookie=b"clientck"), "127.0.0.1")
+    assert reply is not None and _cookie_of(reply) == struct.pack("!HH", 10, 24) + _server_cookie(
+        Cookies((cookie_module.PROCESS_SECRET,)), b"clientck", "127.0.0.1", NOW)
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -304,7 +313,8 @@ def test_cookie_config_is_read(tmp_path: Path) -> None:
     assert SECRET_1.hex() not in repr(config)  # never in a log line
     assert loads("[cookies]\nenabled = false\n").cookies is None
     assert loads("[cookies]\n").cookies is not None  # a random secret per process
-    assert loads("").cookies is None
+    assert loads("").cookies == loads("[cookies]\n").cookies  # the default: on, with that secret
+    assert loads("").cookies.secrets is None  # type: ignore[union-attr]
 
 
 # -- a real server, dig and dnspython ----------------------------------------------------------
@@ -353,19 +363,32 @@ def test_dnspython_sends_a_cookie_and_keeps_the_answer(cookie_servers: tuple[Ser
         assert echoed.server == cookie.server and reply.answer
 
 
-def test_the_compiled_loop_hands_cookie_queries_to_python(clock: list[int], snapshot: Snapshot) -> None:
+def test_the_compiled_loop_answers_remembered_cookies_and_hands_the_rest_to_python(clock: list[int],
+                                                                                  snapshot: Snapshot,
+                                                                                  tmp_path: Path) -> None:
     compiled = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built")
     answerer = Answerer(snapshot, HealthView())
     plain, with_cookie = _query("static.example.com."), _query("static.example.com.", cookie=b"clientck")
-    for wire in (plain, with_cookie):
-        answerer.handle(wire, "127.0.0.1")  # the general path caches the answer
+    answerer.handle(plain, "127.0.0.1")  # the general path caches the answer
     assert compiled.answer(answerer, plain, "127.0.0.1") == answerer._fast(plain, "127.0.0.1", False)
-    assert compiled.answer(answerer, with_cookie, "127.0.0.1") is None  # Python makes the server cookie
-    # Without [cookies] the option is ignored in C as in Python.
-    off = Answerer(build(Sources(EXAMPLE_ZONES)), HealthView())
+    assert compiled.answer(answerer, with_cookie, "127.0.0.1") is None  # not seen: Python makes the server cookie
+    first = answerer.handle(with_cookie, "127.0.0.1")
+    # Remembered: C answers it, the same bytes as Python, the cookie hashed once.
+    assert compiled.answer(answerer, with_cookie, "127.0.0.1") == first == answerer._fast(with_cookie, "127.0.0.1",
+                                                                                        False)
+    assert compiled.answer(answerer, with_cookie, "127.0.0.2") is None  # another client: its own cookie
+    clock[0] = NOW + cookie_module.REMEMBER  # no longer remembered: Python stamps a new one
+    assert compiled.answer(answerer, with_cookie, "127.0.0.1") is None
+    renewed = answerer.handle(with_cookie, "127.0.0.1")
+    assert renewed is not None and _cookie_of(renewed) != _cookie_of(first)
+    assert compiled.answer(answerer, with_cookie, "127.0.0.1") == renewed
+    assert compiled.answer(answerer, with_cookie, None) is None  # no address to hash
+    # Without cookies the option is ignored in C as in Python.
+    off = Answerer(build(Sources(EXAMPLE_ZONES, config=_config(tmp_path, "[cookies]\nenabled = false\n"))),
+                   HealthView())
     off.handle(with_cookie, "127.0.0.1")
     reply = compiled.answer(off, with_cookie, "127.0.0.1")
-    assert reply is not None and reply == off._fast(with_cookie, "127.0.0.1", False)
+    assert reply is not None and reply == off._fast(with_cookie, "127.0.0.1", False) and _cookie_of(reply) is None
 
 
 def test_the_compiled_loop_leaves_large_answers_to_python(clock: list[int], tmp_path: Path, secret_file: Path) -> None:
@@ -380,6 +403,14 @@ def test_the_compiled_loop_leaves_large_answers_to_python(clock: list[int], tmp_
     assert compiled.answer(answerer, large, "127.0.0.1") is None
     reply = compiled.answer(answerer, small, "127.0.0.1")
     assert reply is not None and reply == answerer._fast(small, "127.0.0.1", False)
+    # With a cookie remembered: a valid one lets the large answer through in C, a client cookie alone does not.
+    valid = _server_cookie(Cookies((SECRET_NEW,)), b"clientck", "127.0.0.1", NOW)
+    for cookie, answered in ((b"clientck", False), (valid, True)):
+        wire = _query("txt.example.com.", "TXT", cookie=cookie, payload=1232)
+        python = answerer.handle(wire, "127.0.0.1")
+        assert python is not None and bool(dns.message.from_wire(python).flags & dns.flags.TC) is not answered
+        reply = compiled.answer(answerer, wire, "127.0.0.1")
+        assert (reply == python == answerer._fast(wire, "127.0.0.1", False)) if answered else reply is None
 
 
 def test_the_secret_file_is_an_input_and_a_random_secret_is_logged_once(start_server: type[Server], tmp_path: Path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import os
 import random
@@ -28,7 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gslb.server as server_module
+from gslb import cookies as cookie_module
 from gslb.answer import Answerer
+from gslb.cookies import Cookies
 from gslb.health import HealthView
 from gslb.server import ListenAddress, UdpServer, udp_socket
 from gslb.snapshot import Snapshot, Sources, build
@@ -88,7 +91,19 @@ def query(rng: random.Random) -> bytes:
     return message.to_wire()
 
 
-snapshot = fastpath.snapshot  # the same fixture: the example zones over the test MMDB
+snapshot = fastpath.snapshot  # the same fixture: the example zones over the test MMDB (cookies on, the default)
+cookie_snapshot = fastpath.cookie_snapshot  # the same with a [cookies] secret file
+
+
+@pytest.fixture(scope="module")
+def off_snapshot(tmp_path_factory: pytest.TempPathFactory, snapshot: Snapshot) -> Snapshot:
+    """The same zones and database with `[cookies] enabled = false`: COOKIE options ignored."""
+    config = tmp_path_factory.mktemp("off") / "gslb.toml"
+    config.write_text((EXAMPLE_ZONES / "gslb.toml").read_text() + "\n[cookies]\nenabled = false\n")
+    assert snapshot.geo.path is not None
+    built = build(Sources(EXAMPLE_ZONES, config=config, geodb=Path(snapshot.geo.path)))
+    assert built.config.cookies is None
+    return built
 
 
 def _counts(answerer: Answerer) -> dict[str, object]:
@@ -98,7 +113,8 @@ def _counts(answerer: Answerer) -> dict[str, object]:
     return counters
 
 
-def test_compiled_answers_match_the_python_fast_path_and_the_general_path(snapshot: Snapshot) -> None:
+def test_compiled_answers_match_the_python_fast_path_and_the_general_path(off_snapshot: Snapshot) -> None:
+    snapshot = off_snapshot  # COOKIE options ignored; with cookies on: the test below
     rng = random.Random(20261201)
     python = Answerer(snapshot, HealthView())  # answers through handle() alone
     compiled = Answerer(snapshot, HealthView())  # C first, Python for what C hands back: the loop's way
@@ -128,6 +144,120 @@ def test_compiled_answers_match_the_python_fast_path_and_the_general_path(snapsh
     # Same replies, same counters: ticks, the fast/general split, by_key, by_answer.
     assert _counts(compiled) == _counts(python)
     assert by_c == by_python_fast > total * 0.8, (by_c, by_python_fast)
+
+
+NOW = 1_700_000_000
+COOKIE = dns.edns.OptionType.COOKIE
+# Ages of the server cookies a resolver sends back (seconds; negative: stamped ahead by another
+# instance): echoed, renewed, crossing half an hour or the hour while the run's clock moves, expired,
+# within the five minutes of skew or just past them.
+AGES = (5, 1000, 1700, 2000, 3000, 3590, 3700, -200, -299, -400)
+
+
+def _cookie_pool(rng: random.Random, cookies: Cookies, now: int = NOW) -> dict[str, list[bytes]]:
+    """The COOKIE option data each source keeps sending, so that most are remembered after the first:
+    client cookies alone, server cookies of ours of every age, of another secret, for another address,
+    and server cookies of another length (16 to 40 bytes: someone else's)."""
+    other = Cookies((bytes(16),))
+    pool: dict[str, list[bytes]] = {}
+    for source in SOURCES:
+        address = ipaddress.ip_address(source).packed
+        items: list[bytes] = []
+        for _ in range(3):
+            client = rng.randbytes(8)
+            items.append(client)
+            items += [client + cookies.make(client, address, now - age) for age in AGES]
+            items.append(client + other.make(client, address, now))
+            items.append(client + cookies.make(client, bytes(len(address)), now))
+            items.append(client + rng.randbytes(rng.choice([8, 20, 32])))
+        pool[source] = items
+    return pool
+
+
+def cookie_query(rng: random.Random, source: str, pool: dict[str, list[bytes]]) -> tuple[bytes, list[bytes]]:
+    """A query of the corpus whose COOKIE options are those a resolver at `source` sends; and their data."""
+    message = dns.message.from_wire(query(rng))
+    if message.edns < 0:
+        return message.to_wire(), []
+    kind = rng.random()
+    if kind < 0.75:
+        sent = [rng.choice(pool[source])]  # kept by the resolver: remembered after the first
+    elif kind < 0.85:
+        sent = [rng.randbytes(8)]  # a new client cookie: never remembered
+    elif kind < 0.9:
+        sent = [rng.randbytes(rng.choice([0, 7, 9, 15, 41]))]  # a length no cookie has: FORMERR
+    elif kind < 0.93:
+        sent = [rng.choice(pool[source])] * 2  # two: FORMERR
+    else:
+        sent = []
+    options = [o for o in message.options if o.otype != COOKIE]
+    for data in sent:
+        options.insert(rng.randrange(len(options) + 1), dns.edns.GenericOption(COOKIE, data))
+    message.use_edns(0, message.ednsflags, message.payload, options=options)
+    return message.to_wire(), sent
+
+
+@pytest.mark.parametrize("tc_size", [0, 96])
+def test_compiled_answers_remembered_cookies_as_the_python_fast_path_and_the_general_path(
+        cookie_snapshot: Snapshot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tc_size: int) -> None:
+    """Cookies on: C answers a COOKIE query exactly when Python remembers its answer for that client and option
+    (and the Python fast path answers it), byte for byte; a miss, an expired answer or a malformed option goes
+    to Python. With large_answers_need_cookie, C sends only valid-cookie replies past the size."""
+    clock = [NOW]
+    monkeypatch.setattr(cookie_module, "clock", lambda: clock[0])
+    snap = cookie_snapshot
+    if tc_size:
+        assert cookie_snapshot.config.path is not None and cookie_snapshot.geo.path is not None
+        config = tmp_path / "gslb.toml"
+        config.write_text((EXAMPLE_ZONES / "gslb.toml").read_text() + "\n[cookies]\nsecret_file = "
+                          f'"{cookie_snapshot.config.path.parent / "cookie.key"}"\n'
+                          f"large_answers_need_cookie = true\nlarge_answer_size = {tc_size}\n")
+        snap = build(Sources(EXAMPLE_ZONES, config=config, geodb=Path(cookie_snapshot.geo.path)))
+    rng = random.Random(7873 + tc_size)
+    python, compiled, reference = (Answerer(snap, HealthView()) for _ in range(3))
+    cookies = compiled.state.cookies
+    assert cookies is not None and cookies is python.state.cookies and cookies.tc_size == tc_size
+    cookies.cache.clear()  # one cache for the process: what another test left is not this run's
+    pool = _cookie_pool(rng, cookies)
+    total, by_c, hits, missed, expired, valid_large, truncated = 6000, 0, 0, 0, 0, 0, 0
+    for step in range(total):
+        if step and step % 100 == 0:
+            clock[0] += 11  # remembered answers run out, cookies age past half an hour, the hour, the skew
+        if step == total // 2:
+            for answerer in (python, compiled, reference):
+                answerer.set_health(_health({"eu"}))
+        source = rng.choice(SOURCES)
+        wire, sent = cookie_query(rng, source, pool)
+        key = (source, sent[0]) if len(sent) == 1 else None
+        found = cookies.cache.get(key) if key is not None else None
+        remembered = key is None or (found is not None and clock[0] < found[2])
+        reply = _fastudp.answer(compiled, wire, source)  # before Python has seen this query: its tables as C's
+        fast = reference._fast(wire, source, False)
+        reference.handle(wire, source, False)
+        expected = python.handle(wire, source, False)
+        assert (reply is not None) == (fast is not None and remembered), (dns.message.from_wire(wire).to_text(),
+                                                                          source, found, clock[0])
+        if reply is None:
+            missed += fast is not None  # C left it to Python: its cookie was not remembered
+            expired += fast is not None and found is not None
+            truncated += expected is not None and bool(expected[2] & 0x02)
+            assert compiled.handle(wire, source, False) == expected
+            continue
+        by_c += 1
+        hits += key is not None
+        assert reply == fast == expected, dns.message.from_wire(wire).to_text()
+        assert reply == Answerer(snap, compiled.state.health)._general(wire, source, False)[0], source
+        if tc_size and len(reply) > tc_size:
+            assert found is not None and found[1], "a large reply from C without a valid server cookie"
+            valid_large += 1
+    assert _counts(compiled) == _counts(python)
+    # Measured: 4032 by C (2982 with a cookie), 912 misses (312 expired); with the size 2631, 1761, 334,
+    # 194, and 1486 valid-cookie replies past the size from C, 2246 truncated by Python.
+    share = 0.35 if tc_size else 0.6
+    assert by_c > total * share and hits > total * share * 0.6 and missed > total * 0.05 and expired > 100, (
+        by_c, hits, missed, expired)
+    if tc_size:
+        assert valid_large > 500 and truncated > 1000, (valid_large, truncated)
 
 
 def test_compiled_counts_and_samples_latency_as_handle_does(snapshot: Snapshot) -> None:
@@ -176,15 +306,27 @@ def _seeds() -> list[bytes]:
     return [query(rng) for _ in range(40)]
 
 
-SEEDS = _seeds()
+def _cookie_seeds() -> list[bytes]:
+    """Queries with the cookies resolvers send: server cookies of ours (the default's random secret) of every
+    age at the real clock, of other secrets, lengths and addresses, client cookies alone, malformed ones."""
+    rng = random.Random(6)
+    pool = _cookie_pool(rng, Cookies((cookie_module.PROCESS_SECRET,)), int(time.time()))
+    return [cookie_query(rng, source, pool)[0] for source in SOURCES for _ in range(8)]
 
 
-@pytest.fixture(scope="module")
-def warm(snapshot: Snapshot) -> Answerer:
-    answerer = Answerer(snapshot, HealthView())
+SEEDS = _seeds() + _cookie_seeds()
+
+
+@pytest.fixture(scope="module", params=["cookies on", "cookies off"])
+def warm(request: pytest.FixtureRequest, snapshot: Snapshot, off_snapshot: Snapshot) -> Answerer:
+    answerer = Answerer(snapshot if request.param == "cookies on" else off_snapshot, HealthView())
+    assert (answerer.state.cookies is not None) is (request.param == "cookies on")
     for wire in SEEDS:
         for source in SOURCES:
-            answerer.handle(wire, source, False)
+            answerer.handle(wire, source, False)  # the tables, and the answers to the seeds' cookies remembered
+    replies = [_fastudp.answer(answerer, wire, source) for wire in SEEDS for source in SOURCES]
+    with_cookie = sum(reply is not None and b"\x00\x0a\x00\x18" in reply for reply in replies)
+    assert with_cookie > 100 if request.param == "cookies on" else with_cookie == 0, with_cookie
     return answerer
 
 
@@ -344,15 +486,34 @@ def test_real_server_answers_through_the_compiled_loop(start_server: type[Server
     server = start_server("--zones", str(zones), "--no-probes", "--state-file", str(tmp_path / "state.json"))
     server.wait_log(r"UDP on 127\.0\.0\.1:\d+: compiled loop")
     assert not any("Python loop" in line for line in server.lines)
-    # What the server sends is what an in-process answerer over the same files sends.
+    # What the server sends is what an in-process answerer over the same files sends, but for the server
+    # cookies (cookies are on by default; each process has its own random secret): those are ours, fresh.
     expected = Answerer(build(Sources(zones)), HealthView())
     wires = _corpus(12, 300)
     got = {}
     for i in range(0, len(wires), 50):
         got.update(_exchange(server.port, wires[i : i + 50]))
     assert len(got) == len(wires)
+    with_cookie = 0
     for wire in wires:
-        assert got[struct.unpack_from("!H", wire)[0]] == expected.handle(wire, "127.0.0.1", False)
+        reply, same = got[struct.unpack_from("!H", wire)[0]], expected.handle(wire, "127.0.0.1", False)
+        assert same is not None
+        if reply[-28:-24] == same[-28:-24] == b"\x00\x0a\x00\x18":  # our COOKIE: the client's, then ours
+            with_cookie += 1
+            assert reply[-16:-12] == b"\x01\x00\x00\x00" and reply[-16:] != same[-16:]
+            reply, same = reply[:-16], same[:-16]
+        assert reply == same
+    assert with_cookie > 30, with_cookie
+    # A resolver that keeps the server cookie it got: echoed, by whichever path answers (the compiled loop
+    # once the answer is remembered).
+    client = dns.edns.CookieOption(b"\x33" * 8, b"")
+    first = server.query("www.example.com.", "A", use_edns=0, options=[client])
+    cookie = next(o for o in first.options if isinstance(o, dns.edns.CookieOption))
+    for _ in range(5):
+        again = server.query("www.example.com.", "A", use_edns=0, options=[dns.edns.CookieOption(b"\x33" * 8,
+                                                                                                 cookie.server)])
+        assert [o.server for o in again.options if isinstance(o, dns.edns.CookieOption)] == [cookie.server]
+        assert again.answer
     # A German network: the Frankfurt VIP, with the ECS echoed.
     reply = server.query("www.example.com.", "A", use_edns=0, options=[dns.edns.ECSOption("85.214.0.0", 24)])
     assert [rr.address for rr in reply.answer[0]] == ["127.0.2.1"]
@@ -408,12 +569,12 @@ ASAN_SCRIPT = textwrap.dedent("""
     from tests.conftest import EXAMPLE_ZONES
     from tests.mmdb_fixtures import build_test_mmdb
     from tests.test_fastpath import SOURCES, _health
-    from tests.test_fastudp import query
+    from tests.test_fastudp import SEEDS, query
     build_test_mmdb(Path(sys.argv[2]))
     snapshot = build(Sources(EXAMPLE_ZONES, geodb=Path(sys.argv[2])))
     answerer = Answerer(snapshot, HealthView())
     rng = random.Random(99)
-    seeds = [query(rng) for _ in range(300)]
+    seeds = [query(rng) for _ in range(300)] + SEEDS  # with cookies (on by default) of every kind
     checked = answered = 0
     def check(wire, source):
         global checked, answered
@@ -448,7 +609,7 @@ ASAN_SCRIPT = textwrap.dedent("""
     thread.start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.settimeout(3)
-    for wire in seeds[:200]:
+    for wire in seeds[:100] + seeds[-100:]:  # cookies remembered for 127.0.0.1 answered in C, others in Python
         client.sendto(wire, sock.getsockname())
     got = 0
     try:
