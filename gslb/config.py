@@ -133,13 +133,13 @@ from typing import Any, Final, TypeVar
 
 from gslb import inputs
 from gslb.geo import IPAddress, IPNetwork, Location
-from gslb.health import Check, Target
 
 __all__ = [
     "ALL_DOWN_MODES",
     "CONTINENTS",
     "NO_ECS_MODES",
     "POLICIES",
+    "Check",
     "ClusterConfig",
     "Config",
     "ConfigError",
@@ -149,6 +149,7 @@ __all__ = [
     "Problem",
     "RrlSettings",
     "Service",
+    "Target",
     "empty",
     "load",
     "loads",
@@ -197,6 +198,34 @@ class ConfigError(Exception):
 
 
 # --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """How to judge one target (a [checks] table); the prober in gslb.health runs it."""
+
+    kind: str = "http"  # "http" | "https" | "tcp"
+    port: int = 80
+    path: str = "/"
+    method: str = "GET"
+    expect_status: tuple[int, ...] = (200,)
+    body_contains: str | None = None  # searched in the first BODY_LIMIT bytes
+    host: str | None = None  # Host header and TLS SNI override
+    verify_tls: bool = True
+    ca_file: str | None = None
+    follow_redirects: bool = False
+    interval: float = 1.0
+    timeout: float = 0.8
+    fall: int = 2  # consecutive failures to mark down
+    rise: int = 3  # consecutive successes to mark up
+    jitter: float = 0.1  # fraction of interval, random per round
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str  # the data center's name; health is keyed by it
+    address: str  # the address probed (IPv4/IPv6 literal)
+    check: Check
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,11 @@ from typing import Any
 import httpcore
 import httpx
 
+# The model of what to probe lives with the rest of the configuration (plain data, no I/O);
+# re-exported here, where the prober that runs it is.
+from gslb.config import Check as Check
+from gslb.config import Target as Target
+
 log = logging.getLogger(__name__)
 
 BODY_LIMIT = 4096  # bytes of a response body searched for Check.body_contains
@@ -41,34 +46,6 @@ DRAINED = "drained"
 
 def _empty_states() -> Mapping[str, Status]:
     return MappingProxyType({})
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """How to judge one target; parsed from TOML by config.py."""
-
-    kind: str = "http"  # "http" | "https" | "tcp"
-    port: int = 80
-    path: str = "/"
-    method: str = "GET"
-    expect_status: tuple[int, ...] = (200,)
-    body_contains: str | None = None  # searched in the first BODY_LIMIT bytes
-    host: str | None = None  # Host header and TLS SNI override
-    verify_tls: bool = True
-    ca_file: str | None = None
-    follow_redirects: bool = False
-    interval: float = 1.0
-    timeout: float = 0.8
-    fall: int = 2  # consecutive failures to mark down
-    rise: int = 3  # consecutive successes to mark up
-    jitter: float = 0.1  # fraction of interval, random per round
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    name: str  # the data center's name; health is keyed by it
-    address: str  # the address probed (IPv4/IPv6 literal)
-    check: Check
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,7 +136,7 @@ def test_check_passes_on_the_example() -> None:
     result = _gslb("check", "--zones", str(EXAMPLE_ZONES))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: 1 zone")
-    summary, table, *services = result.stdout.strip().splitlines()
+    _summary, table, *services = result.stdout.strip().splitlines()
     assert table.startswith("geo table: ") and " IPv4 and " in table
     # One line per service: its policy, how many rankings, over how many ranges.
     assert sorted(line.split()[0] for line in services) == [
