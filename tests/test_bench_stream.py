@@ -60,7 +60,8 @@ def test_mix_and_cookie_share(queries: list[stream.Query]) -> None:
     cookies = [q.cookie for q in queries if q.cookie is not None]
     assert abs(len(cookies) / N - 1 / 3) < 0.015
     assert all(len(c) == 8 for c in cookies)
-    assert len(set(cookies)) == len(cookies)
+    # Each resolver keeps its client cookie: a pool of them, each sent many times.
+    assert stream.RESOLVERS * 0.9 < len(set(cookies)) <= stream.RESOLVERS
 
 
 def test_wire_format_parses_and_matches(queries: list[stream.Query]) -> None:

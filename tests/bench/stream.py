@@ -17,8 +17,11 @@ own EDNS Client Subnet network, and no network appears twice in the file:
 The names, by share of queries: 60 % ``www.example.com`` A (the geo service), 10 % www
 AAAA, 10 % the apex SOA, 10 % the apex NS, 10 % a random name that does not exist (A,
 NXDOMAIN).  A third of the queries carry a DNS COOKIE option with an 8-byte client cookie
-(RFC 7873), as BIND resolvers send.  Every query: ID 0 (dnsperf sets it), RD clear, one
-OPT record (UDP size 1232) with the ECS option, then the cookie if any.
+(RFC 7873), as BIND resolvers send: one of RESOLVERS stable client cookies (a resolver keeps
+its client cookie for a server for a long time, RFC 7873 §5.1), so a server that remembers
+what it answered a (client, cookie) pays for SipHash once per resolver, as in real traffic.
+Every query: ID 0 (dnsperf sets it), RD clear, one OPT record (UDP size 1232) with the ECS
+option, then the cookie if any.
 
 Output: dnsperf's ``-B`` format (a 2-byte length before each message), written once per
 (count, seed, database content) and reused.  The networks are option bytes only: nothing
@@ -49,6 +52,7 @@ ZONE = "example.com"
 SERVICE = f"www.{ZONE}"
 V6_SHARE = 0.15
 COOKIE_SHARE = 1 / 3
+RESOLVERS = 1000  # distinct client cookies in a stream: the resolvers that send them
 # (kind, qtype) by cumulative share
 MIX: tuple[tuple[float, str, int], ...] = (
     (0.60, "www-A", 1),
@@ -224,6 +228,7 @@ def generate(n: int, *, seed: int, mmdb: Path) -> Iterator[Query]:
     rnd = random.Random(seed)
     v4 = PublicV4(rnd)
     v6 = TreeWalk(mmdb, rnd)
+    resolvers = [rnd.randbytes(8) for _ in range(RESOLVERS)]
     www = qname_wire(SERVICE)
     apex = qname_wire(ZONE)
     tail = qname_wire(ZONE)
@@ -244,7 +249,7 @@ def generate(n: int, *, seed: int, mmdb: Path) -> Iterator[Query]:
         options = ecs_option(network)
         cookie = None
         if rnd.random() < COOKIE_SHARE:
-            cookie = rnd.randbytes(8)
+            cookie = resolvers[rnd.randrange(RESOLVERS)]
             options += struct.pack("!HH", OPT_COOKIE, 8) + cookie
         yield Query(kind, network, cookie, make_query(qname, qtype, options))
 
@@ -275,7 +280,7 @@ def cached(directory: Path, counts: list[int], *, seed: int, mmdb: Path) -> list
 
     Keyed by the counts, the seed and the database's content, so a re-run reuses them.
     """
-    stem = f"stream-{'+'.join(map(str, counts))}-s{seed}-{db_key(mmdb)}"
+    stem = f"stream-{'+'.join(map(str, counts))}-s{seed}-r{RESOLVERS}-{db_key(mmdb)}"
     paths = [directory / f"{stem}.{i}.bin" for i in range(len(counts))]
     if not all(p.exists() for p in paths):
         write(list(zip(paths, counts, strict=True)), seed=seed, mmdb=mmdb)

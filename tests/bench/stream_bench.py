@@ -54,6 +54,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -69,7 +70,7 @@ import peer_configs  # noqa: E402
 import run as bench  # noqa: E402
 import stream  # noqa: E402
 
-RUNS = ("cold", "warm", "flip", "scope")
+RUNS = ("cold", "warm", "flip", "soak", "scope")
 FLIP_DC = "us"
 _WWW = f"www.{peer_configs.NEAREST_ZONE}"
 # checked on every start, before measuring: (name, type, ECS, rcode, answers); the places are
@@ -407,6 +408,21 @@ class StreamBench:
                     if row["sent"] < self.a.warm_queries:
                         self.note(f"{s.label}: warm pass {i} stopped at 15 s, after {row['sent']:,} queries")
                 self.latency(s, run, self.warm, self.rate_for(run, name))
+            elif run == "soak":
+                # 80 % of this server's own cold peak in this rep, open loop, with faults
+                peak = [r["qps"] for r in self.rows if r["run"] == "cold" and r["server"] == name
+                        and r["rep"] == self.rep and r["scenario"] == "stream"]
+                rate = int(0.8 * min(peak)) if peak else self.a.soak_rate
+                faults = Faults(self, s, seconds=self.a.soak_seconds)
+                row = self.runner.measure(
+                    s, run, "soak", self.rep, self.queries(self.cold_latency), seconds=self.a.soak_seconds,
+                    rate=rate, during=faults.run, sender=self.a.sender,
+                    outstanding=bench.OPEN_LOOP_OUTSTANDING if self.a.sender == "blast" else 100,
+                )
+                row["run"] = run
+                row.update(faults.result())
+                row["loss_pct"] = round(100 * row["lost"] / row["sent"], 4) if row["sent"] else math.nan
+                self.rows.append(row)
             elif run == "flip":
                 flipper = Flipper(self, s)
                 self.measure(s, run, "flip", cold, seconds=self.a.duration, during=flipper.run)
@@ -555,6 +571,16 @@ class StreamBench:
                         f"{fmt(lr.get('rate'), 0)} | {fmt(lr.get('p50_ms'), 3)} | {fmt(lr.get('p99_ms'), 3)} | "
                         f"{fmt(mem[0], 0)} / {fmt(mem[1], 0)} ({fmt(mem[2], 0)}) |"
                     )
+        soaks = [r for r in self.rows if r.get("run") == "soak" and r["scenario"] == "soak"]
+        if soaks:
+            w("")
+            w("## Soak: 80 % of each server's own cold peak, open loop, with faults")
+            w("")
+            w("| server | rep | rate | sent | lost | loss % | faults |")
+            w("|---|---|---|---|---|---|---|")
+            for r in soaks:
+                w(f"| {r['server']} | {r['rep']} | {r['rate']:,} | {r['sent']:,} | {r['lost']:,} | "
+                  f"{fmt(r['loss_pct'], 4)} | {r['faults']} |")
         flips = [r for r in self.rows if r.get("run") == "flip" and r["scenario"] == "flip"]
         if flips:
             w("")
@@ -736,6 +762,60 @@ class Flipper:
         return {"flips": self.flips, "verdict_changes": changes, "flip_how": how}
 
 
+class Faults(Flipper):
+    """The soak's faults: FLIP_DC flipped every `every` seconds and, for gslb, a reload
+    (SIGHUP: a new generation of workers) every 4 s and one worker killed outright midway."""
+
+    def __init__(self, sb: StreamBench, s: bench.Server, seconds: float) -> None:
+        super().__init__(sb, s, seconds)
+        self.reloads = 0
+        self.killed = 0
+
+    def workers(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.s.pid}/task/{self.s.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
+    def run(self) -> None:
+        if self.s.name != "gslb":
+            super().run()
+            return
+        end = time.monotonic() + self.seconds
+        started = time.monotonic()
+        next_flip, next_reload, down = started + self.sb.a.flip_every, started + 4.0, False
+        kill_at = started + self.seconds / 2
+        try:
+            while (now := time.monotonic()) < end - 0.05:
+                if now >= next_flip:
+                    down = not down
+                    self.set_down(down)
+                    self.flips += 1
+                    next_flip += self.sb.a.flip_every
+                if now >= next_reload and now < end - 2:
+                    os.kill(self.s.pid, signal.SIGHUP)
+                    self.reloads += 1
+                    next_reload += 4.0
+                if kill_at and now >= kill_at:
+                    workers = self.workers()
+                    if workers:
+                        os.kill(workers[0], signal.SIGKILL)
+                        self.killed += 1
+                    kill_at = 0
+                time.sleep(0.02)
+        finally:
+            self.set_down(False)
+
+    def result(self) -> dict[str, Any]:
+        out = super().result()
+        faults = f"{self.flips} flips"
+        if self.s.name == "gslb":
+            faults += f", {self.reloads} reloads (SIGHUP), {self.killed} worker killed (SIGKILL)"
+        out["faults"] = faults
+        return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -756,6 +836,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-seconds", type=float, default=3.0, help="length of each fixed-rate run (default 3)")
     ap.add_argument("--latency-rate", type=int, default=5000, help="fixed rate when gslb was not measured")
     ap.add_argument("--flip-every", type=float, default=2.0, help="seconds between verdict flips (default 2)")
+    ap.add_argument("--soak-seconds", type=float, default=15.0, help="length of the soak run (default 15)")
+    ap.add_argument("--soak-rate", type=int, default=50_000, help="soak rate when no cold run measured the peak")
     ap.add_argument("--scope-samples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--geodb", type=Path, help="default: GeoLite2-City from the PyPI package maxminddb-geolite2")
@@ -771,7 +853,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for r in a.runs:
         if r not in RUNS:
             ap.error(f"unknown run {r!r}")
-    if a.duration > 15 or a.latency_seconds > 15:
+    if a.duration > 15 or a.latency_seconds > 15 or a.soak_seconds > 15:
         ap.error("keep each run at 15 s or less (the machine is shared)")
     a.run_dir = a.run_dir.resolve()
     a.outstanding = a.outstanding or (256 if a.sender == "blast" else 100)
