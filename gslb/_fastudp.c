@@ -41,6 +41,7 @@
 #define MAX_LABELS 128
 #define RANK_CACHE 8
 #define INFO_CACHE 32     /* entries whose parts one batch keeps at hand */
+#define MAX_SECRETS 8     /* cookie secrets C checks against (gslb.config allows 3) */
 
 typedef unsigned __int128 u128;
 
@@ -50,18 +51,33 @@ static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_picks
     *s_counters, *s_ticks, *s_by_key, *s_by_answer, *s_query_log, *s_flag_bytes, *s_head, *s_head_opt, *s_body,
     *s_scoped, *s_udp_key, *s_answer_key, *s_ranks, *s_starts4, *s_ranks4, *s_starts6_hi, *s_starts6_lo,
     *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe,
-    *s_cookies, *s_rrl, *s_tc_size, *s_cache, *s_clock;
+    *s_cookies, *s_rrl, *s_tc_size, *s_cache, *s_clock, *s_secrets;
 
 static PyObject *EntryType;    /* gslb.answer.Entry */
 static PyObject *SteeredType;  /* gslb.answer.Steered: a service's question in State.static */
 static PyObject *CookiesModule; /* gslb.cookies: its `clock` (tests pin it) */
+/* gslb.cookies' constants (REMEMBER, LIFETIME, SKEW, ECHO, CACHE_LIMIT, VERSION), read with the types;
+ * ck_ok 0: not readable, and a cookie C has not seen goes to Python. */
+static long long ck_remember, ck_lifetime, ck_skew, ck_echo, ck_limit, ck_version;
+static int ck_ok;
+
+static long long module_int(PyObject *module, const char *name, int *ok) {
+    PyObject *v = PyObject_GetAttrString(module, name);
+    long long x = v != NULL && PyLong_Check(v) ? PyLong_AsLongLong(v) : -1;
+    Py_XDECREF(v);
+    if (x < 0) {
+        PyErr_Clear();
+        *ok = 0;
+    }
+    return x;
+}
 
 static int intern_names(void) {
 #define NAME(var, text) if (!(var = PyUnicode_InternFromString(text))) return -1;
     NAME(s_state, "state") NAME(s_static, "static") NAME(s_negative, "negative") NAME(s_refused, "refused")
     NAME(s_index, "index") NAME(s_picks, "picks") NAME(s_by_resolver, "by_resolver")
     NAME(s_cookies, "cookies") NAME(s_rrl, "rrl") NAME(s_tc_size, "tc_size")
-    NAME(s_cache, "cache") NAME(s_clock, "clock")
+    NAME(s_cache, "cache") NAME(s_clock, "clock") NAME(s_secrets, "secrets")
     NAME(s_counters, "counters") NAME(s_ticks, "ticks") NAME(s_by_key, "by_key") NAME(s_by_answer, "by_answer")
     NAME(s_query_log, "query_log") NAME(s_flag_bytes, "flag_bytes") NAME(s_head, "head")
     NAME(s_head_opt, "head_opt") NAME(s_body, "body") NAME(s_scoped, "scoped")
@@ -98,6 +114,13 @@ static int load_types(void) {
     EntryType = entry;
     SteeredType = steered;
     CookiesModule = cookies;
+    ck_ok = 1;
+    ck_remember = module_int(cookies, "REMEMBER", &ck_ok);
+    ck_lifetime = module_int(cookies, "LIFETIME", &ck_ok);
+    ck_skew = module_int(cookies, "SKEW", &ck_ok);
+    ck_echo = module_int(cookies, "ECHO", &ck_ok);
+    ck_limit = module_int(cookies, "CACHE_LIMIT", &ck_ok);
+    ck_version = module_int(cookies, "VERSION", &ck_ok);
     return 0;
 }
 
@@ -136,6 +159,9 @@ typedef struct {
     PyObject *cookie_cache; /* state.cookies.cache (strong); NULL: every COOKIE query goes to Python */
     long long cookie_now;   /* int(gslb.cookies.clock()), read at the batch's first COOKIE query */
     int cookie_now_read;
+    PyObject *secrets;      /* state.cookies.secrets (strong): the first makes cookies, all are accepted */
+    const unsigned char *secret[MAX_SECRETS];
+    int nsecrets;           /* 0: unreadable, a cookie not remembered goes to Python */
     Py_ssize_t tc_size; /* state.cookies.tc_size: longer replies without a valid cookie go to Python (TC) */
     int disabled;       /* 1: answer nothing here (query log on, or the tables unreadable) */
     long long ticks;    /* counters.ticks, kept here during a batch and written back */
@@ -234,6 +260,21 @@ static void ctx_open(Ctx *c, PyObject *answerer) {
         Py_XDECREF(size);
         PyErr_Clear();
         c->cookie_cache = optional_dict(cookies, s_cache);
+        PyObject *secrets = PyObject_GetAttr(cookies, s_secrets);
+        if (secrets != NULL && PyTuple_Check(secrets) && PyTuple_GET_SIZE(secrets) <= MAX_SECRETS) {
+            c->secrets = secrets;
+            for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(secrets); k++) {
+                PyObject *item = PyTuple_GET_ITEM(secrets, k);
+                if (!PyBytes_CheckExact(item) || PyBytes_GET_SIZE(item) != 16) {
+                    c->nsecrets = 0;
+                    break;
+                }
+                c->secret[c->nsecrets++] = (const unsigned char *)PyBytes_AS_STRING(item);
+            }
+        } else {
+            Py_XDECREF(secrets);
+        }
+        PyErr_Clear();
     }
     Py_XDECREF(rrl);
     Py_XDECREF(cookies);
@@ -277,6 +318,7 @@ static void ctx_close(Ctx *c) {
     Py_CLEAR(c->by_key);
     Py_CLEAR(c->by_answer);
     Py_CLEAR(c->cookie_cache);
+    Py_CLEAR(c->secrets);
 }
 
 /* ---- the RankTable ------------------------------------------------------------------- */
@@ -572,10 +614,102 @@ static PyObject *peer_host(const struct sockaddr_storage *sa, socklen_t len);
 /* gslb.cookies.length_ok: a client cookie alone (8), or with a server cookie of 8 to 32 bytes. */
 static int cookie_length_ok(Py_ssize_t len) { return len == 8 || (len >= 16 && len <= 40); }
 
-/* What gslb.cookies.Cookies.answer remembers for (source, COOKIE option data), if it still
- * holds: 1 with a new reference to the cached (reply option, valid, until) tuple in *found,
- * its option bytes in *option / *option_len and the flag in *valid; 0 for a miss, an expired
- * entry, or anything unexpected (Python works it out and remembers it); -1 with an error set. */
+/* SipHash-2-4 (Aumasson and Bernstein), as gslb.cookies.siphash24: 8 bytes, little-endian. */
+static uint64_t le64(const unsigned char *p) {
+    uint64_t x = 0;
+    for (int i = 7; i >= 0; i--)
+        x = x << 8 | p[i];
+    return x;
+}
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                                  \
+    do {                                                                                                          \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                                                 \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                                                    \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                                                    \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                                                 \
+    } while (0)
+
+static void siphash24(const unsigned char *key, const unsigned char *m, size_t len, unsigned char out[8]) {
+    uint64_t k0 = le64(key), k1 = le64(key + 8);
+    uint64_t v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
+    uint64_t v2 = k0 ^ 0x6c7967656e657261ULL, v3 = k1 ^ 0x7465646279746573ULL;
+    size_t full = len & ~(size_t)7;
+    for (size_t i = 0; i < full; i += 8) {
+        uint64_t mi = le64(m + i);
+        v3 ^= mi;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= mi;
+    }
+    uint64_t last = (uint64_t)(len & 0xFF) << 56; /* the leftover bytes, the length's low byte on top */
+    for (size_t i = 0; i < (len & 7); i++)
+        last |= (uint64_t)m[full + i] << (8 * i);
+    v3 ^= last;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= last;
+    v2 ^= 0xFF;
+    for (int r = 0; r < 4; r++)
+        SIPROUND;
+    uint64_t h = v0 ^ v1 ^ v2 ^ v3;
+    for (int i = 0; i < 8; i++)
+        out[i] = (unsigned char)(h >> (8 * i));
+}
+
+/* gslb.cookies.Cookies._work_out in C: the (reply option, valid, until) for a cookie not remembered,
+ * a new reference; NULL with no error set if C cannot (no address, secrets or constants: Python). */
+static PyObject *cookie_work_out(Ctx *c, const Source *src, const unsigned char *data, Py_ssize_t len) {
+    if (!ck_ok || c->nsecrets == 0 || (src->family != 4 && src->family != 6))
+        return NULL;
+    long long now = c->cookie_now, until = now + ck_remember;
+    size_t alen = src->family == 4 ? 4 : 16;
+    unsigned char message[32], hash[8], option[28] = {0, 10, 0, 24};
+    int valid = 0, echo = 0;
+    if (len == 24 && data[8] == ck_version) {
+        uint32_t stamp = (uint32_t)data[12] << 24 | (uint32_t)data[13] << 16 | (uint32_t)data[14] << 8 | data[15];
+        uint32_t delta = (uint32_t)now - stamp; /* serial arithmetic (RFC 1982) */
+        long long age = delta & 0x80000000u ? (long long)delta - 4294967296LL : (long long)delta;
+        memcpy(message, data, 16); /* the reserved bytes hashed as sent (RFC 9018 §4.2) */
+        memcpy(message + 16, src->addr, alen);
+        int made_with = -1;
+        for (int k = 0; k < c->nsecrets && made_with < 0; k++) {
+            siphash24(c->secret[k], message, 16 + alen, hash);
+            if (memcmp(hash, data + 16, 8) == 0)
+                made_with = k;
+        }
+        if (made_with >= 0 && -ck_skew <= age && age <= ck_lifetime) {
+            valid = 1;
+            echo = made_with == 0 && age < ck_echo;
+            long long ends = echo ? now + ck_echo - age : now + ck_lifetime - age + 1;
+            until = ends < until ? ends : until;
+        } else if (made_with >= 0 && age < -ck_skew && now - ck_skew - age < until) {
+            until = now - ck_skew - age; /* from an instance whose clock runs ahead */
+        }
+    }
+    if (echo) {
+        memcpy(option + 4, data, 24);
+    } else { /* a fresh server cookie: version, reserved, timestamp, hash */
+        memcpy(option + 4, data, 8);
+        unsigned char *head = option + 12;
+        head[0] = (unsigned char)ck_version;
+        head[1] = head[2] = head[3] = 0;
+        for (int i = 0; i < 4; i++)
+            head[4 + i] = (unsigned char)((uint32_t)now >> (24 - 8 * i));
+        memcpy(message, option + 4, 16);
+        memcpy(message + 16, src->addr, alen);
+        siphash24(c->secret[0], message, 16 + alen, option + 20);
+    }
+    return Py_BuildValue("(y#OL)", (const char *)option, (Py_ssize_t)sizeof(option), valid ? Py_True : Py_False,
+                         until);
+}
+
+/* Our COOKIE option for (source, COOKIE option data), as gslb.cookies.Cookies.answer gives it:
+ * what the cache remembers while it holds, else worked out here and remembered for Python too.
+ * 1 with a new reference to the (reply option, valid, until) tuple in *found, its option bytes
+ * in *option / *option_len and the flag in *valid; 0 for anything unexpected (Python answers);
+ * -1 with an error set. */
 static int cookie_cached(Ctx *c, Source *src, const unsigned char *data, Py_ssize_t len, PyObject **found,
                          const char **option, Py_ssize_t *option_len, int *valid) {
     if (c->cookie_cache == NULL || !cookie_length_ok(len))
@@ -606,23 +740,48 @@ static int cookie_cached(Ctx *c, Source *src, const unsigned char *data, Py_ssiz
     if (key == NULL)
         return -1;
     PyObject *value = PyDict_GetItemWithError(c->cookie_cache, key); /* borrowed */
+    if (value == NULL && PyErr_Occurred()) {
+        Py_DECREF(key);
+        return -1;
+    }
+    if (value != NULL) {
+        if (!PyTuple_CheckExact(value) || PyTuple_GET_SIZE(value) != 3) {
+            Py_DECREF(key);
+            return 0;
+        }
+        PyObject *until = PyTuple_GET_ITEM(value, 2);
+        int overflow = 0;
+        long long u = PyLong_CheckExact(until) ? PyLong_AsLongLongAndOverflow(until, &overflow) : -1;
+        if (overflow || (u == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            Py_DECREF(key);
+            return 0;
+        }
+        if (c->cookie_now >= u)
+            value = NULL; /* it would change now: worked out again */
+        else
+            Py_INCREF(value);
+    }
+    if (value == NULL) {
+        value = cookie_work_out(c, src, data, len);
+        if (value == NULL) {
+            Py_DECREF(key);
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        if (PyDict_GET_SIZE(c->cookie_cache) >= ck_limit)
+            PyDict_Clear(c->cookie_cache);
+        if (PyDict_SetItem(c->cookie_cache, key, value) < 0) {
+            Py_DECREF(value);
+            Py_DECREF(key);
+            return -1;
+        }
+    }
     Py_DECREF(key);
-    if (value == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    if (!PyTuple_CheckExact(value) || PyTuple_GET_SIZE(value) != 3)
-        return 0;
-    PyObject *opt = PyTuple_GET_ITEM(value, 0), *flag = PyTuple_GET_ITEM(value, 1), *until = PyTuple_GET_ITEM(value, 2);
-    if (!PyBytes_CheckExact(opt) || PyBytes_GET_SIZE(opt) < 4 || !PyBool_Check(flag) || !PyLong_CheckExact(until))
-        return 0;
-    int overflow = 0;
-    long long u = PyLong_AsLongLongAndOverflow(until, &overflow);
-    if (overflow || (u == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
+    PyObject *opt = PyTuple_GET_ITEM(value, 0), *flag = PyTuple_GET_ITEM(value, 1);
+    if (!PyBytes_CheckExact(opt) || PyBytes_GET_SIZE(opt) < 4 || !PyBool_Check(flag)) {
+        Py_DECREF(value);
         return 0;
     }
-    if (c->cookie_now >= u)
-        return 0; /* it would change now: Python works it out again */
-    Py_INCREF(value);
     *found = value;
     *option = PyBytes_AS_STRING(opt);
     *option_len = PyBytes_GET_SIZE(opt);
@@ -784,7 +943,7 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, Source *src,
         if (r < 0)
             goto error;
         if (r == 0)
-            goto done; /* a miss: Python hashes, answers and remembers */
+            goto done; /* unexpected: Python answers */
     }
     int reply_scope = p->scoped ? scope : 0;
     Py_ssize_t qlen = qend - 12;
@@ -1231,7 +1390,20 @@ static PyTypeObject LoopType = {
     .tp_methods = Loop_methods,
 };
 
+static PyObject *fastudp_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != 16 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "siphash24(key: 16 bytes, message: bytes)");
+        return NULL;
+    }
+    unsigned char out[8];
+    siphash24((const unsigned char *)PyBytes_AS_STRING(args[0]), (const unsigned char *)PyBytes_AS_STRING(args[1]),
+              (size_t)PyBytes_GET_SIZE(args[1]), out);
+    return PyBytes_FromStringAndSize((const char *)out, 8);
+}
+
 static PyMethodDef module_methods[] = {
+    {"siphash24", (PyCFunction)(void (*)(void))fastudp_siphash24, METH_FASTCALL,
+     "siphash24(key, message) -> bytes: SipHash-2-4 as the loop computes server cookies (gslb.cookies.siphash24)."},
     {"answer", (PyCFunction)(void (*)(void))fastudp_answer, METH_FASTCALL,
      "answer(answerer, wire, source) -> bytes | None: the reply the loop would send itself, counters "
      "bumped as Answerer.handle does; None: the loop hands this query to Python."},

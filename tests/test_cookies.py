@@ -363,32 +363,58 @@ def test_dnspython_sends_a_cookie_and_keeps_the_answer(cookie_servers: tuple[Ser
         assert echoed.server == cookie.server and reply.answer
 
 
-def test_the_compiled_loop_answers_remembered_cookies_and_hands_the_rest_to_python(clock: list[int],
-                                                                                  snapshot: Snapshot,
-                                                                                  tmp_path: Path) -> None:
+def test_the_compiled_loop_makes_and_remembers_cookies_as_python_does(clock: list[int], snapshot: Snapshot,
+                                                                      tmp_path: Path) -> None:
     compiled = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built")
     answerer = Answerer(snapshot, HealthView())
+    cookies = answerer.state.cookies
+    assert cookies is not None
     plain, with_cookie = _query("static.example.com."), _query("static.example.com.", cookie=b"clientck")
     answerer.handle(plain, "127.0.0.1")  # the general path caches the answer
     assert compiled.answer(answerer, plain, "127.0.0.1") == answerer._fast(plain, "127.0.0.1", False)
-    assert compiled.answer(answerer, with_cookie, "127.0.0.1") is None  # not seen: Python makes the server cookie
-    first = answerer.handle(with_cookie, "127.0.0.1")
-    # Remembered: C answers it, the same bytes as Python, the cookie hashed once.
-    assert compiled.answer(answerer, with_cookie, "127.0.0.1") == first == answerer._fast(with_cookie, "127.0.0.1",
-                                                                                        False)
-    assert compiled.answer(answerer, with_cookie, "127.0.0.2") is None  # another client: its own cookie
-    clock[0] = NOW + cookie_module.REMEMBER  # no longer remembered: Python stamps a new one
-    assert compiled.answer(answerer, with_cookie, "127.0.0.1") is None
-    renewed = answerer.handle(with_cookie, "127.0.0.1")
-    assert renewed is not None and _cookie_of(renewed) != _cookie_of(first)
-    assert compiled.answer(answerer, with_cookie, "127.0.0.1") == renewed
-    assert compiled.answer(answerer, with_cookie, None) is None  # no address to hash
+    cookies.cache.clear()
+    # Not seen before: C makes the server cookie, remembers it as Python would, and Python answers the same.
+    first = compiled.answer(answerer, with_cookie, "127.0.0.1")
+    assert cookies.cache[("127.0.0.1", b"clientck")] == cookies._work_out("127.0.0.1", b"clientck", NOW)
+    assert first is not None and first == answerer._fast(with_cookie, "127.0.0.1", False) == answerer.handle(
+        with_cookie, "127.0.0.1")
+    made = _server_cookie(Cookies((SECRET_NEW,)), b"clientck", "127.0.0.1", NOW)
+    assert _cookie_of(first) == struct.pack("!HH", 10, 24) + made
+    other = compiled.answer(answerer, with_cookie, "::1")  # another client: its own cookie
+    assert other is not None and _cookie_of(other) != _cookie_of(first)
+    # Returned: valid and echoed; the old secret's is valid too and renewed; from another address it is not.
+    for sent, address, expected, valid in (
+            (made, "127.0.0.1", made, True),
+            (_server_cookie(Cookies((SECRET_OLD,)), b"clientck", "127.0.0.1", NOW - 10), "127.0.0.1", made, True),
+            (made, "127.0.0.2", _server_cookie(Cookies((SECRET_NEW,)), b"clientck", "127.0.0.2", NOW), False)):
+        wire = _query("static.example.com.", cookie=sent)
+        reply = compiled.answer(answerer, wire, address)
+        assert reply is not None and _cookie_of(reply) == struct.pack("!HH", 10, 24) + expected
+        assert cookies.cache[(address, sent)][1] is valid
+        assert reply == answerer._fast(wire, address, False)
+    clock[0] = NOW + cookie_module.REMEMBER  # no longer remembered: stamped anew
+    renewed = compiled.answer(answerer, with_cookie, "127.0.0.1")
+    assert renewed is not None and _cookie_of(renewed) == struct.pack("!HH", 10, 24) + _server_cookie(
+        Cookies((SECRET_NEW,)), b"clientck", "127.0.0.1", NOW + cookie_module.REMEMBER)
+    assert compiled.answer(answerer, with_cookie, None) is None  # no address to hash: Python
+    assert compiled.answer(answerer, _query("static.example.com.", cookie=bytes(9)), "127.0.0.1") is None  # FORMERR
     # Without cookies the option is ignored in C as in Python.
     off = Answerer(build(Sources(EXAMPLE_ZONES, config=_config(tmp_path, "[cookies]\nenabled = false\n"))),
                    HealthView())
     off.handle(with_cookie, "127.0.0.1")
     reply = compiled.answer(off, with_cookie, "127.0.0.1")
     assert reply is not None and reply == off._fast(with_cookie, "127.0.0.1", False) and _cookie_of(reply) is None
+
+
+@pytest.mark.parametrize("length", range(len(SIPHASH_VECTORS)))
+def test_the_compiled_siphash24_gives_the_reference_vectors(length: int) -> None:
+    compiled = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built")
+    assert compiled.siphash24(bytes(range(16)), bytes(range(length))).hex() == SIPHASH_VECTORS[length]
+    for size in (20, 32, length * 3):
+        message = bytes((length * 7 + i) & 0xFF for i in range(size))
+        assert compiled.siphash24(SECRET_1, message) == siphash24(SECRET_1, message)
+    with pytest.raises(TypeError):
+        compiled.siphash24(bytes(15), b"")
 
 
 def test_the_compiled_loop_leaves_large_answers_to_python(clock: list[int], tmp_path: Path, secret_file: Path) -> None:
