@@ -2,8 +2,8 @@
  * fast path of gslb.answer.Answerer (`_fast`) over the same tables, byte for byte.
  *
  * What this file answers itself: the common query (one question, class IN, an optional OPT
- * whose options are walked: ECS used, COOKIE answered from gslb.cookies' cache when cookies are
- * on, anything else ignored) whose reply is already encoded
+ * whose options are walked: ECS used, COOKIE answered as gslb.cookies does when cookies are on
+ * (from its cache, or hashed here and remembered there), anything else ignored) whose reply is already encoded
  * in the answerer's State: a static entry, a negative (NXDOMAIN/REFUSED) entry, or a steered
  * service whose client network is located in the service's RankTable and whose (question,
  * ranking) pick is cached. Everything else, and anything this code is unsure of, goes back

@@ -9,7 +9,7 @@ rollover without breaking clients).
 
 The result for one (client address, COOKIE option bytes) is remembered until it would
 change, so a resolver that reuses its cookie costs a dict lookup, not a hash; the compiled
-UDP loop reads the same dict and answers such a query without leaving C.
+UDP loop shares that dict and does the same in C (hashing what it has not seen).
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ class Cookies:
         self.secrets = secrets
         self.tc_size = tc_size
         # (source, option data) -> (reply option, valid, until): the answer while clock() < until.
-        # The compiled UDP loop (gslb/_fastudp.c) answers from it too, with the source as recvfrom
-        # gives it and int(clock()) read once a batch; a miss goes to Python: keep this shape.
+        # The compiled UDP loop (gslb/_fastudp.c) answers from it too, and fills it on a miss with
+        # what _work_out gives (its own SipHash), the source as recvfrom gives it and int(clock())
+        # read once a batch: keep this shape, and _work_out and the constants above in step with it.
         self.cache: dict[tuple[str, bytes], tuple[bytes, bool, int]] = {}
 
     def answer(self, source: str, data: bytes) -> tuple[bytes, bool]:
