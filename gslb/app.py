@@ -18,6 +18,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,7 +177,7 @@ class Control:
         async with self._reload_lock:
             started = time.perf_counter()
             try:
-                snapshot = await asyncio.to_thread(build, self.options.sources)
+                snapshot = await _build_gently(self.options.sources)
             except SnapshotError as exc:
                 self._inputs_replaced(exc.inputs)  # watch what it read: its fix is a change
                 self.reloads["failed"] += 1
@@ -422,6 +423,7 @@ class Supervisor(Control):
         self.listeners: list[Listener] = []
         self.exited_counters = Counters()
         self.health = self.monitor.view
+        self._child_exited = asyncio.Event()  # set on SIGCHLD: a dead worker is replaced at once
 
     def health_changed(self, view: HealthView) -> None:
         self.health = view
@@ -470,6 +472,7 @@ class Supervisor(Control):
             self._spawn(index, self.snapshot)
         for address in self.bound:
             log.info("listening on %s (UDP and TCP, %d workers)", address, len(self.children))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self._child_exited.set)
         try:
             await self.serve_until_stopped([self._reap])
         finally:
@@ -520,7 +523,12 @@ class Supervisor(Control):
     async def _reap(self) -> None:
         """Restart a worker that died, so the port keeps its full set of answerers."""
         while True:
-            await asyncio.sleep(0.2)
+            # Woken by SIGCHLD: the shared sockets' queues hold a few tens of milliseconds of
+            # traffic, so a worker that died is replaced before they overflow.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await self._child_exited.wait()
+            self._child_exited.clear()
             self._collect_retired()
             for index, child in enumerate(self.children):
                 if child is None:
@@ -603,6 +611,44 @@ def _add(total: dict[str, Any], more: dict[str, Any]) -> None:
             total[key] = [a + b for a, b in zip(mine, value, strict=True)]
         else:
             total[key] = total.get(key, 0) + value
+
+
+RELOAD_NICENESS = 10  # a reload's build yields the CPU to the workers answering beside it
+
+
+async def _build_gently(sources: Sources) -> Snapshot:
+    """Build a snapshot in a thread of its own at a lower CPU priority.
+
+    On a machine whose cores are busy answering, a reload's second or so of CPU would take
+    it from the workers, whose sockets then overflow; at niceness 10 the build gets what the
+    workers leave (Linux sets niceness per thread; a compile it starts inherits it).
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Snapshot] = loop.create_future()
+
+    def run() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RELOAD_NICENESS)
+        result, error = None, None
+        try:
+            result = build(sources)
+        except BaseException as exc:  # handed to the awaiting task, which raises it
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(_settle, done, result, error)
+
+    threading.Thread(target=run, name="reload build", daemon=True).start()
+    return await done
+
+
+def _settle(future: asyncio.Future[Snapshot], result: Snapshot | None, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)
 
 
 def serve(options: Options, snapshot: Snapshot) -> None:

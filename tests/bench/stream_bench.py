@@ -793,11 +793,11 @@ class Faults(Flipper):
                     self.set_down(down)
                     self.flips += 1
                     next_flip += self.sb.a.flip_every
-                if now >= next_reload and now < end - 2:
+                if "reload" in self.sb.a.soak_faults and now >= next_reload and now < end - 2:
                     os.kill(self.s.pid, signal.SIGHUP)
                     self.reloads += 1
                     next_reload += 4.0
-                if kill_at and now >= kill_at:
+                if "kill" in self.sb.a.soak_faults and kill_at and now >= kill_at:
                     workers = self.workers()
                     if workers:
                         os.kill(workers[0], signal.SIGKILL)
@@ -838,6 +838,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--flip-every", type=float, default=2.0, help="seconds between verdict flips (default 2)")
     ap.add_argument("--soak-seconds", type=float, default=15.0, help="length of the soak run (default 15)")
     ap.add_argument("--soak-rate", type=int, default=50_000, help="soak rate when no cold run measured the peak")
+    ap.add_argument("--soak-faults", default="flip,reload,kill",
+                    help="faults during the soak, from flip,reload,kill (default: all; flips always)")
     ap.add_argument("--scope-samples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--geodb", type=Path, help="default: GeoLite2-City from the PyPI package maxminddb-geolite2")
