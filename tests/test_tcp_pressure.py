@@ -62,6 +62,13 @@ def test_idle_connections_make_room_for_new_clients(start_server: type[Server], 
     assert f"at most {CAP} connections per process ({CAP * WORKERS} in all)" in line
     workers = _worker_pids(server)
     assert len(workers) == WORKERS
+    # Count the files each worker holds once it serves (its event loop, its sockets): a worker
+    # still starting opens a few more after its fork.
+    deadline = time.monotonic() + 10
+    while sum("UDP on 127.0.0.1:" in line for line in server.lines) < WORKERS:
+        assert time.monotonic() < deadline, "the workers did not start serving"
+        time.sleep(0.02)
+    assert server.query("static.example.com.", tcp=True).rcode() == dns.rcode.NOERROR
     baseline = {pid: _open_files(pid) for pid in workers}
 
     # Established clients that keep asking, all through the flood.
