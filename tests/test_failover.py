@@ -96,7 +96,9 @@ def test_failover_and_recovery_through_nginx(start_server: type[Server], balance
     server.wait_log(rf"{_probe(eu)} DOWN: refused", start=mark)
     follow = _until(lambda: all(_answer(server) == (us.vip, 10) for _ in range(8)), timeout=1)
     failover = time.monotonic() - stopped
-    assert follow < 0.1, f"answers followed the verdict only after {follow:.3f} s"
+    # Milliseconds when the machine is quiet; the bound is loose so that a loaded machine's
+    # scheduling does not fail it, and still far below a probe interval (1 s) or the TTL.
+    assert follow < 0.5, f"answers followed the verdict only after {follow:.3f} s"
 
     # 4. It comes back: after `rise` good probes, Europe returns to Frankfurt.
     eu.start()
