@@ -252,9 +252,7 @@ class Answerer:
             if type(found) is not Steered:
                 continue
             for rank in range(len(found.ranks.rankings)):
-                decision = self.decide(st, found, rank)
-                if decision.cacheable:
-                    st.picks[(key, rank)] = _encode(found.resolution, decision, key)
+                self._pick(st, key, found, rank, key)  # the key is a question in lower case
                 budget -= 1
                 if budget <= 0:
                     return st
@@ -560,13 +558,15 @@ class Answerer:
         rank, scope = where(steered.ranks, query.edns.client_subnet if query.edns else None, source,
                             st.by_resolver)
         picked = st.picks.get((key, rank))
-        if type(picked) is Entry:
-            entry = picked
-        else:
-            decision = self.decide(st, steered, rank)
-            entry = _encode(steered.resolution, decision, query.question)
-            _remember(st.picks, (key, rank), entry if decision.cacheable else UNCACHED)
+        entry = picked if type(picked) is Entry else self._pick(st, key, steered, rank, query.question)
         return entry, scope if entry.scoped else 0
+
+    def _pick(self, st: State, key: bytes, steered: Steered, rank: int, question: bytes) -> Entry:
+        """Decide and encode one ranking's answer; keep it, or mark it drawn per query (weighted)."""
+        decision = self.decide(st, steered, rank)
+        entry = _encode(steered.resolution, decision, question)
+        _remember(st.picks, (key, rank), entry if decision.cacheable else UNCACHED)
+        return entry
 
     def decide(self, st: State, steered: Steered, rank: int) -> Decision:
         """The service's answer for one ranking under the current health view."""

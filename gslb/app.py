@@ -9,6 +9,7 @@ process (a reload then competes with answering for the interpreter).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import gc
@@ -621,34 +622,20 @@ async def _build_gently(sources: Sources) -> Snapshot:
 
     On a machine whose cores are busy answering, a reload's second or so of CPU would take
     it from the workers, whose sockets then overflow; at niceness 10 the build gets what the
-    workers leave (Linux sets niceness per thread; a compile it starts inherits it).
+    workers leave (Linux sets niceness per thread, so the thread is not reused for anything
+    else; a compile it starts inherits it).
     """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[Snapshot] = loop.create_future()
-
-    def run() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RELOAD_NICENESS)
-        result, error = None, None
-        try:
-            result = build(sources)
-        except BaseException as exc:  # handed to the awaiting task, which raises it
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(_settle, done, result, error)
-
-    threading.Thread(target=run, name="reload build", daemon=True).start()
-    return await done
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reload build")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, _build_niced, sources)
+    finally:
+        pool.shutdown(wait=False)
 
 
-def _settle(future: asyncio.Future[Snapshot], result: Snapshot | None, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        assert result is not None
-        future.set_result(result)
+def _build_niced(sources: Sources) -> Snapshot:
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RELOAD_NICENESS)
+    return build(sources)
 
 
 def serve(options: Options, snapshot: Snapshot) -> None:

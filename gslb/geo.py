@@ -189,7 +189,13 @@ _SPECIAL_BY_VERSION: Final = {
 }
 
 _MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
-_MAPPED_BASE: Final = int(_MAPPED.network_address)
+MAPPED_BASE: Final = int(_MAPPED.network_address)  # ::ffff:0:0 as an integer
+MAPPED_MASK: Final = int(_MAPPED.netmask)
+
+
+def mapped_network(network: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    """An IPv4 block in IPv4-mapped IPv6 form (::ffff:a.b.c.d/96+n), for a client seen over IPv6."""
+    return ipaddress.IPv6Network((MAPPED_BASE | int(network.network_address), 96 + network.prefixlen))
 
 _Kind = Literal["override", "special", "database"]
 
@@ -438,10 +444,8 @@ class GeoDatabase:
             found = self.locate_uncached(address.ipv4_mapped)
             if found.network is None:
                 return found
-            mapped = ipaddress.IPv6Network(
-                (_MAPPED_BASE | int(found.network.network_address), 96 + found.network.prefixlen)
-            )
-            return _with_network(found, mapped)
+            assert isinstance(found.network, ipaddress.IPv4Network)
+            return _with_network(found, mapped_network(found.network))
 
         bits = address.max_prefixlen
         value = int(address)

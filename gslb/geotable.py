@@ -15,6 +15,7 @@ prefix length and location index. Location 0 is "unknown": the default location.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -92,8 +93,6 @@ class Blocks:
         return j if j >= a else a - 1
 
     def network(self, i: int) -> IPNetwork:
-        import ipaddress
-
         if self.version == 4:
             return ipaddress.IPv4Network((int(self.lo[i]), int(self.prefix[i])))
         return ipaddress.IPv6Network((self.start(i), int(self.prefix[i])))

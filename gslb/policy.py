@@ -79,7 +79,6 @@ class Explanation:
         up: Mapping[str, bool],
         ranked: Sequence[str],
         chosen: Sequence[str],
-        distances: Mapping[str, float],
         all_down: bool,
         rule: GeoRule | None = None,
         fell_through: bool = False,
@@ -92,7 +91,7 @@ class Explanation:
         self.up = up
         self.ranked = ranked  # the policy's preference order; other members are unranked
         self.chosen = chosen
-        self._distances = distances
+        self._distances: Mapping[str, float] | None = None
         self.all_down = all_down
         self.rule = rule
         self.fell_through = fell_through
@@ -101,7 +100,7 @@ class Explanation:
     @property
     def distances(self) -> Mapping[str, float]:
         """Client to each member with coordinates (great circle, km), worked out on first use."""
-        if not self._distances and self.location.has_coordinates:
+        if self._distances is None:
             found: dict[str, float] = {}
             _nearest(self.service.datacenters, self.datacenters, self.location, found, bias=False)
             self._distances = found
@@ -318,22 +317,20 @@ class Ranking:
     primary: tuple[str, ...]
     rest: tuple[str, ...] = ()
     rule: GeoRule | None = None
-    # Distances the ranking was computed from, for explanations; not part of its identity.
-    distances: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
 
 
 def rank(service: Service, datacenters: Mapping[str, DataCenter], location: Location) -> Ranking:
     """The order of preference of ``service``'s data centers for a client at ``location``."""
     members = service.datacenters
     policy = service.policy
-    distances: dict[str, float] = {}
+    distances: dict[str, float] = {}  # the explanation works its own out when asked
     if policy == "nearest":
-        return Ranking(tuple(_nearest(members, datacenters, location, distances, bias=True)), (), None, distances)
+        return Ranking(tuple(_nearest(members, datacenters, location, distances, bias=True)))
     if policy == "geo":
         rule = service.rule_for(location)
         primary = rule.order if rule is not None else service.default
         rest = _nearest([m for m in members if m not in primary], datacenters, location, distances, bias=False)
-        return Ranking(tuple(primary), tuple(rest), rule, distances)
+        return Ranking(tuple(primary), tuple(rest), rule)
     if policy == "failover":
         return Ranking(tuple(service.order))
     return Ranking(tuple(members))
@@ -410,7 +407,7 @@ def pick(
     if all_down and service.all_down != "open":
         mode = service.all_down
         explanation = Explanation(
-            service, datacenters, where, health, family, up, (), (), {}, True
+            service, datacenters, where, health, family, up, (), (), True
         )
         return Decision(
             service.fallback_addresses(family) if mode == "fallback" else (),
@@ -466,7 +463,7 @@ def pick(
     else:
         addresses = tuple(a for name in chosen for a in datacenters[name].addresses(family))
     explanation = Explanation(
-        service, datacenters, where, health, family, up, ranked, chosen, ranking.distances,
-        all_down, ranking.rule, fell_through,
+        service, datacenters, where, health, family, up, ranked, chosen, all_down, ranking.rule,
+        fell_through,
     )  # fmt: skip
     return Decision(addresses, 0, ttl, tuple(chosen), varies, cacheable, all_down, explanation)

@@ -21,14 +21,12 @@ import numpy as np
 import numpy.typing as npt
 
 from gslb.config import DataCenter, GeoRule, Service
-from gslb.geo import EARTH_RADIUS_KM, IPNetwork, Location
+from gslb.geo import EARTH_RADIUS_KM, MAPPED_BASE, MAPPED_MASK, Location
 from gslb.geotable import Blocks, GeoTable
 from gslb.policy import Ranking, rank
 
 __all__ = ["RankTable", "compile_service"]
 
-_MAPPED_BASE = 0xFFFF << 32
-_MAPPED_MASK = ((1 << 96) - 1) << 32  # the ::ffff:0:0/96 block
 
 
 class RankTable:
@@ -60,12 +58,9 @@ class RankTable:
         """One ranking for every client (failover, weighted, geo without rules)."""
         return cls([ranking], 0)
 
-    def __len__(self) -> int:
-        return len(self.starts4) + len(self.starts6)
-
     def locate(self, version: int, value: int) -> tuple[int, int]:
         """The ranking index and ECS scope for address `value` of IP `version`."""
-        if version == 6 and value & _MAPPED_MASK == _MAPPED_BASE:
+        if version == 6 and value & MAPPED_MASK == MAPPED_BASE:
             found, scope = self.locate(4, value & 0xFFFFFFFF)
             return found, 96 + scope
         if version == 4:
@@ -79,12 +74,6 @@ class RankTable:
         i = bisect.bisect_right(starts, value) - 1
         hi = starts[i + 1] - 1 if i + 1 < len(starts) else -1
         return ranks[i], bits - aligned(value, starts[i], hi, bits)
-
-    def locate_network(self, network: IPNetwork) -> tuple[int, int]:
-        """For an ECS network: its address decides; /0 asks for the default (RFC 7871 §7.1.2)."""
-        if network.prefixlen == 0:
-            return self.default_rank, 0
-        return self.locate(network.version, int(network.network_address))
 
 
 def aligned(value: int, lo: int, hi: int, bits: int) -> int:

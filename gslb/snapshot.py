@@ -18,7 +18,7 @@ import dns.rdatatype
 from gslb import config as configuration
 from gslb import inputs
 from gslb.config import Config, ConfigError, Service
-from gslb.geo import GeoDatabase, GeoError, IPAddress, IPNetwork, Location
+from gslb.geo import GeoDatabase, GeoError, IPAddress, IPNetwork, Location, mapped_network
 from gslb.geotable import GeoTable, compile_table
 from gslb.inputs import Inputs
 from gslb.ranks import RankTable, compile_service
@@ -103,9 +103,8 @@ class Snapshot:
             found = self.locate(address.ipv4_mapped)
             if found.network is None:
                 return found
-            mapped = ipaddress.IPv6Network(((0xFFFF << 32) | int(found.network.network_address),
-                                            96 + found.network.prefixlen))
-            return replace(found, network=mapped)
+            assert isinstance(found.network, ipaddress.IPv4Network)
+            return replace(found, network=mapped_network(found.network))
         location, network = self.table.locate(address.version, int(address))
         if location.known:
             return replace(location, network=network)
