@@ -1,4 +1,4 @@
-"""gslb's C extensions (the compiled UDP loop, gslb/_fastudp.c); the rest of the package is in pyproject.toml.
+"""gslb's C extensions (the compiled UDP loop, gslb/dns/_fastudp.c); the rest of the package is in pyproject.toml.
 
 The extensions are optional: without a C compiler or Python's headers (Debian: gcc and
 python3-dev) the install still succeeds, with a warning, and gslb uses its pure-Python code
@@ -34,24 +34,24 @@ class OptionalBuildExt(build_ext):
                   file=sys.stderr)
 
 
-SOURCE = "gslb/_fastudp.c"
+SOURCE = "gslb/dns/_fastudp.c"
 # Built into the module as _fastudp.SOURCE, so a test can tell a stale build from this source.
 DIGEST = hashlib.sha256((Path(__file__).resolve().parent / SOURCE).read_bytes()).hexdigest()[:16]
 
 setup(
     ext_modules=[
         Extension(
-            "gslb._fastudp",
+            "gslb.dns._fastudp",
             [SOURCE],
             define_macros=[("GSLB_FASTUDP_SOURCE", f'"{DIGEST}"')],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
             optional=True,
         ),
         # The MMDB record decoder that makes compiling a City database take seconds, not
-        # tens of them (gslb/geotable.py); the same pure-Python decoder stands in without it.
+        # tens of them (gslb/geo/table.py); the same pure-Python decoder stands in without it.
         Extension(
-            "gslb._mmdbfields",
-            ["gslb/_mmdbfields.c"],
+            "gslb.geo._mmdbfields",
+            ["gslb/geo/_mmdbfields.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
             optional=True,
         ),

@@ -15,7 +15,7 @@
 #   * the output is a GeoIP2-Country-like MMDB (continent.code, country.iso_code, English
 #     names) plus location.latitude/longitude = that centroid, so distance policies work
 #     with the embedded database alone;
-#   * the centroid table is also written as CSV for gslb.geo, which uses it to give
+#   * the centroid table is also written as CSV for gslb.geo.database, which uses it to give
 #     coordinates to Country databases (GeoLite2/GeoIP2/DB-IP Country have none).
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def write_centroids(path: Path, table: dict[str, tuple[str, float, float]], sour
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as out:
         out.write(
-            "# Country centroids for gslb.geo, written by geodb/build.py; do not edit by hand.\n"
+            "# Country centroids for gslb.geo.database, written by geodb/build.py; do not edit by hand.\n"
             f"# Derived from {source} (GeoLite2 data created by MaxMind, CC BY-SA 4.0,\n"
             "# https://www.maxmind.com): for each country, the mean on the unit sphere of the\n"
             "# coordinates of every network the database places in it, weighted by the number\n"

@@ -27,14 +27,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from gslb.answer import Answerer, Counters
-from gslb.cluster import Cluster, default_instance
-from gslb.cookies import shared as shared_cookies
-from gslb.health import HealthMonitor, HealthView
-from gslb.inputs import Inputs
-from gslb.logs import QueryLog
-from gslb.metrics import Metrics
-from gslb.server import (
+from gslb.cluster.votes import Cluster, default_instance
+from gslb.dns.answer import Answerer, Counters
+from gslb.dns.cookies import shared as shared_cookies
+from gslb.dns.server import (
     TCP_IDLE_TIMEOUT,
     TCP_MAX_CONNECTIONS,
     TCP_PRESSURE,
@@ -45,9 +41,13 @@ from gslb.server import (
     raise_open_files_limit,
     udp_socket,
 )
+from gslb.health.monitor import HealthMonitor, HealthView
+from gslb.inputs import Inputs
+from gslb.ops.logs import QueryLog
+from gslb.ops.metrics import Metrics
+from gslb.ops.web import WebServer
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
 from gslb.watch import Watcher
-from gslb.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,12 @@ def bind(address: ListenAddress) -> Listener:
 class Listening:
     """The UDP and TCP servers of one process, around one handler."""
 
-    def __init__(self, handle: Callable[[bytes, str | None, bool], bytes | None], options: Options,
-                 answerer: Answerer | None = None):
+    def __init__(
+        self,
+        handle: Callable[[bytes, str | None, bool], bytes | None],
+        options: Options,
+        answerer: Answerer | None = None,
+    ):
         self.handle = handle
         self.options = options
         self.answerer = answerer  # given: UDP may run the compiled loop over its tables
@@ -121,8 +125,9 @@ class Listening:
 
     async def add(self, listener: Listener) -> None:
         udp = UdpServer(listener.udp, self.handle, answerer=self.answerer, loop=self.options.udp_loop)
-        tcp = TcpServer(self.handle, idle_timeout=self.options.tcp_idle_timeout,
-                        max_connections=self.options.tcp_max_connections)
+        tcp = TcpServer(
+            self.handle, idle_timeout=self.options.tcp_idle_timeout, max_connections=self.options.tcp_max_connections
+        )
         await tcp.start(listener.tcp)
         udp.start()
         self.udp.append(udp)
@@ -143,8 +148,11 @@ class Control:
         self.snapshot = snapshot
         self.metrics = Metrics(self)
         self.monitor = HealthMonitor(
-            snapshot.config.targets(), state_file=options.state_file, on_change=self.health_changed,
-            on_probe=self.metrics.probed, probe_source=options.probe_source,
+            snapshot.config.targets(),
+            state_file=options.state_file,
+            on_change=self.health_changed,
+            on_probe=self.metrics.probed,
+            probe_source=options.probe_source,
         )
         self.cluster: Cluster | None = None  # with [cluster], once serving
         self._cluster_task: asyncio.Task[None] | None = None
@@ -185,8 +193,10 @@ class Control:
                 self.last_reload_error = exc.problems
                 for problem in exc.problems:
                     log.error("reload (%s) failed: %s", why, problem)
-                log.error("reload failed: still serving the data loaded at %s",
-                          time.strftime("%H:%M:%S", time.localtime(self.snapshot.loaded_at)))
+                log.error(
+                    "reload failed: still serving the data loaded at %s",
+                    time.strftime("%H:%M:%S", time.localtime(self.snapshot.loaded_at)),
+                )
                 return False
             await self.install(snapshot)
             self.snapshot = snapshot
@@ -197,9 +207,14 @@ class Control:
                 hook(snapshot)
             self.reloads["ok"] += 1
             self.last_reload_error = []
-            log.info("reloaded (%s): %d zones, %d records, %d services in %.3f s", why,
-                     len(snapshot.zones.zones), snapshot.zones.record_count, len(snapshot.services),
-                     time.perf_counter() - started)
+            log.info(
+                "reloaded (%s): %d zones, %d records, %d services in %.3f s",
+                why,
+                len(snapshot.zones.zones),
+                snapshot.zones.record_count,
+                len(snapshot.services),
+                time.perf_counter() - started,
+            )
             return True
 
     def _inputs_replaced(self, inputs: Inputs) -> None:
@@ -212,8 +227,13 @@ class Control:
         watcher = self._watcher = Watcher()
         inputs = self._inputs
         directories = len(inputs.directories())
-        log.info("watching %d input files in %d director%s for changes (%s)", len(inputs.files), directories,
-                 "y" if directories == 1 else "ies", watcher.mode)
+        log.info(
+            "watching %d input files in %d director%s for changes (%s)",
+            len(inputs.files),
+            directories,
+            "y" if directories == 1 else "ies",
+            watcher.mode,
+        )
         try:
             while True:
                 inputs = self._inputs
@@ -234,7 +254,7 @@ class Control:
             self._watcher = None
             watcher.close()
 
-    # -- several instances (gslb.cluster)
+    # -- several instances (gslb.cluster.votes)
 
     def _start_cluster(self) -> None:
         config = self.snapshot.config.cluster
@@ -653,15 +673,27 @@ def _tcp_limits(options: Options) -> None:
     """Raise the open-files limit (workers inherit it) and say what TCP may hold."""
     before, limit = raise_open_files_limit()
     cap, processes = options.tcp_max_connections, max(options.workers, 1)
-    log.info("TCP: at most %d connections per process (%d in all) on each listen address, idle timeout "
-             "%g s (%g s above %d %% of the cap); open files limit %d%s", cap, cap * processes,
-             options.tcp_idle_timeout, min(options.tcp_idle_timeout, TCP_PRESSURE_IDLE_TIMEOUT),
-             round(TCP_PRESSURE * 100), limit, f" (raised from {before})" if limit > before else "")
+    log.info(
+        "TCP: at most %d connections per process (%d in all) on each listen address, idle timeout "
+        "%g s (%g s above %d %% of the cap); open files limit %d%s",
+        cap,
+        cap * processes,
+        options.tcp_idle_timeout,
+        min(options.tcp_idle_timeout, TCP_PRESSURE_IDLE_TIMEOUT),
+        round(TCP_PRESSURE * 100),
+        limit,
+        f" (raised from {before})" if limit > before else "",
+    )
     needed = cap * len(options.listen) + OPEN_FILES_SPARE
     if needed > limit:
-        log.warning("TCP: %d connections on %d addresses need about %d open files, above the limit "
-                    "of %d: raise it (ulimit -n, LimitNOFILE=) or lower --tcp-max-connections",
-                    cap, len(options.listen), needed, limit)
+        log.warning(
+            "TCP: %d connections on %d addresses need about %d open files, above the limit "
+            "of %d: raise it (ulimit -n, LimitNOFILE=) or lower --tcp-max-connections",
+            cap,
+            len(options.listen),
+            needed,
+            limit,
+        )
 
 
 def _names(paths: list[Path], most: int = 3) -> str:

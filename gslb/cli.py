@@ -16,14 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gslb import __version__, logs
-from gslb.cluster import check_instance
+from gslb import __version__
+from gslb.cluster.votes import check_instance
 from gslb.config import ClusterConfig
-from gslb.explain import explain_query
-from gslb.health import HealthView
-from gslb.server import DEFAULT_PORT, TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, UDP_LOOPS, ListenAddress, udp_loop
+from gslb.dns.server import DEFAULT_PORT, TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, UDP_LOOPS, ListenAddress, udp_loop
+from gslb.health.monitor import HealthView
+from gslb.ops import logs
+from gslb.ops.explain import explain_query
+from gslb.ops.web import DEFAULT_HTTP, read_token
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
-from gslb.web import DEFAULT_HTTP, read_token
 
 log = logging.getLogger("gslb")
 STATE_FILE = ".gslb-state.json"  # beside the zones unless --state-file says otherwise
@@ -42,12 +43,13 @@ def _sources(args: argparse.Namespace) -> Sources:
 
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--zones", default="zones", metavar="DIR",
-                        help="directory of *.zone files (default: zones/)")
-    parser.add_argument("--config", metavar="FILE",
-                        help="service config (default: DIR/gslb.toml when it exists)")
-    parser.add_argument("--geodb", metavar="FILE",
-                        help="a GeoLite2/GeoIP2/DB-IP .mmdb (default: the embedded GeoLite2-Country 2018 database)")
+    parser.add_argument("--zones", default="zones", metavar="DIR", help="directory of *.zone files (default: zones/)")
+    parser.add_argument("--config", metavar="FILE", help="service config (default: DIR/gslb.toml when it exists)")
+    parser.add_argument(
+        "--geodb",
+        metavar="FILE",
+        help="a GeoLite2/GeoIP2/DB-IP .mmdb (default: the embedded GeoLite2-Country 2018 database)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,47 +59,89 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = commands.add_parser("serve", help="answer DNS queries")
     _add_source_args(serve)
-    serve.add_argument("--listen", action="append", metavar="HOST:PORT",
-                       help=f"address to serve UDP and TCP on, repeatable; [::1]:PORT for IPv6 "
-                            f"(default: 127.0.0.1:{DEFAULT_PORT}; port 0 picks a free one)")
-    serve.add_argument("--state-file", metavar="FILE",
-                       help="where health verdicts are kept across restarts "
-                            "(default: .gslb-state.json beside the zones)")
-    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                       help="processes answering queries, forked by a supervisor that probes and "
-                            "reloads (default: one per core); 0: one process does everything")
-    serve.add_argument("--tcp-idle-timeout", type=float, default=TCP_IDLE_TIMEOUT, metavar="SECONDS",
-                       help=f"close TCP connections idle this long (default {TCP_IDLE_TIMEOUT:g})")
-    serve.add_argument("--tcp-max-connections", type=int, default=TCP_MAX_CONNECTIONS, metavar="N",
-                       help=f"TCP connections per process; more are closed at once "
-                            f"(default {TCP_MAX_CONNECTIONS})")
-    serve.add_argument("--udp-loop", default="auto", choices=UDP_LOOPS,
-                       help="compiled: batched receive and send with the common query answered in C "
-                            "(gslb._fastudp, built at install when gcc and python3-dev are there); "
-                            "python: the pure-Python loop; auto (default): compiled when built")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help=f"address to serve UDP and TCP on, repeatable; [::1]:PORT for IPv6 "
+        f"(default: 127.0.0.1:{DEFAULT_PORT}; port 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--state-file",
+        metavar="FILE",
+        help="where health verdicts are kept across restarts (default: .gslb-state.json beside the zones)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="processes answering queries, forked by a supervisor that probes and "
+        "reloads (default: one per core); 0: one process does everything",
+    )
+    serve.add_argument(
+        "--tcp-idle-timeout",
+        type=float,
+        default=TCP_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close TCP connections idle this long (default {TCP_IDLE_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--tcp-max-connections",
+        type=int,
+        default=TCP_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"TCP connections per process; more are closed at once (default {TCP_MAX_CONNECTIONS})",
+    )
+    serve.add_argument(
+        "--udp-loop",
+        default="auto",
+        choices=UDP_LOOPS,
+        help="compiled: batched receive and send with the common query answered in C "
+        "(gslb.dns._fastudp, built at install when gcc and python3-dev are there); "
+        "python: the pure-Python loop; auto (default): compiled when built",
+    )
     serve.add_argument("--no-probes", action="store_true", help="do not probe; every data center is up")
-    serve.add_argument("--instance", metavar="NAME",
-                       help="this instance's name in the [cluster] (default: the host name and the "
-                            "first --listen port, host:port)")
-    serve.add_argument("--probe-source", metavar="ADDRESS",
-                       help="the local address HTTP, HTTPS and TCP probes are sent from (multi-homed "
-                            "hosts); targets of the other address family are probed from the default")
+    serve.add_argument(
+        "--instance",
+        metavar="NAME",
+        help="this instance's name in the [cluster] (default: the host name and the first --listen port, host:port)",
+    )
+    serve.add_argument(
+        "--probe-source",
+        metavar="ADDRESS",
+        help="the local address HTTP, HTTPS and TCP probes are sent from (multi-homed "
+        "hosts); targets of the other address family are probed from the default",
+    )
     serve.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only, not on file changes")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--log-format", default="text", choices=["text", "json"],
-                       help="json: one object per line (ts, level, logger, msg, fields)")
-    serve.add_argument("--query-log", type=_rate, default=0.0, metavar="RATE",
-                       help="log this share of queries with answer, data center and reason "
-                            "(0: off, the default; 1: every query; 0.01: one in a hundred)")
-    _add_http_args(serve, "serve the status page, /metrics and the admin API on "
-                          f"(default {DEFAULT_HTTP}; port 0 picks a free one; 'off': none)")
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one object per line (ts, level, logger, msg, fields)",
+    )
+    serve.add_argument(
+        "--query-log",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="log this share of queries with answer, data center and reason "
+        "(0: off, the default; 1: every query; 0.01: one in a hundred)",
+    )
+    _add_http_args(
+        serve,
+        "serve the status page, /metrics and the admin API on "
+        f"(default {DEFAULT_HTTP}; port 0 picks a free one; 'off': none)",
+    )
 
-    status = commands.add_parser("status", help="print data center and service health from a "
-                                                 "running server")
+    status = commands.add_parser("status", help="print data center and service health from a running server")
     _add_http_args(status, f"the server's --http address (default {DEFAULT_HTTP})")
     status.add_argument("--json", action="store_true", help="print the JSON of /api/status")
-    for verb, what in (("drain", "answer as if NAME were down (reason 'drained') until undrained"),
-                       ("undrain", "end a drain")):
+    for verb, what in (
+        ("drain", "answer as if NAME were down (reason 'drained') until undrained"),
+        ("undrain", "end a drain"),
+    ):
         command = commands.add_parser(verb, help=what)
         command.add_argument("name", help="a data center (eu) or one VIP (127.0.2.1)")
         _add_http_args(command, f"the server's --http address (default {DEFAULT_HTTP})")
@@ -115,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--subnet", metavar="CIDR", help="an EDNS Client Subnet, e.g. 192.0.2.0/24")
     explain.add_argument("--qtype", default="A", type=str.upper, choices=["A", "AAAA"])
     explain.add_argument("--json", action="store_true", help="print JSON")
-    explain.add_argument("--state-file", metavar="FILE",
-                         help="health verdicts saved by `gslb serve` (default: .gslb-state.json beside "
-                              "the zones); a running server's own explain is at /api/explain")
+    explain.add_argument(
+        "--state-file",
+        metavar="FILE",
+        help="health verdicts saved by `gslb serve` (default: .gslb-state.json beside "
+        "the zones); a running server's own explain is at /api/explain",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -141,9 +188,12 @@ def _rate(text: str) -> float:
 
 def _add_http_args(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT", help=help_text)
-    parser.add_argument("--token-file", metavar="FILE",
-                        help="the admin token's file (default: the GSLB_TOKEN environment "
-                             "variable); admin actions are refused without a token")
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the admin token's file (default: the GSLB_TOKEN environment "
+        "variable); admin actions are refused without a token",
+    )
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -159,8 +209,7 @@ def _load(args: argparse.Namespace) -> Snapshot | None:
     except SnapshotError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} found",
-              file=sys.stderr)
+        print(f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} found", file=sys.stderr)
         return None
 
 
@@ -171,19 +220,25 @@ def _check(args: argparse.Namespace) -> int:
     zones = snapshot.zones
     meta = snapshot.geo.metadata
     probes = snapshot.config.probe_addresses
-    print(f"ok: {len(zones.zones)} zone{'s' if len(zones.zones) != 1 else ''} "
-          f"({zones.record_count} records), {len(snapshot.services)} services, "
-          f"{len(snapshot.config.datacenters)} data centers; probes contact "
-          f"{', '.join(probes) if probes else 'nothing'}; "
-          f"geo database {meta.database_type} ({meta.path.name}, built {meta.build_date})")
+    print(
+        f"ok: {len(zones.zones)} zone{'s' if len(zones.zones) != 1 else ''} "
+        f"({zones.record_count} records), {len(snapshot.services)} services, "
+        f"{len(snapshot.config.datacenters)} data centers; probes contact "
+        f"{', '.join(probes) if probes else 'nothing'}; "
+        f"geo database {meta.database_type} ({meta.path.name}, built {meta.build_date})"
+    )
     table = snapshot.table
-    print(f"geo table: {len(table.v4)} IPv4 and {len(table.v6)} IPv6 blocks, {len(table.locations)} places, "
-          f"{table.seconds:.2f} s{' (from the cache)' if table.cached else ''}")
+    print(
+        f"geo table: {len(table.v4)} IPv4 and {len(table.v6)} IPv6 blocks, {len(table.locations)} places, "
+        f"{table.seconds:.2f} s{' (from the cache)' if table.cached else ''}"
+    )
     for name, ranks in sorted(snapshot.ranks.items()):
         service = snapshot.services[name]
-        print(f"  {name.to_text()} ({service.policy}): {len(ranks.rankings)} ranking"
-              f"{'s' if len(ranks.rankings) != 1 else ''} over {len(ranks.starts4)} IPv4 and "
-              f"{len(ranks.starts6)} IPv6 ranges")
+        print(
+            f"  {name.to_text()} ({service.policy}): {len(ranks.rankings)} ranking"
+            f"{'s' if len(ranks.rankings) != 1 else ''} over {len(ranks.starts4)} IPv4 and "
+            f"{len(ranks.starts6)} IPv6 ranges"
+        )
     return 0
 
 
@@ -231,12 +286,22 @@ def _serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"gslb: --probe-source {args.probe_source}: {exc}", file=sys.stderr)
         return 2
-    options = Options(sources, listen, state_file=state_file, watch=not args.no_watch,
-                      probes=not args.no_probes, workers=args.workers,
-                      tcp_idle_timeout=args.tcp_idle_timeout,
-                      tcp_max_connections=args.tcp_max_connections,
-                      http=http, token=token, query_log=args.query_log, udp_loop=args.udp_loop,
-                      instance=instance, probe_source=probe_source)
+    options = Options(
+        sources,
+        listen,
+        state_file=state_file,
+        watch=not args.no_watch,
+        probes=not args.no_probes,
+        workers=args.workers,
+        tcp_idle_timeout=args.tcp_idle_timeout,
+        tcp_max_connections=args.tcp_max_connections,
+        http=http,
+        token=token,
+        query_log=args.query_log,
+        udp_loop=args.udp_loop,
+        instance=instance,
+        probe_source=probe_source,
+    )
     try:
         serve(options, snapshot)
     except OSError as exc:
@@ -260,7 +325,7 @@ def _explain(args: argparse.Namespace) -> int:
     snapshot = _load(args)
     if snapshot is None:
         return 1
-    from gslb.health import HealthMonitor
+    from gslb.health.monitor import HealthMonitor
 
     state_file = Path(args.state_file) if args.state_file else snapshot.sources.zones / STATE_FILE
     # The last verdicts the server saved (nothing is probed here; no file: all up).
@@ -285,23 +350,27 @@ def _explain(args: argparse.Namespace) -> int:
 def _cluster_view(config: ClusterConfig, saved: HealthView) -> tuple[HealthView, dict[str, Any]]:
     """With [cluster]: health as the live instances vote it now, read from etcd; the state
     file's verdicts when etcd cannot be reached."""
-    from gslb import cluster
-    from gslb.etcd import EtcdError
+    from gslb.cluster import votes as cluster
+    from gslb.cluster.etcd import EtcdError
 
     try:
         endpoint, records, drains = asyncio.run(cluster.read(config))
     except EtcdError as exc:
         return saved, {"name": config.name, "etcd": False, "error": str(exc)}
     view, votes = cluster.shared_view(config, records, drains, saved)
-    return view, {"name": config.name, "etcd": True, "endpoint": endpoint, "live": sorted(records),
-                  "datacenters": votes}
+    return view, {
+        "name": config.name,
+        "etcd": True,
+        "endpoint": endpoint,
+        "live": sorted(records),
+        "datacenters": votes,
+    }
 
 
 def render_explain(result: dict[str, Any]) -> str:
     loc = result["location"]
     place = "/".join(p for p in (loc["country"], loc["subdivision"], loc["continent"]) if p) or "unknown"
-    coords = (f"({loc['latitude']:.2f}, {loc['longitude']:.2f})"
-              if loc["latitude"] is not None else "(no coordinates)")
+    coords = f"({loc['latitude']:.2f}, {loc['longitude']:.2f})" if loc["latitude"] is not None else "(no coordinates)"
     lines = [
         f"{result['name']} {result['qtype']}",
         f"  located by   {result['located_by']}",
@@ -315,17 +384,19 @@ def render_explain(result: dict[str, Any]) -> str:
         lines.append(f"  database     {record['network'] or '-'}: {said}{radius}")
     if result["kind"] == "service":
         svc = result["service"]
-        lines.append(f"  service      policy {svc['policy']}, answers {svc['answers']}, "
-                     f"all down: {svc['all_down']}")
+        lines.append(f"  service      policy {svc['policy']}, answers {svc['answers']}, all down: {svc['all_down']}")
         lines.append("  candidates")
         for c in result["candidates"]:
             distance = f"{c['distance_km']:>6} km" if c["distance_km"] is not None else "       -"
             rank = f"rank {c['rank']}" if c["rank"] is not None else ""
             weight = f"weight {c['weight']:g}" if c["weight"] is not None else ""
-            lines.append(f"    {c['name']:<10} {'up' if c['up'] else 'DOWN':<5} {distance}  "
-                         f"{rank:<7} {weight:<10} {c['note']}")
-        lines.append(f"  answer       {', '.join(result['answer']) or '(none: NODATA)'}"
-                     f"{'  SERVFAIL' if result['rcode'] == 'SERVFAIL' else ''}")
+            lines.append(
+                f"    {c['name']:<10} {'up' if c['up'] else 'DOWN':<5} {distance}  {rank:<7} {weight:<10} {c['note']}"
+            )
+        lines.append(
+            f"  answer       {', '.join(result['answer']) or '(none: NODATA)'}"
+            f"{'  SERVFAIL' if result['rcode'] == 'SERVFAIL' else ''}"
+        )
         lines.append(f"  ttl          {result['ttl']}")
     else:
         lines.append(f"  static       {result['rcode']}")
@@ -333,18 +404,20 @@ def render_explain(result: dict[str, Any]) -> str:
             lines.append(f"    {rr}")
     shared = result.get("cluster")
     if shared is not None and not shared["etcd"]:
-        lines.append(f"  cluster      {shared['name']}: etcd unreachable ({shared['error']}); health from the "
-                     "state file")
+        lines.append(
+            f"  cluster      {shared['name']}: etcd unreachable ({shared['error']}); health from the state file"
+        )
     elif shared is not None:
-        lines.append(f"  cluster      {shared['name']}: {len(shared['live'])} live instances "
-                     f"({', '.join(shared['live']) or 'none'}), read from {shared['endpoint']}")
+        lines.append(
+            f"  cluster      {shared['name']}: {len(shared['live'])} live instances "
+            f"({', '.join(shared['live']) or 'none'}), read from {shared['endpoint']}"
+        )
         for name, vote in shared["datacenters"].items():
             seen = ", ".join(f"{i} ({r})" for i, r in vote["reasons"].items()) or "nobody"
             lines.append(f"    {name:<10} seen down by {seen}{'  -> DOWN' if vote['down_by_vote'] else ''}")
     lines.append(f"  ECS scope    /{result['ecs_scope']}")
     lines.append(f"  why          {result['why']}")
     return "\n".join(lines)
-
 
 
 # -- talking to a running server ------------------------------------------------------------
@@ -364,8 +437,7 @@ def _remote(args: argparse.Namespace) -> int:
     # A reload may take a while (a big zone, a big geo database); nothing else should.
     timeout = httpx.Timeout(10, read=130 if args.command == "reload" else 10)
     try:
-        with httpx.Client(base_url=base, headers=headers, trust_env=False,
-                          timeout=timeout) as client:
+        with httpx.Client(base_url=base, headers=headers, trust_env=False, timeout=timeout) as client:
             if args.command == "status":
                 response = client.get("/api/status")
             elif args.command == "reload":
@@ -373,16 +445,14 @@ def _remote(args: argparse.Namespace) -> int:
             else:
                 response = client.post(f"/api/{args.command}", json={"target": args.name})
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        print(f"gslb {args.command}: cannot reach gslb at {base}: {exc or type(exc).__name__}",
-              file=sys.stderr)
+        print(f"gslb {args.command}: cannot reach gslb at {base}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     try:
         data = response.json()
     except ValueError:
         data = {"error": response.text.strip()}
     if response.status_code != 200:
-        print(f"gslb {args.command}: {response.status_code} {data.get('error', '')}".rstrip(),
-              file=sys.stderr)
+        print(f"gslb {args.command}: {response.status_code} {data.get('error', '')}".rstrip(), file=sys.stderr)
         for problem in data.get("errors", []):
             print(f"  {problem}", file=sys.stderr)
         return 1
@@ -402,8 +472,11 @@ def _where(data: dict[str, Any]) -> str:
     shared = data.get("shared")
     if shared is None:
         return ""
-    return (" on every instance (through etcd)" if shared
-            else " on this instance; etcd is unreachable: the others get it once it is back")
+    return (
+        " on every instance (through etcd)"
+        if shared
+        else " on this instance; etcd is unreachable: the others get it once it is back"
+    )
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -415,8 +488,7 @@ def render_status(status: dict[str, Any]) -> str:
         f"{queries['per_second']:g} queries/s ({queries['total']} since start), "
         f"reloads {status['reloads']['ok']} ok / {status['reloads']['failed']} failed",
         "",
-        f"{'DATA CENTER':<12} {'STATE':<8} {'SINCE':>9}  {'LAST PROBE':<24} "
-        f"{'ANSWERS/S':>9}  REASON",
+        f"{'DATA CENTER':<12} {'STATE':<8} {'SINCE':>9}  {'LAST PROBE':<24} {'ANSWERS/S':>9}  REASON",
     ]
     for dc in status["datacenters"]:
         state = "drained" if dc["drained"] else "up" if dc["up"] else "DOWN"
@@ -429,16 +501,17 @@ def render_status(status: dict[str, Any]) -> str:
             reason = f"{dc['reason']}; VIPs drained: {', '.join(drained_vips)}"
         else:
             reason = dc["reason"]
-        lines.append(f"{dc['name']:<12} {state:<8} {since:>9}  {probe:<24} "
-                     f"{dc['answers_per_second']:>9g}  {reason}")
+        lines.append(f"{dc['name']:<12} {state:<8} {since:>9}  {probe:<24} {dc['answers_per_second']:>9g}  {reason}")
     cluster = status.get("cluster")
     if cluster:
         lines += ["", *render_cluster(cluster, status["datacenters"])]
     lines += ["", f"{'SERVICE':<28} {'POLICY':<9} {'TTL':>5} {'ANSWERS/S':>9}  DATA CENTERS"]
     for svc in status["services"]:
         ttl = f"{svc['ttl_now']}{'*' if svc['degraded'] else ''}"
-        lines.append(f"{svc['name']:<28} {svc['policy']:<9} {ttl:>5} "
-                     f"{svc['answers_per_second']:>9g}  {', '.join(svc['datacenters'])}")
+        lines.append(
+            f"{svc['name']:<28} {svc['policy']:<9} {ttl:>5} "
+            f"{svc['answers_per_second']:>9g}  {', '.join(svc['datacenters'])}"
+        )
     if any(svc["degraded"] for svc in status["services"]):
         lines.append("* ttl_degraded: a member is down")
     if status["reloads"]["last_error"]:
@@ -448,12 +521,17 @@ def render_status(status: dict[str, Any]) -> str:
 
 def render_cluster(cluster: dict[str, Any], datacenters: list[dict[str, Any]]) -> list[str]:
     """The [cluster] part of `gslb status`: etcd, the live instances, and who sees what down."""
-    etcd = (f"etcd at {cluster['endpoint']}" if cluster["etcd"]
-            else "etcd UNREACHABLE: deciding on this instance's own observations")
+    etcd = (
+        f"etcd at {cluster['endpoint']}"
+        if cluster["etcd"]
+        else "etcd UNREACHABLE: deciding on this instance's own observations"
+    )
     names = ", ".join(f"{i['name']}{' (this one)' if i['self'] else ''}" for i in cluster["instances"])
-    lines = [f"cluster {cluster['name']} as {cluster['instance']}: {etcd}; {cluster['live']} live "
-             f"instance{'s' if cluster['live'] != 1 else ''} ({names}); down when more than "
-             f"{cluster['down_quorum']:g} of them see it down"]
+    lines = [
+        f"cluster {cluster['name']} as {cluster['instance']}: {etcd}; {cluster['live']} live "
+        f"instance{'s' if cluster['live'] != 1 else ''} ({names}); down when more than "
+        f"{cluster['down_quorum']:g} of them see it down"
+    ]
     if cluster.get("pending_drains"):
         lines.append(f"  not yet shared: drains of {', '.join(cluster['pending_drains'])}")
     for dc in datacenters:
@@ -463,10 +541,14 @@ def render_cluster(cluster: dict[str, Any], datacenters: list[dict[str, Any]]) -
         if not vote["voters"]:
             lines.append(f"  {dc['name']:<10} no instance has probed it yet")
             continue
-        seen = ", ".join(f"{name} ({o['reason']})" for name, o in dc["observations"].items()
-                         if o["state"] == "down") or "nobody"
-        lines.append(f"  {dc['name']:<10} {len(vote['down'])} of {vote['voters']} see it down: {seen}"
-                     f"{'  -> DOWN' if vote['down_by_vote'] else ''}")
+        seen = (
+            ", ".join(f"{name} ({o['reason']})" for name, o in dc["observations"].items() if o["state"] == "down")
+            or "nobody"
+        )
+        lines.append(
+            f"  {dc['name']:<10} {len(vote['down'])} of {vote['voters']} see it down: {seen}"
+            f"{'  -> DOWN' if vote['down_by_vote'] else ''}"
+        )
     return lines
 
 

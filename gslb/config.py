@@ -79,7 +79,7 @@ One TOML file (``zones/gslb.toml`` by default) with four tables, all optional::
     order = ["us", "eu"]  # first healthy wins (default: datacenters; members left out follow
                           # in datacenters order)
 
-    [cluster]             # several instances, one verdict (gslb.cluster); without it each decides alone
+    [cluster]             # several instances, one verdict (gslb.cluster.votes); without it each decides alone
     name = "example"      # required; keys in etcd live under /gslb/<name>/
     etcd = ["http://127.0.10.1:2379"]   # required; the etcd members' client URLs
     down_quorum = 0.5     # down when more than this share of live instances see it down (0-0.99;
@@ -102,7 +102,7 @@ One TOML file (``zones/gslb.toml`` by default) with four tables, all optional::
     log_only = false      # true: count and log what would be limited, limit nothing
     ipv4_prefix = 24      # the network a client counts in (1-32; 1-128 for ipv6_prefix = 56)
 
-Policies (see gslb.policy): "nearest" ranks members by great-circle distance from the client
+Policies (see gslb.steering.policy): "nearest" ranks members by great-circle distance from the client
 plus bias_km; "geo" takes the order of the most specific matching map rule (precedence: cidr,
 longest prefix first, then subdivision, country, continent; file order does not matter);
 "failover" walks the order; "weighted" draws members at random in proportion to weight.
@@ -132,7 +132,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from gslb import inputs
-from gslb.geo import IPAddress, IPNetwork, Location
+from gslb.geo.database import IPAddress, IPNetwork, Location
 
 __all__ = [
     "ALL_DOWN_MODES",
@@ -145,7 +145,9 @@ __all__ = [
     "ConfigError",
     "CookieSettings",
     "DataCenter",
+    "DnssecSettings",
     "GeoRule",
+    "LoadSource",
     "Problem",
     "RrlSettings",
     "Service",
@@ -164,6 +166,12 @@ PRIVATE_MODES: Final = ("default", "database")
 CONTINENTS: Final = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
 RULE_KINDS: Final = ("cidr", "subdivision", "country", "continent")  # precedence order
 CHECK_KINDS: Final = ("http", "https", "tcp")
+# What each kind of load source offers; the first is the default metric.
+LOAD_METRICS: Final = {
+    "nginx": ("requests_per_second", "active_connections"),  # stub_status
+    "haproxy": ("rate", "scur"),  # the stats CSV's row of one frontend or backend
+    "json": ("current",),  # {"current": N, "target": N, "max": N}
+}
 HTTP_METHODS: Final = ("GET", "HEAD")
 MAX_TTL: Final = 2**31 - 1  # RFC 2181 §8
 
@@ -202,7 +210,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """How to judge one target (a [checks] table); the prober in gslb.health runs it."""
+    """How to judge one target (a [checks] table); the prober in gslb.health.monitor runs it."""
 
     kind: str = "http"  # "http" | "https" | "tcp"
     port: int = 80
@@ -229,6 +237,21 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadSource:
+    """datacenters.NAME.load: where the second tier reports the data center's load."""
+
+    kind: str  # nginx | haproxy | json (LOAD_METRICS)
+    url: str
+    metric: str  # one of LOAD_METRICS[kind]
+    target: float | None  # spill above this; None only for json, whose document must then say
+    max: float | None  # never more than this while another member has room; None: 1.5 x target
+    interval: float = 5.0  # seconds between polls, at least the TTL of every service it serves
+    timeout: float = 1.0  # seconds a poll may take
+    proxy: str | None = None  # haproxy: the frontend's or backend's name (pxname)
+    row: str = "BACKEND"  # haproxy: FRONTEND or BACKEND (the svname of the row read)
+
+
+@dataclass(frozen=True, slots=True)
 class DataCenter:
     """A site with its VIPs, where it is, and how its health is judged."""
 
@@ -242,6 +265,7 @@ class DataCenter:
     bias_km: float = 0.0
     check: Check | None = None
     probe: str | None = None  # the address probed; None without a check
+    load: LoadSource | None = None  # the second tier's load; None: steered by geo and health only
     # (latitude, cos latitude, longitude) in radians, for the policy's distance sums.
     radians: tuple[float, float, float] | None = field(init=False, repr=False, compare=False)
     _v4: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -330,9 +354,7 @@ class _GeoIndex:
         for rule in rules:
             if rule.kind == "cidr":
                 net = ipaddress.ip_network(rule.value)
-                self.cidr.append(
-                    (net.version, net.prefixlen, int(net.netmask), int(net.network_address), rule)
-                )
+                self.cidr.append((net.version, net.prefixlen, int(net.netmask), int(net.network_address), rule))
             elif rule.kind == "subdivision":
                 country, _, subdivision = rule.value.partition("-")
                 self.subdivision.setdefault((country, subdivision), rule)
@@ -387,12 +409,8 @@ class Service:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", _GeoIndex(self.map))
-        object.__setattr__(
-            self, "_fallback_v4", tuple(str(a) for a in self.fallback if a.version == 4)
-        )
-        object.__setattr__(
-            self, "_fallback_v6", tuple(str(a) for a in self.fallback if a.version == 6)
-        )
+        object.__setattr__(self, "_fallback_v4", tuple(str(a) for a in self.fallback if a.version == 4))
+        object.__setattr__(self, "_fallback_v6", tuple(str(a) for a in self.fallback if a.version == 6))
 
     def rule_for(self, location: Location) -> GeoRule | None:
         """The geo map rule that applies to ``location`` (most specific), or None."""
@@ -404,7 +422,7 @@ class Service:
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    """[cluster]: the instances sharing health observations and drains through etcd (gslb.cluster)."""
+    """[cluster]: the instances sharing health observations and drains through etcd (gslb.cluster.votes)."""
 
     name: str  # keys live under /gslb/<name>/
     etcd: tuple[str, ...]  # client URLs of the etcd members, http://host:port
@@ -435,6 +453,16 @@ class RrlSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DnssecSettings:
+    """[dnssec]: how signatures are made; a zone is signed exactly when it has keys (<zones>/keys/)."""
+
+    validity: int = 14 * 86400  # seconds a signature is valid from its inception
+    inception_offset: int = 3600  # seconds an inception is back-dated, for clients' clock skew
+    refresh: int = 7 * 86400  # re-sign in the background when less than this is left
+    max_presigned: int = 4096  # address sets per service signed at build; beyond: on first use
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the configuration file says, validated."""
 
@@ -452,6 +480,7 @@ class Config:
     cookies: CookieSettings | None = field(default_factory=CookieSettings)  # None: COOKIE options ignored
     rrl: RrlSettings | None = None  # [rrl]; None: no rate limiting
     cluster: ClusterConfig | None = None  # [cluster]; None: this instance decides alone
+    dnssec: DnssecSettings = field(default_factory=DnssecSettings)  # [dnssec]
 
     def targets(self) -> tuple[Target, ...]:
         """What the prober must watch: one target per data center with a check."""
@@ -694,8 +723,11 @@ _HTTP_ONLY: Final = (
     "follow_redirects",
 )  # fmt: skip
 _DC_KEYS: Final = (
-    "vips", "latitude", "longitude", "country", "continent", "weight", "bias_km", "check", "probe",
+    "vips", "latitude", "longitude", "country", "continent", "weight", "bias_km", "check", "probe", "load",
 )  # fmt: skip
+_LOAD_KEYS: Final = ("kind", "url", "metric", "target", "max", "interval", "timeout", "frontend", "backend")
+_DNSSEC_KEYS: Final = ("validity", "inception_offset", "refresh", "max_presigned")
+_HTTP_URL: Final = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?(/[^\s]*)?")
 _SERVICE_KEYS: Final = (
     "datacenters", "policy", "answers", "ttl", "ttl_degraded", "all_down", "fallback", "map",
     "default", "order",
@@ -939,9 +971,7 @@ class _Loader:
         self.error(key, f"{value!r} has host bits set; did you mean {str(loose)!r}?")
         return None
 
-    def names(
-        self, value: Any, key: KeyPath, known: Iterable[str], what: str
-    ) -> tuple[str, ...] | None:
+    def names(self, value: Any, key: KeyPath, known: Iterable[str], what: str) -> tuple[str, ...] | None:
         """A non-empty list of distinct names, each one of ``known``."""
         items = self.array(value, key)
         if items is None:
@@ -971,7 +1001,9 @@ class _Loader:
     # -- sections
 
     def config(self, document: dict[str, Any]) -> Config:
-        root = self.table(document, (), ("geo", "checks", "datacenters", "services", "cookies", "rrl", "cluster"))
+        root = self.table(
+            document, (), ("geo", "checks", "datacenters", "services", "cookies", "rrl", "cluster", "dnssec")
+        )
         assert root is not None
         no_ecs, private_in_database, default_location, overrides = self.geo(root.get("geo", {}))
         checks = self.checks(root.get("checks", {}))
@@ -989,7 +1021,77 @@ class _Loader:
             cookies=self.cookies(root.get("cookies", {})),  # on by default, a random secret
             rrl=self.rrl(root["rrl"]) if "rrl" in root else None,
             cluster=self.cluster(root["cluster"]) if "cluster" in root else None,
+            dnssec=self.dnssec(root.get("dnssec", {})) or DnssecSettings(),
         )
+
+    def dnssec(self, value: Any) -> DnssecSettings | None:
+        key: KeyPath = ("dnssec",)
+        table = self.table(value, key, _DNSSEC_KEYS)
+        if table is None:
+            return None
+        before = len(self.problems)
+        validity = self.get(table, (*key, "validity"), self.integer(3 * 3600, 366 * 86400), 14 * 86400)
+        offset = self.get(table, (*key, "inception_offset"), self.integer(0, 86400), 3600)
+        refresh = self.get(table, (*key, "refresh"), self.integer(600, 366 * 86400), None)
+        most = self.get(table, (*key, "max_presigned"), self.integer(0, 1_000_000), 4096)
+        if len(self.problems) > before:
+            return None
+        assert validity is not None and offset is not None and most is not None
+        if refresh is None:
+            refresh = validity // 2
+        elif refresh >= validity:
+            self.error((*key, "refresh"), f"must be less than validity ({validity} s), got {refresh}")
+            return None
+        return DnssecSettings(validity, offset, refresh, most)
+
+    def load_source(self, value: Any, key: KeyPath) -> LoadSource | None:
+        table = self.table(value, key, _LOAD_KEYS)
+        if table is None:
+            return None
+        before = len(self.problems)
+        kind = self.get(table, (*key, "kind"), self.string(LOAD_METRICS), required=True)
+        url = self.get(table, (*key, "url"), self.http_url, required=True)
+        metrics = LOAD_METRICS.get(kind or "", ("",))
+        metric = self.get(table, (*key, "metric"), self.string(metrics) if kind else self.string(), metrics[0])
+        target = self.get(table, (*key, "target"), self.number(above=0), None, required=kind != "json")
+        most = self.get(table, (*key, "max"), self.number(above=0), None)
+        interval = self.get(table, (*key, "interval"), self.number(0.5, 3600), 5.0)
+        timeout = self.get(table, (*key, "timeout"), self.number(0.05, 60), None)
+        proxy, row = None, "BACKEND"
+        for side in ("frontend", "backend"):
+            if side in table:
+                if kind != "haproxy":
+                    self.error((*key, side), 'only for kind = "haproxy"')
+                elif proxy is not None:
+                    self.error((*key, side), "give a frontend or a backend, not both")
+                else:
+                    proxy, row = self.get(table, (*key, side), self.string()), side.upper()
+        if kind == "haproxy" and "frontend" not in table and "backend" not in table:
+            self.error(key, 'an haproxy load source names its row: frontend = "NAME" or backend = "NAME"')
+        if target is not None and most is not None and most < target:
+            self.error((*key, "max"), f"must be at least the target ({target:g}), got {most:g}")
+        if len(self.problems) > before:
+            return None
+        assert kind is not None and url is not None and metric is not None and interval is not None
+        if timeout is None:
+            timeout = min(1.0, interval / 2)
+        elif timeout >= interval:
+            self.error((*key, "timeout"), f"must be less than the interval ({interval:g} s), got {timeout:g}")
+            return None
+        return LoadSource(kind, url, metric, target, most, interval, timeout, proxy, row)
+
+    def http_url(self, value: Any, key: KeyPath) -> str | None:
+        if not isinstance(value, str):
+            self.error(key, f"expected a URL string, got {_kind(value)}")
+            return None
+        m = _HTTP_URL.fullmatch(value.strip())
+        if m is None:
+            self.error(key, f'{value!r} is not an http(s) URL (like "http://127.0.2.1:8081/stub_status")')
+            return None
+        if m.group(2) is not None and not 1 <= int(m.group(2)) <= 65535:
+            self.error(key, f"{value!r}: the port must be between 1 and 65535")
+            return None
+        return value.strip()
 
     def cluster(self, value: Any) -> ClusterConfig | None:
         key: KeyPath = ("cluster",)
@@ -999,8 +1101,9 @@ class _Loader:
         before = len(self.problems)
         name = self.get(table, (*key, "name"), self.string(), required=True)
         if name is not None and not _DC_NAME.fullmatch(name):
-            self.error((*key, "name"), f"{name!r}: letters, digits, '_', '-', '.' only "
-                                       "(starting with a letter or digit)")
+            self.error(
+                (*key, "name"), f"{name!r}: letters, digits, '_', '-', '.' only (starting with a letter or digit)"
+            )
         endpoints: list[str] = []
         items = self.get(table, (*key, "etcd"), self.array, required=True) or []
         for i, item in enumerate(items):
@@ -1022,7 +1125,7 @@ class _Loader:
             return None
         m = _ETCD_URL.fullmatch(value.strip())
         if m is None:
-            self.error(key, f"{value!r} is not an etcd client URL (like \"http://127.0.0.1:2379\")")
+            self.error(key, f'{value!r} is not an etcd client URL (like "http://127.0.0.1:2379")')
             return None
         if not 1 <= int(m.group(2)) <= 65535:
             self.error(key, f"{value!r}: the port must be between 1 and 65535")
@@ -1058,16 +1161,22 @@ class _Loader:
             if not line:
                 continue
             if not _SECRET.fullmatch(line):
-                self.error(key, f"{str(path)!r} line {number}: expected 32 hex digits (16 bytes, e.g. from "
-                                f"'openssl rand -hex 16'), got {len(line)} characters")
+                self.error(
+                    key,
+                    f"{str(path)!r} line {number}: expected 32 hex digits (16 bytes, e.g. from "
+                    f"'openssl rand -hex 16'), got {len(line)} characters",
+                )
                 return None
             secrets.append(bytes.fromhex(line))
         if not secrets:
             self.error(key, f"{str(path)!r}: no secret in the file")
             return None
         if len(secrets) > MAX_SECRETS:
-            self.error(key, f"{str(path)!r}: {len(secrets)} secrets; at most {MAX_SECRETS} "
-                            "(the current one first, then those still accepted)")
+            self.error(
+                key,
+                f"{str(path)!r}: {len(secrets)} secrets; at most {MAX_SECRETS} "
+                "(the current one first, then those still accepted)",
+            )
             return None
         return tuple(secrets)
 
@@ -1131,9 +1240,7 @@ class _Loader:
         ordered = sorted(overrides.items(), key=lambda item: (item[0].version, -item[0].prefixlen))
         return no_ecs or "resolver", private == "database", default, tuple(ordered)
 
-    def location(
-        self, value: Any, key: KeyPath, network: IPNetwork | None, checked: bool = False
-    ) -> Location | None:
+    def location(self, value: Any, key: KeyPath, network: IPNetwork | None, checked: bool = False) -> Location | None:
         """A Location from a table of _LOCATION_KEYS (an override when ``network`` is given)."""
         table = value if checked else self.table(value, key, _LOCATION_KEYS)
         if table is None:
@@ -1178,15 +1285,12 @@ class _Loader:
             if continent not in CONTINENTS:
                 self.error(
                     (*key, "continent"),
-                    f"unknown continent {continent!r}; expected one of "
-                    + " ".join(sorted(CONTINENTS)),
+                    f"unknown continent {continent!r}; expected one of " + " ".join(sorted(CONTINENTS)),
                 )
                 continent = None
         return country, continent
 
-    def coordinates(
-        self, table: Mapping[str, Any], key: KeyPath
-    ) -> tuple[float | None, float | None]:
+    def coordinates(self, table: Mapping[str, Any], key: KeyPath) -> tuple[float | None, float | None]:
         latitude = self.get(table, (*key, "latitude"), self.number(-90, 90))
         longitude = self.get(table, (*key, "longitude"), self.number(-180, 180))
         for name, other in (("latitude", "longitude"), ("longitude", "latitude")):
@@ -1309,8 +1413,7 @@ class _Loader:
             if not _DC_NAME.fullmatch(name):
                 self.error(
                     (*key, name),
-                    "a data center name is letters, digits, '_', '-' and '.', "
-                    "starting with a letter or digit",
+                    "a data center name is letters, digits, '_', '-' and '.', starting with a letter or digit",
                 )
                 continue
             dc = self.datacenter(name, item, (*key, name), checks)
@@ -1333,6 +1436,7 @@ class _Loader:
         check_name = self.get(table, (*key, "check"), self.names_one(checks[1], "check"))
         check = checks[0].get(check_name) if check_name is not None else None
         probe_address = self.get(table, (*key, "probe"), self.address)
+        load = self.load_source(table["load"], (*key, "load")) if "load" in table else None
         if probe_address is not None and "check" not in table:
             self.error((*key, "probe"), "a probe address needs a check")
         if len(self.problems) > before or (check_name is not None and check is None):
@@ -1353,6 +1457,7 @@ class _Loader:
             bias_km=bias,
             check=check,
             probe=probe,
+            load=load,
         )
 
     def names_one(self, known: Iterable[str], what: str) -> Callable[[Any, KeyPath], str | None]:
@@ -1371,9 +1476,7 @@ class _Loader:
 
         return convert
 
-    def services(
-        self, value: Any, datacenters: dict[str, DataCenter], declared: set[str]
-    ) -> dict[str, Service]:
+    def services(self, value: Any, datacenters: dict[str, DataCenter], declared: set[str]) -> dict[str, Service]:
         key: KeyPath = ("services",)
         out: dict[str, Service] = {}
         first: dict[str, str] = {}
@@ -1453,13 +1556,9 @@ class _Loader:
                 f"answers = {answers} but the service has {len(members)} data center(s)",
             )
         ttl = self.get(table, (*key, "ttl"), self.integer(0, MAX_TTL), 30)
-        ttl_degraded = self.get(
-            table, (*key, "ttl_degraded"), self.integer(0, MAX_TTL), min(ttl or 0, 10)
-        )
+        ttl_degraded = self.get(table, (*key, "ttl_degraded"), self.integer(0, MAX_TTL), min(ttl or 0, 10))
         if ttl is not None and ttl_degraded is not None and ttl_degraded > ttl:
-            self.error(
-                (*key, "ttl_degraded"), f"ttl_degraded ({ttl_degraded}) is longer than ttl ({ttl})"
-            )
+            self.error((*key, "ttl_degraded"), f"ttl_degraded ({ttl_degraded}) is longer than ttl ({ttl})")
         all_down = self.get(table, (*key, "all_down"), self.string(ALL_DOWN_MODES), "open")
         fallback = self.get(table, (*key, "fallback"), self.addresses, _NO_ADDRESSES)
         if all_down == "fallback" and "fallback" not in table:
@@ -1475,13 +1574,9 @@ class _Loader:
         order: tuple[str, ...] | None = pool
         if policy == "geo":
             rules = self.geo_map(table, key, pool)
-            default = self.get(
-                table, (*key, "default"), lambda v, k: self.names(v, k, pool, "member"), pool
-            )
+            default = self.get(table, (*key, "default"), lambda v, k: self.names(v, k, pool, "member"), pool)
         elif policy == "failover":
-            given = self.get(
-                table, (*key, "order"), lambda v, k: self.names(v, k, pool, "member"), pool
-            )
+            given = self.get(table, (*key, "order"), lambda v, k: self.names(v, k, pool, "member"), pool)
             # Members left out of the order follow it, in datacenters order.
             order = None if given is None else (*given, *(m for m in pool if m not in given))
         if len(self.problems) > before or members is None:
@@ -1516,9 +1611,7 @@ class _Loader:
             path=self.path,
         )
 
-    def geo_map(
-        self, table: Mapping[str, Any], key: KeyPath, members: tuple[str, ...]
-    ) -> tuple[GeoRule, ...]:
+    def geo_map(self, table: Mapping[str, Any], key: KeyPath, members: tuple[str, ...]) -> tuple[GeoRule, ...]:
         if "map" not in table:
             return ()
         mkey: KeyPath = (*key, "map")
@@ -1580,9 +1673,7 @@ class _Loader:
             return None if network is None else (kind, str(network))
         rest = rest.upper()
         if kind == "continent" and rest not in CONTINENTS:
-            self.error(
-                key, f"unknown continent {rest!r}; expected one of " + " ".join(sorted(CONTINENTS))
-            )
+            self.error(key, f"unknown continent {rest!r}; expected one of " + " ".join(sorted(CONTINENTS)))
             return None
         if kind == "country" and not _COUNTRY.fullmatch(rest):
             self.error(key, f"{rest!r} is not an ISO 3166-1 alpha-2 country code")

@@ -51,20 +51,23 @@ class Inputs:
 
     def refreshed(self) -> Inputs:
         """The same inputs as they are now (so that what changed so far no longer counts)."""
-        return Inputs(MappingProxyType({path: state(path) for path in self.files}),
-                      MappingProxyType({key: listing(*key) for key in self.listings}), self.targets)
+        return Inputs(
+            MappingProxyType({path: state(path) for path in self.files}),
+            MappingProxyType({key: listing(*key) for key in self.listings}),
+            self.targets,
+        )
 
     def directories(self) -> set[Path]:
         """Where a change to these inputs shows: the directory of each file, link target and listing."""
-        return ({path.parent for path in (*self.files, *self.targets)}
-                | {directory for directory, _ in self.listings})
+        return {path.parent for path in (*self.files, *self.targets)} | {directory for directory, _ in self.listings}
 
     def concerns(self, path: Path) -> bool:
         """Whether a change to `path` (a name in a watched directory) may change these inputs."""
         if path in self.files or path in self.targets:
             return True
-        return any(path.parent == directory and fnmatch.fnmatchcase(path.name, pattern)
-                   for directory, pattern in self.listings)
+        return any(
+            path.parent == directory and fnmatch.fnmatchcase(path.name, pattern) for directory, pattern in self.listings
+        )
 
 
 class Recorder:
@@ -90,8 +93,9 @@ class Recorder:
         return names
 
     def inputs(self) -> Inputs:
-        return Inputs(MappingProxyType(dict(self.files)), MappingProxyType(dict(self.listings)),
-                      frozenset(self.targets))
+        return Inputs(
+            MappingProxyType(dict(self.files)), MappingProxyType(dict(self.listings)), frozenset(self.targets)
+        )
 
 
 # The recorder of the build running in this thread (a reload builds in a worker thread).

@@ -18,11 +18,11 @@ import dns.rdatatype
 from gslb import config as configuration
 from gslb import inputs
 from gslb.config import Config, ConfigError, Service
-from gslb.geo import GeoDatabase, GeoError, IPAddress, IPNetwork, Location, mapped_network
-from gslb.geotable import GeoTable, compile_table
+from gslb.dns.zones import ZoneError, ZoneIndex, ZoneSet, cut_above, load_zones, static_addresses
+from gslb.geo.database import GeoDatabase, GeoError, IPAddress, IPNetwork, Location, mapped_network
+from gslb.geo.table import GeoTable, compile_table
 from gslb.inputs import Inputs
-from gslb.ranks import RankTable, compile_service
-from gslb.zones import ZoneError, ZoneIndex, ZoneSet, cut_above, load_zones, static_addresses
+from gslb.steering.ranks import RankTable, compile_service
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,12 @@ def _build(sources: Sources) -> Snapshot:
     geo: GeoDatabase | None = None
     if config is not None:
         try:
-            geo = GeoDatabase(sources.geodb, overrides=config.overrides, default=config.default_location,
-                              special_in_database=config.private_in_database)
+            geo = GeoDatabase(
+                sources.geodb,
+                overrides=config.overrides,
+                default=config.default_location,
+                special_in_database=config.private_in_database,
+            )
         except GeoError as exc:
             problems.append(str(exc))
     services: dict[dns.name.Name, Service] = {}
@@ -195,17 +199,31 @@ def _build(sources: Sources) -> Snapshot:
         table = compile_table(geo, cuts=_cidr_rules(services.values()), cache_dir=sources.cache or sources.zones)
     except GeoError as exc:
         raise SnapshotError([str(exc)]) from exc
-    log.info("geo table: %d IPv4 and %d IPv6 blocks, %d locations, %.2f s%s", len(table.v4), len(table.v6),
-             len(table.locations), table.seconds, " (from the cache)" if table.cached else "")
-    ranks = {name: compile_service(service, config.datacenters, table, config.default_location)
-             for name, service in services.items()}
-    return Snapshot(zones, config, geo, services, sources, table, ranks, zones.index(),
-                    load_seconds=time.perf_counter() - started)
+    log.info(
+        "geo table: %d IPv4 and %d IPv6 blocks, %d locations, %.2f s%s",
+        len(table.v4),
+        len(table.v6),
+        len(table.locations),
+        table.seconds,
+        " (from the cache)" if table.cached else "",
+    )
+    ranks = {
+        name: compile_service(service, config.datacenters, table, config.default_location)
+        for name, service in services.items()
+    }
+    return Snapshot(
+        zones, config, geo, services, sources, table, ranks, zones.index(), load_seconds=time.perf_counter() - started
+    )
 
 
 def _cidr_rules(services: Iterable[Service]) -> list[IPNetwork]:
-    return [ipaddress.ip_network(rule.value) for service in services if service.policy == "geo"
-            for rule in service.map if rule.kind == "cidr"]
+    return [
+        ipaddress.ip_network(rule.value)
+        for service in services
+        if service.policy == "geo"
+        for rule in service.map
+        if rule.kind == "cidr"
+    ]
 
 
 def _bind_services(zones: ZoneSet, config: Config) -> tuple[dict[dns.name.Name, Service], list[str]]:
@@ -213,7 +231,7 @@ def _bind_services(zones: ZoneSet, config: Config) -> tuple[dict[dns.name.Name, 
     services: dict[dns.name.Name, Service] = {}
     problems: list[str] = []
     for service in config.services.values():
-        where = f"{service.path}:{service.line}: services.\"{service.name}\""
+        where = f'{service.path}:{service.line}: services."{service.name}"'
         name = dns.name.from_text(service.name)
         zone = zones.find_zone(name)
         if zone is None:
@@ -230,4 +248,3 @@ def _bind_services(zones: ZoneSet, config: Config) -> tuple[dict[dns.name.Name, 
             continue
         services[name] = service
     return services, problems
-

@@ -40,8 +40,18 @@ IN_IGNORED = 0x8000
 IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
-WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
-              | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+WATCH_MASK = (
+    IN_MODIFY
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+    | IN_ONLYDIR
+)
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 
 
@@ -80,7 +90,7 @@ class _Inotify:
             while offset + _EVENT.size <= len(data):
                 wd, mask, _, length = _EVENT.unpack_from(data, offset)
                 start = offset + _EVENT.size
-                events.append((wd, mask, data[start:start + length].rstrip(b"\0")))
+                events.append((wd, mask, data[start : start + length].rstrip(b"\0")))
                 offset = start + length
 
     def close(self) -> None:
@@ -132,8 +142,12 @@ class Watcher:
                     log.debug("not watching %s: %s", directory, exc.strerror)
                     continue
                 # ENOSPC: the user's inotify watch limit (fs.inotify.max_user_watches).
-                log.warning("cannot watch %s (%s): checking the input files every %g s instead",
-                            directory, exc.strerror, self.poll_interval)
+                log.warning(
+                    "cannot watch %s (%s): checking the input files every %g s instead",
+                    directory,
+                    exc.strerror,
+                    self.poll_interval,
+                )
                 self._stop_inotify()
                 return
             self._wds[directory] = wd
@@ -203,4 +217,3 @@ class Watcher:
 
     def close(self) -> None:
         self._stop_inotify()
-

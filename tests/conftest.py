@@ -33,7 +33,10 @@ class Server:
         http = [] if "--http" in args else ["--http", "off"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gslb", "serve", "--listen", "127.0.0.1:0", *http, *args],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=cwd,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -69,8 +72,9 @@ class Server:
         with self._cond:
             return len(self.lines)
 
-    def query(self, name: str, rdtype: str = "A", *, tcp: bool = False, timeout: float = 3,
-              **make: object) -> dns.message.Message:
+    def query(
+        self, name: str, rdtype: str = "A", *, tcp: bool = False, timeout: float = 3, **make: object
+    ) -> dns.message.Message:
         message = dns.message.make_query(name, rdtype, **make)  # type: ignore[arg-type]
         return self.send(message, tcp=tcp, timeout=timeout)
 
@@ -82,7 +86,9 @@ class Server:
     def dig(self, *args: str) -> str:
         out = subprocess.run(
             ["dig", "@127.0.0.1", "-p", str(self.port), "+time=2", "+tries=1", *args],
-            capture_output=True, text=True, timeout=15,
+            capture_output=True,
+            text=True,
+            timeout=15,
         )
         return out.stdout
 

@@ -82,9 +82,7 @@ class _Listener:
     connection gets. Every socket is closed by its owner thread, so nothing is left to the GC.
     """
 
-    def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
-    ) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
         self._ssl = ssl_context
@@ -115,9 +113,7 @@ class _Listener:
         self.port = listener.getsockname()[1]
         self._listener = listener
         self._wakeup = socket.socketpair()
-        self._acceptor = threading.Thread(
-            target=self._accept_loop, args=(listener, self._wakeup[0]), daemon=True
-        )
+        self._acceptor = threading.Thread(target=self._accept_loop, args=(listener, self._wakeup[0]), daemon=True)
         self._acceptor.start()
 
     def stop_listening(self) -> None:
@@ -217,9 +213,7 @@ class HttpTarget(_Listener):
     `requests` and `sni_names` record what clients sent.
     """
 
-    def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, certificate: Certificate | None = None
-    ) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, certificate: Certificate | None = None) -> None:
         self.behaviour = Behaviour.OK
         self.ok_body = OK_BODY
         self.raw_response: bytes | None = None

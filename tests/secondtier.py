@@ -30,6 +30,7 @@ START_TIMEOUT = 10.0  # seconds for nginx to serve our token
 class SecondTierError(Exception):
     """nginx did not start, or something other than our second tier answers on its address."""
 
+
 NGINX_CONF = """\
 daemon off;
 master_process on;
@@ -86,8 +87,7 @@ class Backend:
 class Balancer:
     """One data center's nginx, on its VIP, proxying to two backends."""
 
-    def __init__(self, name: str, directory: Path, vip: str | None = None, port: int = PORT,
-                 token: str | None = None):
+    def __init__(self, name: str, directory: Path, vip: str | None = None, port: int = PORT, token: str | None = None):
         self.name = name
         self.vip = vip or DATACENTERS[name]
         self.port = port
@@ -96,8 +96,15 @@ class Balancer:
         self.directory.mkdir(parents=True, exist_ok=True)
         # Each says which backend answered, and the run's token.
         self.backends = [Backend(f"backend {name}-{i} {self.token}\n") for i in (1, 2)]
-        conf = NGINX_CONF.format(dir=self.directory, vip=self.vip, port=port, name=name, token=self.token,
-                                 backend1=self.backends[0].port, backend2=self.backends[1].port)
+        conf = NGINX_CONF.format(
+            dir=self.directory,
+            vip=self.vip,
+            port=port,
+            name=name,
+            token=self.token,
+            backend1=self.backends[0].port,
+            backend2=self.backends[1].port,
+        )
         self.conf = self.directory / "nginx.conf"
         self.conf.write_text(conf)
         self.error_log = self.directory / "error.log"
@@ -115,9 +122,11 @@ class Balancer:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         with (self.directory / "nginx.stderr").open("wb") as stderr:
             # -e: nginx's own errors go to our file from the start, not to /var/log/nginx.
-            self.proc = subprocess.Popen([nginx, "-c", str(self.conf), "-p", str(self.directory),
-                                          "-e", str(self.error_log)],
-                                         stdout=subprocess.DEVNULL, stderr=stderr)
+            self.proc = subprocess.Popen(
+                [nginx, "-c", str(self.conf), "-p", str(self.directory), "-e", str(self.error_log)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             status = self.proc.poll()
@@ -132,8 +141,10 @@ class Balancer:
                 raise SecondTierError(f"{self.vip}:{self.port} answers {body!r}, not our nginx for {self.name}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise SecondTierError(f"nginx for {self.name} did not serve {self.vip}:{self.port} in "
-                                      f"{START_TIMEOUT:.0f} s: {self._errors()}")
+                raise SecondTierError(
+                    f"nginx for {self.name} did not serve {self.vip}:{self.port} in "
+                    f"{START_TIMEOUT:.0f} s: {self._errors()}"
+                )
             time.sleep(0.02)
 
     def _errors(self) -> str:
@@ -234,8 +245,10 @@ def main() -> None:
     balancers = [Balancer(name, directory, token=token) for name in DATACENTERS]
     for balancer in balancers:
         balancer.start()
-        print(f"{balancer.name}: nginx on {balancer.vip}:{balancer.port} -> backends "
-              f"{', '.join(str(b.port) for b in balancer.backends)}")
+        print(
+            f"{balancer.name}: nginx on {balancer.vip}:{balancer.port} -> backends "
+            f"{', '.join(str(b.port) for b in balancer.backends)}"
+        )
     print(f"every body ends in this run's token, {token}; Ctrl-C stops them all")
     try:
         signal.pause()

@@ -24,10 +24,10 @@ import dns.message
 import httpx
 import pytest
 
-from gslb.cluster import Observation, Record, check_instance, default_instance, tally, verdict
+from gslb.cluster.etcd import prefix_end
+from gslb.cluster.votes import Observation, Record, check_instance, default_instance, tally, verdict
 from gslb.config import ClusterConfig, ConfigError, loads
-from gslb.etcd import prefix_end
-from gslb.health import Check, ProbeResult, Target, needs_client, new_client, probe, probe_source
+from gslb.health.monitor import Check, ProbeResult, Target, needs_client, new_client, probe, probe_source
 from tests.conftest import EXAMPLE_ZONES, Server
 from tests.probe_targets import Certificate, HttpTarget, free_port, make_certificate, run_async
 
@@ -73,21 +73,45 @@ class Etcd:
         self.directory = directory
         self.ports = [(free_port(host), free_port(host)) for host in self.HOSTS]  # (client, peer)
         self.urls = [f"http://{host}:{client}" for host, (client, _) in zip(self.HOSTS, self.ports, strict=True)]
-        self.initial = ",".join(f"m{i}=http://{host}:{peer}"
-                                for i, (host, (_, peer)) in enumerate(zip(self.HOSTS, self.ports, strict=True)))
+        self.initial = ",".join(
+            f"m{i}=http://{host}:{peer}" for i, (host, (_, peer)) in enumerate(zip(self.HOSTS, self.ports, strict=True))
+        )
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(self.HOSTS)
 
     def start(self, i: int) -> None:
         host, (client, peer) = self.HOSTS[i], self.ports[i]
         log = open(self.directory / f"m{i}.log", "ab")  # noqa: SIM115 (the process keeps it)
         self.procs[i] = subprocess.Popen(
-            ["etcd", "--name", f"m{i}", "--data-dir", str(self.directory / f"m{i}"),
-             "--listen-client-urls", f"http://{host}:{client}", "--advertise-client-urls", f"http://{host}:{client}",
-             "--listen-peer-urls", f"http://{host}:{peer}", "--initial-advertise-peer-urls", f"http://{host}:{peer}",
-             "--initial-cluster", self.initial, "--initial-cluster-state", "new",
-             "--initial-cluster-token", f"gslb-test-{TOKEN}",
-             "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "warn"],
-            stdout=log, stderr=log)
+            [
+                "etcd",
+                "--name",
+                f"m{i}",
+                "--data-dir",
+                str(self.directory / f"m{i}"),
+                "--listen-client-urls",
+                f"http://{host}:{client}",
+                "--advertise-client-urls",
+                f"http://{host}:{client}",
+                "--listen-peer-urls",
+                f"http://{host}:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://{host}:{peer}",
+                "--initial-cluster",
+                self.initial,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                f"gslb-test-{TOKEN}",
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+                "--log-level",
+                "warn",
+            ],
+            stdout=log,
+            stderr=log,
+        )
         log.close()
 
     def start_all(self) -> None:
@@ -106,8 +130,9 @@ class Etcd:
         """Every member answers and the cluster has a leader that takes writes."""
         try:
             for url in self.urls:
-                response = httpx.post(f"{url}/v3/kv/put", json={"key": "aGVhbHRo", "value": ""},
-                                      timeout=1, trust_env=False)
+                response = httpx.post(
+                    f"{url}/v3/kv/put", json={"key": "aGVhbHRo", "value": ""}, timeout=1, trust_env=False
+                )
                 if response.status_code != 200:
                     return False
         except httpx.HTTPError:
@@ -125,8 +150,20 @@ class Instance:
     def __init__(self, letter: str, zones: Path, state: Path) -> None:
         self.letter = letter
         self.name = f"ns{letter}"
-        self.args = ["--zones", str(zones), "--state-file", str(state), "--workers", "1",
-                     "--http", "127.0.0.1:0", "--instance", self.name, "--probe-source", SOURCES[letter]]
+        self.args = [
+            "--zones",
+            str(zones),
+            "--state-file",
+            str(state),
+            "--workers",
+            "1",
+            "--http",
+            "127.0.0.1:0",
+            "--instance",
+            self.name,
+            "--probe-source",
+            SOURCES[letter],
+        ]
         self.server: Server | None = None
         self.http = ""
 
@@ -157,8 +194,13 @@ class Instance:
         return next(dc for dc in self.status()["datacenters"] if dc["name"] == name)
 
     def admin(self, verb: str, target: str) -> dict[str, Any]:
-        response = httpx.post(f"{self.http}/api/{verb}", json={"target": target}, timeout=3, trust_env=False,
-                              headers={"Authorization": f"Bearer {TOKEN}"})
+        response = httpx.post(
+            f"{self.http}/api/{verb}",
+            json={"target": target},
+            timeout=3,
+            trust_env=False,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
         response.raise_for_status()
         data: dict[str, Any] = response.json()
         return data
@@ -192,8 +234,9 @@ def until(check: Callable[[], bool], timeout: float, every: float = 0.05) -> flo
 
 
 class World:
-    def __init__(self, etcd: Etcd, eu: SourceTarget, us: SourceTarget, instances: dict[str, Instance],
-                 zones: Path) -> None:
+    def __init__(
+        self, etcd: Etcd, eu: SourceTarget, us: SourceTarget, instances: dict[str, Instance], zones: Path
+    ) -> None:
         self.etcd = etcd
         self.zones = zones
         self.eu = eu
@@ -206,8 +249,10 @@ class World:
 
     def sees(self, letters: str, state: str, among: list[Instance] | None = None) -> bool:
         """Whether every instance (of `among`) has the observations of eu by `letters` as `state`."""
-        return all(all(i.datacenter("eu")["observations"].get(f"ns{x}", {}).get("state") == state for x in letters)
-                   for i in among or self.all)
+        return all(
+            all(i.datacenter("eu")["observations"].get(f"ns{x}", {}).get("state") == state for x in letters)
+            for i in among or self.all
+        )
 
     def fail_eu(self, *letters: str) -> None:
         self.eu.failing = {SOURCES[letter] for letter in letters}
@@ -221,7 +266,8 @@ class World:
 
 def _config(eu: SourceTarget, us: SourceTarget, etcd: Etcd) -> str:
     urls = ", ".join(f'"{url}"' for url in etcd.urls)
-    checks = "".join(f"""
+    checks = "".join(
+        f"""
 [checks.{name}]
 kind = "http"
 port = {target.port}
@@ -231,7 +277,9 @@ timeout = 0.2
 fall = 2
 rise = 2
 jitter = 0
-""" for name, target in (("eu", eu), ("us", us)))
+"""
+        for name, target in (("eu", eu), ("us", us))
+    )
     return f"""
 [geo]
 default = {{ country = "US", continent = "NA", latitude = 39.04, longitude = -77.49 }}
@@ -313,8 +361,13 @@ def test_one_instance_seeing_it_down_moves_nobody(cluster: World) -> None:
     until(lambda: all(i.datacenter("eu")["observations"]["nsA"]["state"] == "down" for i in cluster.all), 5)
     assert cluster.everyone_answers(EU)
     eu = a.datacenter("eu")
-    assert eu["up"] and eu["vote"] == {"down": ["nsA"], "up": ["nsB", "nsC"], "voters": 3, "quorum": 0.5,
-                                       "down_by_vote": False}
+    assert eu["up"] and eu["vote"] == {
+        "down": ["nsA"],
+        "up": ["nsB", "nsC"],
+        "voters": 3,
+        "quorum": 0.5,
+        "down_by_vote": False,
+    }
     assert eu["reason"] == "up for 2 of 3 instances (nsA: down)"
     assert eu["observations"]["nsA"]["reason"] == "status 503"
     assert a.metric('gslb_cluster_observations{datacenter="eu",state="down"}') == 1
@@ -391,8 +444,11 @@ def test_losing_etcd_falls_back_and_rejoins(cluster: World) -> None:
 
     def moved() -> bool:
         assert cluster.everyone_answers(EU)
-        return all(i.status()["cluster"]["etcd"] and i.status()["cluster"]["endpoint"] != cluster.etcd.urls[0]
-                   for i in cluster.all)
+        return all(
+            i.status()["cluster"]["etcd"] and i.status()["cluster"]["endpoint"] != cluster.etcd.urls[0]
+            for i in cluster.all
+        )
+
     until(moved, 5)
     assert cluster.live_everywhere(3)
     # All of etcd lost: each instance on its own view (A sees eu down; B and C up).
@@ -436,8 +492,10 @@ def test_no_etcd_at_start_decides_alone_and_keeps_drains(tmp_path: Path) -> None
         status = instance.status()
         assert status["cluster"]["pending_drains"] == ["eu"] and status["drained"] == ["eu"]
         shown = _gslb("status", "--http", instance.http.removeprefix("http://"))
-        assert "cluster x as nsA: etcd UNREACHABLE: deciding on this instance's own observations; 1 live " \
-               "instance (nsA (this one))" in shown
+        assert (
+            "cluster x as nsA: etcd UNREACHABLE: deciding on this instance's own observations; 1 live "
+            "instance (nsA (this one))" in shown
+        )
         assert "  not yet shared: drains of eu" in shown
         assert re.search(r"^  us +no instance has probed it yet$", shown, re.M)
         instance.stop()
@@ -466,35 +524,43 @@ def test_status_page_shows_who_sees_it_down(cluster: World, tmp_path: Path) -> N
 
 def _seen(**states: str) -> dict[str, Observation]:
     """Observations by instance: "up", "down", or "new" (nothing probed yet)."""
-    return {name: Observation(state == "up", "ok" if state == "up" else "status 503", 1000.0, state != "new")
-            for name, state in states.items()}
+    return {
+        name: Observation(state == "up", "ok" if state == "up" else "status 503", 1000.0, state != "new")
+        for name, state in states.items()
+    }
 
 
-@pytest.mark.parametrize(("states", "quorum", "down"), [
-    ({"a": "down"}, 0.5, True),  # alone: its own view
-    ({"a": "up"}, 0.5, False),
-    ({"a": "down", "b": "up"}, 0.5, False),  # 1 of 2 is not more than half
-    ({"a": "down", "b": "down"}, 0.5, True),
-    ({"a": "down", "b": "up", "c": "up"}, 0.5, False),
-    ({"a": "down", "b": "down", "c": "up"}, 0.5, True),
-    ({"a": "down", "b": "down", "c": "up", "d": "up"}, 0.5, False),
-    ({"a": "down", "b": "up", "c": "up"}, 0.0, True),  # 0: any one
-    ({"a": "up", "b": "up"}, 0.0, False),
-    ({"a": "down", "b": "down", "c": "up"}, 0.7, False),  # 2/3 is not more than 0.7
-    ({"a": "down", "b": "new", "c": "new"}, 0.5, True),  # the new ones are not counted
-    ({"a": "new"}, 0.0, False),  # nobody counted: up
-])
+@pytest.mark.parametrize(
+    ("states", "quorum", "down"),
+    [
+        ({"a": "down"}, 0.5, True),  # alone: its own view
+        ({"a": "up"}, 0.5, False),
+        ({"a": "down", "b": "up"}, 0.5, False),  # 1 of 2 is not more than half
+        ({"a": "down", "b": "down"}, 0.5, True),
+        ({"a": "down", "b": "up", "c": "up"}, 0.5, False),
+        ({"a": "down", "b": "down", "c": "up"}, 0.5, True),
+        ({"a": "down", "b": "down", "c": "up", "d": "up"}, 0.5, False),
+        ({"a": "down", "b": "up", "c": "up"}, 0.0, True),  # 0: any one
+        ({"a": "up", "b": "up"}, 0.0, False),
+        ({"a": "down", "b": "down", "c": "up"}, 0.7, False),  # 2/3 is not more than 0.7
+        ({"a": "down", "b": "new", "c": "new"}, 0.5, True),  # the new ones are not counted
+        ({"a": "new"}, 0.0, False),  # nobody counted: up
+    ],
+)
 def test_the_vote(states: dict[str, str], quorum: float, down: bool) -> None:
     vote = tally("eu", _seen(**states), quorum)
     assert vote.is_down is down
     assert vote.voters == sum(state != "new" for state in states.values())
 
 
-@pytest.mark.parametrize(("states", "reason"), [
-    ({"a": "down", "b": "down", "c": "up"}, "down for 2 of 3 instances: status 503"),
-    ({"a": "down", "b": "up", "c": "up"}, "up for 2 of 3 instances (a: down)"),
-    ({"a": "up", "b": "up"}, "ok"),
-])
+@pytest.mark.parametrize(
+    ("states", "reason"),
+    [
+        ({"a": "down", "b": "down", "c": "up"}, "down for 2 of 3 instances: status 503"),
+        ({"a": "down", "b": "up", "c": "up"}, "up for 2 of 3 instances (a: down)"),
+        ({"a": "up", "b": "up"}, "ok"),
+    ],
+)
 def test_the_verdict_says_how_the_instances_saw_it(states: dict[str, str], reason: str) -> None:
     observations = _seen(**states)
     status = verdict(tally("eu", observations, 0.5), observations, 1234.0)
@@ -514,20 +580,28 @@ def test_prefix_end_covers_exactly_the_prefix() -> None:
     assert base64.b64decode(prefix_end("é")) == b"\xc3\xaa"  # the last byte of its UTF-8, plus one
 
 
-@pytest.mark.parametrize(("text", "problems"), [
-    ('[cluster]\nname = "x"\n', ["<config>:1: cluster.etcd: required key is missing"]),
-    ('[cluster]\nname = "x"\netcd = ["http://127.0.0.1:2379"]\nlaese = 5\n',
-     ["<config>:4: cluster.laese: unknown key; did you mean 'lease'?"]),
-    ('[cluster]\nname = "a/b"\netcd = ["127.0.0.1:2379", "http://h:99999", "http://h:1", "http://h:1"]\n'
-     "down_quorum = 1\nlease = 1\n", [
-         "<config>:2: cluster.name: 'a/b': letters, digits, '_', '-', '.' only (starting with a letter or digit)",
-         "<config>:3: cluster.etcd[0]: '127.0.0.1:2379' is not an etcd client URL (like \"http://127.0.0.1:2379\")",
-         "<config>:3: cluster.etcd[1]: 'http://h:99999': the port must be between 1 and 65535",
-         "<config>:3: cluster.etcd[3]: 'http://h:1' is listed twice",
-         "<config>:4: cluster.down_quorum: must be between 0 and 0.99, got 1",
-         "<config>:5: cluster.lease: must be between 2 and 3600, got 1",
-     ]),
-])
+@pytest.mark.parametrize(
+    ("text", "problems"),
+    [
+        ('[cluster]\nname = "x"\n', ["<config>:1: cluster.etcd: required key is missing"]),
+        (
+            '[cluster]\nname = "x"\netcd = ["http://127.0.0.1:2379"]\nlaese = 5\n',
+            ["<config>:4: cluster.laese: unknown key; did you mean 'lease'?"],
+        ),
+        (
+            '[cluster]\nname = "a/b"\netcd = ["127.0.0.1:2379", "http://h:99999", "http://h:1", "http://h:1"]\n'
+            "down_quorum = 1\nlease = 1\n",
+            [
+                "<config>:2: cluster.name: 'a/b': letters, digits, '_', '-', '.' only (starting with a letter or digit)",  # noqa: E501
+                "<config>:3: cluster.etcd[0]: '127.0.0.1:2379' is not an etcd client URL (like \"http://127.0.0.1:2379\")",
+                "<config>:3: cluster.etcd[1]: 'http://h:99999': the port must be between 1 and 65535",
+                "<config>:3: cluster.etcd[3]: 'http://h:1' is listed twice",
+                "<config>:4: cluster.down_quorum: must be between 0 and 0.99, got 1",
+                "<config>:5: cluster.lease: must be between 2 and 3600, got 1",
+            ],
+        ),
+    ],
+)
 def test_the_cluster_table_is_checked_with_file_and_line(text: str, problems: list[str]) -> None:
     with pytest.raises(ConfigError) as caught:
         loads(text)
@@ -551,9 +625,13 @@ def test_probes_are_sent_from_the_probe_source(kind: str, tmp_path: Path) -> Non
     source = "127.0.50.9"
     certificate = make_certificate(tmp_path) if kind == "https" else None
     with SourceTarget("127.0.60.9", certificate) as server:
-        check = Check(kind=kind.split()[0], port=server.port, follow_redirects=kind.endswith("httpx"),
-                      ca_file=str(certificate.ca_file) if certificate else None,
-                      host=certificate.name if certificate else None)
+        check = Check(
+            kind=kind.split()[0],
+            port=server.port,
+            follow_redirects=kind.endswith("httpx"),
+            ca_file=str(certificate.ca_file) if certificate else None,
+            host=certificate.name if certificate else None,
+        )
         target = Target("eu", server.host, check)
 
         async def main() -> ProbeResult:
@@ -580,8 +658,13 @@ def test_a_probe_source_of_the_other_family_is_not_used() -> None:
 
 
 def _gslb(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "gslb", *args], capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "GSLB_TOKEN": TOKEN})
+    out = subprocess.run(
+        [sys.executable, "-m", "gslb", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "GSLB_TOKEN": TOKEN},
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -591,17 +674,33 @@ def test_gslb_status_and_explain_say_who_sees_it_down(cluster: World) -> None:
     cluster.fail_eu("A", "B")
     until(lambda: cluster.everyone_answers(US), 4)
     status = _gslb("status", "--http", c.http.removeprefix("http://"))
-    assert re.search(rf"^cluster test-{TOKEN} as nsC: etcd at http://127\.0\.10\.\d:\d+; 3 live instances "
-                     r"\(nsC \(this one\), nsA, nsB\); down when more than 0\.5 of them see it down$", status, re.M)
+    assert re.search(
+        rf"^cluster test-{TOKEN} as nsC: etcd at http://127\.0\.10\.\d:\d+; 3 live instances "
+        r"\(nsC \(this one\), nsA, nsB\); down when more than 0\.5 of them see it down$",
+        status,
+        re.M,
+    )
     assert re.search(r"^  eu +2 of 3 see it down: nsA \(status 503\), nsB \(status 503\)  -> DOWN$", status, re.M)
     assert re.search(r"^  us +0 of 3 see it down: nobody$", status, re.M)
-    explain = _gslb("explain", "www.example.com", "--subnet", "85.214.0.0/24", "--zones", str(cluster.zones),
-                    "--state-file", c.args[c.args.index("--state-file") + 1])
+    explain = _gslb(
+        "explain",
+        "www.example.com",
+        "--subnet",
+        "85.214.0.0/24",
+        "--zones",
+        str(cluster.zones),
+        "--state-file",
+        c.args[c.args.index("--state-file") + 1],
+    )
     assert f"  answer       {US}" in explain
     assert re.search(r"^    eu +seen down by nsA \(status 503\), nsB \(status 503\)  -> DOWN$", explain, re.M)
     assert re.search(r"^  cluster      test-\w+: 3 live instances \(nsA, nsB, nsC\)", explain, re.M)
-    api = httpx.get(f"{c.http}/api/explain", params={"name": "www.example.com", "subnet": "85.214.0.0/24"},
-                    timeout=3, trust_env=False).json()
+    api = httpx.get(
+        f"{c.http}/api/explain",
+        params={"name": "www.example.com", "subnet": "85.214.0.0/24"},
+        timeout=3,
+        trust_env=False,
+    ).json()
     assert api["answer"] == [US] and api["cluster"]["etcd"] is True
     assert api["cluster"]["datacenters"]["eu"]["vote"]["down"] == ["nsA", "nsB"]
     drained = _gslb("drain", "eu", "--http", c.http.removeprefix("http://"))
@@ -655,15 +754,36 @@ def test_two_instances_with_one_name_are_told(cluster: World, tmp_path: Path) ->
     until(lambda: cluster.live_everywhere(3), 3)
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--probe-source", "192.0.2.1", "gslb: --probe-source 192.0.2.1: not an address of this host"),
-    ("--probe-source", "nope", "gslb: --probe-source nope: 'nope' does not appear to be an IPv4 or IPv6 address"),
-    ("--instance", "a/b", "gslb: --instance: 'a/b': an instance name is 1-128 printable characters"),
-])
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--probe-source", "192.0.2.1", "gslb: --probe-source 192.0.2.1: not an address of this host"),
+        ("--probe-source", "nope", "gslb: --probe-source nope: 'nope' does not appear to be an IPv4 or IPv6 address"),
+        ("--instance", "a/b", "gslb: --instance: 'a/b': an instance name is 1-128 printable characters"),
+    ],
+)
 def test_serve_refuses_a_bad_instance_or_probe_source(flag: str, value: str, message: str, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "gslb", "serve", "--zones", str(EXAMPLE_ZONES), "--http", "off",
-                          "--state-file", str(tmp_path / "state.json"), "--listen", "127.0.0.1:0", flag, value],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gslb",
+            "serve",
+            "--zones",
+            str(EXAMPLE_ZONES),
+            "--http",
+            "off",
+            "--state-file",
+            str(tmp_path / "state.json"),
+            "--listen",
+            "127.0.0.1:0",
+            flag,
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2
     assert out.stderr.splitlines()[-1].startswith(message), out.stderr
 

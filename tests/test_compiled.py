@@ -14,10 +14,10 @@ import dns.message
 import maxminddb
 import pytest
 
-from gslb.answer import Answerer
-from gslb.explain import explain_query
-from gslb.geo import GeoDatabase, is_special
-from gslb.health import HealthView, Status
+from gslb.dns.answer import Answerer
+from gslb.geo.database import GeoDatabase, is_special
+from gslb.health.monitor import HealthView, Status
+from gslb.ops.explain import explain_query
 from gslb.snapshot import Snapshot, Sources, build
 from tests.conftest import EXAMPLE_ZONES
 from tests.test_services import GEOLITE2
@@ -67,7 +67,8 @@ def test_the_table_places_addresses_as_the_database_does(city: Snapshot) -> None
     for k in range(4000):
         if k % 4 == 0:
             address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(
-                (0x2000 + rng.randrange(0x1000)) << 112 | rng.getrandbits(112))
+                (0x2000 + rng.randrange(0x1000)) << 112 | rng.getrandbits(112)
+            )
         elif k % 50 == 1:
             address = ipaddress.IPv4Address(int(ipaddress.IPv4Address("192.0.2.0")) + rng.randrange(256))
         else:
@@ -77,8 +78,13 @@ def test_the_table_places_addresses_as_the_database_does(city: Snapshot) -> None
         assert got.network == expected.network, address
         if expected.known:
             assert (got.country, got.continent, got.subdivision, got.latitude, got.longitude, got.city) == (
-                expected.country, expected.continent, expected.subdivision, expected.latitude,
-                expected.longitude, expected.city), address
+                expected.country,
+                expected.continent,
+                expected.subdivision,
+                expected.latitude,
+                expected.longitude,
+                expected.city,
+            ), address
         else:
             assert got.source == "default" and got.country == city.config.default_location.country
 
@@ -147,8 +153,9 @@ def test_a_health_change_re_picks_without_locating_again(city: Snapshot) -> None
     assert (answer, scope) == ({"127.0.1.1"}, 0)  # one data center left: the same for everyone
 
 
-@pytest.mark.parametrize("subnet", ["0.0.0.0/0", "85.214.0.0/24", "8.8.8.0/24", "2003::/32", "192.0.2.0/24",
-                                    "203.0.113.0/24", "::/0"])
+@pytest.mark.parametrize(
+    "subnet", ["0.0.0.0/0", "85.214.0.0/24", "8.8.8.0/24", "2003::/32", "192.0.2.0/24", "203.0.113.0/24", "::/0"]
+)
 @pytest.mark.parametrize("name", ["www.example.com.", "app.example.com.", "api.example.com."])
 def test_explain_and_the_server_agree(city: Snapshot, name: str, subnet: str) -> None:
     network = ipaddress.ip_network(subnet)
@@ -174,7 +181,7 @@ def _record_positions(path: Path) -> tuple[bytes, int, list[int]]:
     """The database's bytes, where its data section starts, and the position of every record."""
     import numpy as np
 
-    from gslb import geotable
+    from gslb.geo import table as geotable
 
     buf = path.read_bytes()
     with maxminddb.open_database(str(path)) as reader:
@@ -188,10 +195,10 @@ def _record_positions(path: Path) -> tuple[bytes, int, list[int]]:
 
 @pytest.mark.parametrize("which", ["city", "test"])
 def test_the_c_decoder_reads_records_as_the_python_one(which: str, tmp_path: Path) -> None:
-    from gslb import geotable
+    from gslb.geo import table as geotable
 
     if geotable._mmdbfields is None:
-        pytest.skip("gslb._mmdbfields is not built (no C compiler): the Python decoder is used")
+        pytest.skip("gslb.geo._mmdbfields is not built (no C compiler): the Python decoder is used")
     import numpy as np
 
     from tests.mmdb_fixtures import build_test_mmdb
@@ -210,10 +217,10 @@ def test_the_c_decoder_reads_records_as_the_python_one(which: str, tmp_path: Pat
 
 
 def test_the_c_decoder_survives_corrupt_records(tmp_path: Path) -> None:
-    from gslb import geotable
+    from gslb.geo import table as geotable
 
     if geotable._mmdbfields is None:
-        pytest.skip("gslb._mmdbfields is not built (no C compiler)")
+        pytest.skip("gslb.geo._mmdbfields is not built (no C compiler)")
     from tests.mmdb_fixtures import build_test_mmdb
 
     buf, start, positions = _record_positions(build_test_mmdb(tmp_path / "test.mmdb"))
@@ -251,8 +258,9 @@ def test_a_first_compile_leaves_the_server_process_lean(zones: Path, tmp_path: P
         "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
         "print(s.table.cached, peak)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent
+    )
     assert result.returncode == 0, result.stderr
     cached, peak = result.stdout.split()
     assert cached == "False" and list(tmp_path.glob(".gslb-geo-*.npz"))

@@ -11,8 +11,8 @@ import pytest
 
 from gslb import config
 from gslb.config import ConfigError, DataCenter, GeoRule, Problem
-from gslb.geo import Location
-from gslb.health import Check, Target
+from gslb.geo.database import Location
+from gslb.health.monitor import Check, Target
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "zones" / "gslb.toml"
@@ -84,9 +84,7 @@ def test_example_loads() -> None:
     assert us.vips == (ipaddress.ip_address("127.0.1.1"), ipaddress.ip_address("2001:db8:1::1"))
     assert us.check == Check(kind="http", port=8080, path="/health", interval=1.0, timeout=0.8)
     assert us.target() == Target("us", "127.0.1.1", us.check)
-    assert c.default_location == Location(
-        country="US", continent="NA", latitude=39.04, longitude=-77.49
-    )
+    assert c.default_location == Location(country="US", continent="NA", latitude=39.04, longitude=-77.49)
     assert c.overrides[0][0] == ipaddress.ip_network("192.0.2.0/24")
     assert c.overrides[0][1].source == "override"
     assert c.no_ecs == "resolver"
@@ -370,8 +368,7 @@ CASES: list[tuple[str, str, str]] = [
         datacenters = ["us", "eu"]
         policy = "closest"  # <-
         """,
-        'services."www.example.com.".policy: '
-        "'closest' is not one of 'nearest', 'geo', 'failover', 'weighted'",
+        "services.\"www.example.com.\".policy: 'closest' is not one of 'nearest', 'geo', 'failover', 'weighted'",
     ),
     (
         "unknown-dc",
@@ -379,8 +376,7 @@ CASES: list[tuple[str, str, str]] = [
         [services."www.example.com."]
         datacenters = ["us", "euu"]  # <-
         """,
-        "services.\"www.example.com.\".datacenters[1]: unknown data center 'euu'; "
-        "did you mean 'eu'?",
+        "services.\"www.example.com.\".datacenters[1]: unknown data center 'euu'; did you mean 'eu'?",
     ),
     (
         "dc-twice",
@@ -515,8 +511,7 @@ CASES: list[tuple[str, str, str]] = [
         policy = "geo"
         map = [{ match = "continent:EA", order = ["eu"] }]  # <-
         """,
-        "services.\"www.example.com.\".map[0].match: unknown continent 'EA'; "
-        "expected one of AF AN AS EU NA OC SA",
+        "services.\"www.example.com.\".map[0].match: unknown continent 'EA'; expected one of AF AN AS EU NA OC SA",
     ),
     (
         "map-subdivision",
@@ -563,8 +558,7 @@ CASES: list[tuple[str, str, str]] = [
         policy = "geo"
         map = [{ match = "continent:AS", order = ["ap", "us"] }]  # <-
         """,
-        "services.\"www.example.com.\".map[0].order[0]: 'ap' is not one of the service's "
-        "datacenters",
+        "services.\"www.example.com.\".map[0].order[0]: 'ap' is not one of the service's datacenters",
     ),
     (
         "map-rule-key",
@@ -877,8 +871,7 @@ CASES: list[tuple[str, str, str]] = [
         [services."a b.example."]  # <-
         datacenters = ["us"]
         """,
-        "services.\"a b.example.\": 'a b.example.': a service name cannot hold blanks or "
-        "backslashes",
+        "services.\"a b.example.\": 'a b.example.': a service name cannot hold blanks or backslashes",
     ),
     # geo maps
     (
@@ -919,8 +912,7 @@ CASES: list[tuple[str, str, str]] = [
         policy = "geo"
         map = [{ match = 7, order = ["eu"] }]  # <-
         """,
-        'services."www.example.com.".map[0].match: expected a string like "country:JP", '
-        "got an integer",
+        'services."www.example.com.".map[0].match: expected a string like "country:JP", got an integer',
     ),
     (
         "map-country",
@@ -930,8 +922,67 @@ CASES: list[tuple[str, str, str]] = [
         policy = "geo"
         map = [{ match = "country:JPN", order = ["eu"] }]  # <-
         """,
-        "services.\"www.example.com.\".map[0].match: 'JPN' is not an ISO 3166-1 alpha-2 "
-        "country code",
+        "services.\"www.example.com.\".map[0].match: 'JPN' is not an ISO 3166-1 alpha-2 country code",
+    ),
+    (
+        "load-kind",
+        """
+        [datacenters.eu.load]
+        kind = "lvs"  # <-
+        url = "http://127.0.2.1:8081/stub_status"
+        target = 600
+        """,
+        "datacenters.eu.load.kind: 'lvs' is not one of 'nginx', 'haproxy', 'json'",
+    ),
+    (
+        "load-metric",
+        """
+        [datacenters.eu.load]
+        kind = "nginx"
+        url = "http://127.0.2.1:8081/stub_status"
+        metric = "scur"  # <-
+        target = 600
+        """,
+        "datacenters.eu.load.metric: 'scur' is not one of 'requests_per_second', 'active_connections'",
+    ),
+    (
+        "load-max-below-target",
+        """
+        [datacenters.eu.load]
+        kind = "nginx"
+        url = "http://127.0.2.1:8081/stub_status"
+        target = 600
+        max = 500  # <-
+        """,
+        "datacenters.eu.load.max: must be at least the target (600), got 500",
+    ),
+    (
+        "load-url",
+        """
+        [datacenters.ap.load]
+        kind = "json"
+        url = "127.0.2.1:8081/load"  # <-
+        """,
+        "datacenters.ap.load.url: '127.0.2.1:8081/load' is not an http(s) URL (like \"http://127.0.2.1:8081/stub_status\")",
+    ),
+    (
+        "load-haproxy-row",
+        """
+        [datacenters.eu.load]  # <-
+        kind = "haproxy"
+        url = "http://127.0.2.1:8404/stats;csv"
+        target = 100
+        """,
+        'datacenters.eu.load: an haproxy load source names its row: frontend = "NAME" or backend = "NAME"',
+    ),
+    (
+        "dnssec-refresh",
+        """
+        [dnssec]
+        validity = 86400
+        refresh = 86400  # <-
+        """,
+        "dnssec.refresh: must be less than validity (86400 s), got 86400",
     ),
 ]
 
@@ -1030,18 +1081,42 @@ def test_ca_file_relative_to_config(tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text("")
     path = write(
         tmp_path,
-        '[checks.tls]\nkind = "https"\nca_file = "ca.pem"\n\n[checks.bad]\nkind = "https"\n'
-        'ca_file = "missing.pem"\n',
+        '[checks.tls]\nkind = "https"\nca_file = "ca.pem"\n\n[checks.bad]\nkind = "https"\nca_file = "missing.pem"\n',
     )
-    assert problems(path) == [
-        f"{path}:7: checks.bad.ca_file: no such file: {str(tmp_path / 'missing.pem')!r}"
-    ]
+    assert problems(path) == [f"{path}:7: checks.bad.ca_file: no such file: {str(tmp_path / 'missing.pem')!r}"]
     path.write_text('[checks.tls]\nkind = "https"\nca_file = "ca.pem"\n')
     check = config.load(path).checks["tls"]
     assert (check.port, check.ca_file) == (443, str(tmp_path / "ca.pem"))
 
 
 # --------------------------------------------------------------------------- the model
+
+
+def test_load_sources_and_dnssec_settings(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "latitude = 50.11\n",
+        'latitude = 50.11\nload = { kind = "nginx", url = "http://127.0.2.1:8081/stub_status", target = 600, '
+        "max = 900, interval = 2.0 }\n",
+    ).replace(
+        "latitude = 39.04\n",
+        'latitude = 39.04\nload = { kind = "haproxy", url = "http://127.0.1.1:8404/stats;csv", '
+        'frontend = "www", metric = "scur", target = 50 }\n',
+    )
+    loaded = config.load(write(tmp_path, text + "[dnssec]\nvalidity = 604800\n"))
+    eu, us = loaded.datacenters["eu"].load, loaded.datacenters["us"].load
+    assert eu == config.LoadSource(
+        "nginx", "http://127.0.2.1:8081/stub_status", "requests_per_second", 600, 900, 2.0, 1.0
+    )
+    assert us is not None and (us.proxy, us.row, us.metric, us.max, us.interval) == (
+        "www",
+        "FRONTEND",
+        "scur",
+        None,
+        5.0,
+    )
+    assert loaded.datacenters["ap"].load is None
+    assert loaded.dnssec == config.DnssecSettings(validity=604800, refresh=302400)
+    assert config.loads(BASE).dnssec == config.DnssecSettings()
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -1129,9 +1204,7 @@ def test_probe_addresses(tmp_path: Path) -> None:
 
 
 def test_datacenter_families() -> None:
-    dc = DataCenter(
-        "x", tuple(ipaddress.ip_address(a) for a in ("127.0.1.1", "2001:db8::1", "127.0.1.2"))
-    )
+    dc = DataCenter("x", tuple(ipaddress.ip_address(a) for a in ("127.0.1.1", "2001:db8::1", "127.0.1.2")))
     assert dc.vips_v4 == (ipaddress.IPv4Address("127.0.1.1"), ipaddress.IPv4Address("127.0.1.2"))
     assert dc.vips_v6 == (ipaddress.IPv6Address("2001:db8::1"),)
     assert dc.addresses(4) == ("127.0.1.1", "127.0.1.2")
@@ -1322,7 +1395,7 @@ def test_check_fields(tmp_path: Path) -> None:
 
 
 def test_private_addresses_can_be_looked_up_in_the_database(tmp_path: Path) -> None:
-    assert config.loads("[geo]\nprivate = \"database\"\n").private_in_database
+    assert config.loads('[geo]\nprivate = "database"\n').private_in_database
     assert not config.loads("[geo]\n").private_in_database
     with pytest.raises(ConfigError) as info:
         config.loads('[geo]\nprivate = "yes"\n')

@@ -14,20 +14,32 @@ import dns.message
 import dns.rcode
 import pytest
 
-from gslb import cookies as cookie_module
-from gslb.answer import Answerer
 from gslb.config import ConfigError, loads
-from gslb.cookies import Cookies, siphash24
-from gslb.health import HealthView
+from gslb.dns import cookies as cookie_module
+from gslb.dns.answer import Answerer
+from gslb.dns.cookies import Cookies, siphash24
+from gslb.health.monitor import HealthView
 from gslb.snapshot import Snapshot, Sources, build
 from tests.conftest import EXAMPLE_ZONES, Server, need
 
 # SipHash-2-4 reference vectors (the SipHash paper's key 00..0f, message 00..(i-1)), output bytes.
 SIPHASH_VECTORS = [
-    "310e0edd47db6f72", "fd67dc93c539f874", "5a4fa9d909806c0d", "2d7efbd796666785",
-    "b7877127e09427cf", "8da699cd64557618", "cee3fe586e46c9cb", "37d1018bf50002ab",
-    "6224939a79f5f593", "b0e4a90bdf82009e", "f3b9dd94c5bb5d7a", "a7ad6b22462fb3f4",
-    "fbe50e86bc8f1e75", "903d84c02756ea14", "eef27a8e90ca23f7", "e545be4961ca29a1",
+    "310e0edd47db6f72",
+    "fd67dc93c539f874",
+    "5a4fa9d909806c0d",
+    "2d7efbd796666785",
+    "b7877127e09427cf",
+    "8da699cd64557618",
+    "cee3fe586e46c9cb",
+    "37d1018bf50002ab",
+    "6224939a79f5f593",
+    "b0e4a90bdf82009e",
+    "f3b9dd94c5bb5d7a",
+    "a7ad6b22462fb3f4",
+    "fbe50e86bc8f1e75",
+    "903d84c02756ea14",
+    "eef27a8e90ca23f7",
+    "e545be4961ca29a1",
 ]
 SECRET_1 = bytes.fromhex("e5e973e5a6b2a43f48e7dc849e37bfcf")  # RFC 9018 Appendix A
 SECRET_OLD = bytes.fromhex("dd3bdf9344b678b185a6f5cb60fca715")
@@ -54,28 +66,68 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield now
 
 
-@pytest.mark.parametrize(("secrets", "client", "at", "query", "reply", "valid"), [
-    # A.1: a client cookie alone gets a fresh server cookie.
-    ((SECRET_1,), "198.51.100.100", 1559731985, "2464c4abcf10c957",
-     "2464c4abcf10c957010000005cf79f111f8130c3eee29480", False),
-    # A.2: 40 minutes later the cookie is valid, but past half an hour: renewed.
-    ((SECRET_1,), "198.51.100.100", 1559734385, "2464c4abcf10c957010000005cf79f111f8130c3eee29480",
-     "2464c4abcf10c957010000005cf7a871d4a564a1442aca77", True),
-    # A.3: another implementation's cookie (reserved bytes set), 1 h 52 min old: past the hour, renewed.
-    ((SECRET_1,), "203.0.113.203", 1559734700, "fc93fc62807ddb8601abcdef5cf78f71a314227b6679ebf5",
-     "fc93fc62807ddb86010000005cf7a9acf73a7810aca2381e", False),
-    # ... within its hour it is valid: the reserved bytes are hashed as sent. Renewed, as it is not ours to echo.
-    ((SECRET_1,), "203.0.113.203", 0x5CF78F71 + 60, "fc93fc62807ddb8601abcdef5cf78f71a314227b6679ebf5",
-     "fc93fc62807ddb8601abcdef5cf78f71a314227b6679ebf5", True),
-    # A.4: an IPv6 client after a rollover: made with the old secret, accepted, renewed with the new.
-    ((SECRET_NEW, SECRET_OLD), "2001:db8:220:1:59de:d0f4:8769:82b8", 1559741961,
-     "22681ab97d52c298010000005cf7c57926556bd0934c72f8", "22681ab97d52c298010000005cf7c609a6bb79d16625507a", True),
-    # ... and without the old secret the same cookie is not ours: a fresh one, not valid.
-    ((SECRET_NEW,), "2001:db8:220:1:59de:d0f4:8769:82b8", 1559741961,
-     "22681ab97d52c298010000005cf7c57926556bd0934c72f8", "22681ab97d52c298010000005cf7c609a6bb79d16625507a", False),
-])
-def test_rfc9018_appendix_a(clock: list[int], secrets: tuple[bytes, ...], client: str, at: int, query: str,
-                            reply: str, valid: bool) -> None:
+@pytest.mark.parametrize(
+    ("secrets", "client", "at", "query", "reply", "valid"),
+    [
+        # A.1: a client cookie alone gets a fresh server cookie.
+        (
+            (SECRET_1,),
+            "198.51.100.100",
+            1559731985,
+            "2464c4abcf10c957",
+            "2464c4abcf10c957010000005cf79f111f8130c3eee29480",
+            False,
+        ),
+        # A.2: 40 minutes later the cookie is valid, but past half an hour: renewed.
+        (
+            (SECRET_1,),
+            "198.51.100.100",
+            1559734385,
+            "2464c4abcf10c957010000005cf79f111f8130c3eee29480",
+            "2464c4abcf10c957010000005cf7a871d4a564a1442aca77",
+            True,
+        ),
+        # A.3: another implementation's cookie (reserved bytes set), 1 h 52 min old: past the hour, renewed.
+        (
+            (SECRET_1,),
+            "203.0.113.203",
+            1559734700,
+            "fc93fc62807ddb8601abcdef5cf78f71a314227b6679ebf5",
+            "fc93fc62807ddb86010000005cf7a9acf73a7810aca2381e",
+            False,
+        ),
+        # ... within its hour it is valid: the reserved bytes are hashed as sent. Renewed, as it is not ours to echo.
+        (
+            (SECRET_1,),
+            "203.0.113.203",
+            0x5CF78F71 + 60,
+            "fc93fc62807ddb8601abcdef5cf78f71a314227b6679ebf5",
+            "fc93fc62807ddb8601abcdef5cf78f71a314227b6679ebf5",
+            True,
+        ),
+        # A.4: an IPv6 client after a rollover: made with the old secret, accepted, renewed with the new.
+        (
+            (SECRET_NEW, SECRET_OLD),
+            "2001:db8:220:1:59de:d0f4:8769:82b8",
+            1559741961,
+            "22681ab97d52c298010000005cf7c57926556bd0934c72f8",
+            "22681ab97d52c298010000005cf7c609a6bb79d16625507a",
+            True,
+        ),
+        # ... and without the old secret the same cookie is not ours: a fresh one, not valid.
+        (
+            (SECRET_NEW,),
+            "2001:db8:220:1:59de:d0f4:8769:82b8",
+            1559741961,
+            "22681ab97d52c298010000005cf7c57926556bd0934c72f8",
+            "22681ab97d52c298010000005cf7c609a6bb79d16625507a",
+            False,
+        ),
+    ],
+)
+def test_rfc9018_appendix_a(
+    clock: list[int], secrets: tuple[bytes, ...], client: str, at: int, query: str, reply: str, valid: bool
+) -> None:
     clock[0] = at
     option, got_valid = Cookies(secrets).answer(client, bytes.fromhex(query))
     assert option == struct.pack("!HH", 10, len(reply) // 2) + bytes.fromhex(reply)
@@ -86,12 +138,21 @@ def _server_cookie(cookies: Cookies, client: bytes, address: str, at: int) -> by
     return client + cookies.make(client, ipaddress.ip_address(address).packed, at)
 
 
-@pytest.mark.parametrize(("age", "valid", "echoed"), [
-    (0, True, True), (1799, True, True), (1800, True, False), (3600, True, False), (3601, False, False),
-    (-300, True, True), (-301, False, False),
-])
-def test_a_server_cookie_is_valid_for_an_hour_and_echoed_for_half(clock: list[int], age: int, valid: bool,
-                                                                    echoed: bool) -> None:
+@pytest.mark.parametrize(
+    ("age", "valid", "echoed"),
+    [
+        (0, True, True),
+        (1799, True, True),
+        (1800, True, False),
+        (3600, True, False),
+        (3601, False, False),
+        (-300, True, True),
+        (-301, False, False),
+    ],
+)
+def test_a_server_cookie_is_valid_for_an_hour_and_echoed_for_half(
+    clock: list[int], age: int, valid: bool, echoed: bool
+) -> None:
     cookies = Cookies((SECRET_1,))
     sent = _server_cookie(cookies, b"clientck", "192.0.2.1", NOW - age)
     option, got = cookies.answer("192.0.2.1", sent)
@@ -158,15 +219,19 @@ def _cookie_of(reply: bytes) -> bytes | None:
     return struct.pack("!HH", 10, len(data)) + data
 
 
-def test_the_fast_path_answers_a_cookie_byte_identical_to_the_general_path(clock: list[int],
-                                                                          snapshot: Snapshot) -> None:
+def test_the_fast_path_answers_a_cookie_byte_identical_to_the_general_path(
+    clock: list[int], snapshot: Snapshot
+) -> None:
     answerer = Answerer(snapshot, HealthView())
     made = _server_cookie(Cookies((SECRET_NEW,)), b"clientck", "127.0.0.1", NOW)
     young = _server_cookie(Cookies((SECRET_NEW,)), b"clientck", "127.0.0.1", NOW - 10)
     cases = [  # what the client sends, what it gets back: a young valid cookie of the current secret is echoed
-        (b"clientck", made), (young, young),
+        (b"clientck", made),
+        (young, young),
         (_server_cookie(Cookies((SECRET_OLD,)), b"clientck", "127.0.0.1", NOW - 10), made),  # valid, renewed
-        (b"clientck" + bytes(16), made), (b"clientck" + bytes(8), made), (b"clientck" + bytes(32), made),
+        (b"clientck" + bytes(16), made),
+        (b"clientck" + bytes(8), made),
+        (b"clientck" + bytes(32), made),
     ]
     for name in ("static.example.com.", "www.example.com.", "missing.example.com.", "example.org."):
         for sent, expected in cases:
@@ -178,17 +243,20 @@ def test_the_fast_path_answers_a_cookie_byte_identical_to_the_general_path(clock
             assert _cookie_of(fast) == struct.pack("!HH", 10, 24) + expected, (name, sent.hex())
 
 
-def test_an_invalid_server_cookie_is_answered_as_if_only_the_client_cookie_came(clock: list[int],
-                                                                               snapshot: Snapshot) -> None:
+def test_an_invalid_server_cookie_is_answered_as_if_only_the_client_cookie_came(
+    clock: list[int], snapshot: Snapshot
+) -> None:
     # RFC 7873 §5.2.4: neither BADCOOKIE nor a drop; a normal answer and a fresh server cookie.
     answerer = Answerer(snapshot, HealthView())
-    reply = answerer.handle(_query("static.example.com.", cookie=b"clientck" + b"\x01\x00\x00\x00" + bytes(12)),
-                            "192.0.2.7")
+    reply = answerer.handle(
+        _query("static.example.com.", cookie=b"clientck" + b"\x01\x00\x00\x00" + bytes(12)), "192.0.2.7"
+    )
     assert reply is not None
     message = dns.message.from_wire(reply)
     assert message.rcode() == dns.rcode.NOERROR and message.answer
     assert _cookie_of(reply) == struct.pack("!HH", 10, 24) + _server_cookie(
-        Cookies((SECRET_NEW,)), b"clientck", "192.0.2.7", NOW)
+        Cookies((SECRET_NEW,)), b"clientck", "192.0.2.7", NOW
+    )
 
 
 @pytest.mark.parametrize("length", [0, 1, 7, 9, 15, 41, 60])
@@ -221,8 +289,11 @@ def test_a_query_without_a_question_gets_our_cookie(clock: list[int], snapshot: 
     # RFC 7873 §5.4: QDCOUNT 0 and a COOKIE: NOERROR and a server cookie; a bad server cookie: BADCOOKIE.
     answerer = Answerer(snapshot, HealthView())
     made = _server_cookie(Cookies((SECRET_NEW,)), b"clientck", "127.0.0.1", NOW)
-    for sent, rcode in ((b"clientck", dns.rcode.NOERROR), (made, dns.rcode.NOERROR),
-                        (b"clientck" + bytes(16), dns.rcode.BADCOOKIE)):
+    for sent, rcode in (
+        (b"clientck", dns.rcode.NOERROR),
+        (made, dns.rcode.NOERROR),
+        (b"clientck" + bytes(16), dns.rcode.BADCOOKIE),
+    ):
         reply = answerer.handle(_empty_query(sent), "127.0.0.1")
         assert reply is not None
         message = dns.message.from_wire(reply)
@@ -235,8 +306,10 @@ def test_a_query_without_a_question_gets_our_cookie(clock: list[int], snapshot: 
 
 
 def test_large_answers_need_a_valid_server_cookie(clock: list[int], tmp_path: Path, secret_file: Path) -> None:
-    config = _config(tmp_path, f'[cookies]\nsecret_file = "{secret_file}"\n'
-                               "large_answers_need_cookie = true\nlarge_answer_size = 100\n")
+    config = _config(
+        tmp_path,
+        f'[cookies]\nsecret_file = "{secret_file}"\nlarge_answers_need_cookie = true\nlarge_answer_size = 100\n',
+    )
     answerer = Answerer(build(Sources(EXAMPLE_ZONES, config=config)), HealthView())
     # TXT at txt.example.com (105 bytes, 133 with a cookie) is larger than the configured 100; static A is not.
     for cookie in (None, b"clientck"):
@@ -259,8 +332,9 @@ def test_large_answers_need_a_valid_server_cookie(clock: list[int], tmp_path: Pa
 
 
 def test_without_cookies_the_option_is_ignored(clock: list[int], tmp_path: Path) -> None:
-    answerer = Answerer(build(Sources(EXAMPLE_ZONES, config=_config(tmp_path, "[cookies]\nenabled = false\n"))),
-                        HealthView())
+    answerer = Answerer(
+        build(Sources(EXAMPLE_ZONES, config=_config(tmp_path, "[cookies]\nenabled = false\n"))), HealthView()
+    )
     reply = answerer.handle(_query("static.example.com.", cookie=b"clientck"), "127.0.0.1")
     assert reply is not None and _cookie_of(reply) is None
     assert answerer.state.cookies is None
@@ -271,18 +345,22 @@ def test_cookies_are_on_by_default_with_the_process_secret(clock: list[int]) -> 
     assert answerer.state.cookies is not None and answerer.state.cookies.secrets == (cookie_module.PROCESS_SECRET,)
     reply = answerer.handle(_query("static.example.com.", cookie=b"clientck"), "127.0.0.1")
     assert reply is not None and _cookie_of(reply) == struct.pack("!HH", 10, 24) + _server_cookie(
-        Cookies((cookie_module.PROCESS_SECRET,)), b"clientck", "127.0.0.1", NOW)
+        Cookies((cookie_module.PROCESS_SECRET,)), b"clientck", "127.0.0.1", NOW
+    )
 
 
 # -- config ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("abc\n", "line 1: expected 32 hex digits"),
-    ("\n# nothing\n", "no secret in the file"),
-    ((SECRET_1.hex() + "\n") * 4, "4 secrets; at most 3"),
-    (SECRET_1.hex() + "\n" + SECRET_1.hex()[:-1] + "\n", "line 2: expected 32 hex digits"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("abc\n", "line 1: expected 32 hex digits"),
+        ("\n# nothing\n", "no secret in the file"),
+        ((SECRET_1.hex() + "\n") * 4, "4 secrets; at most 3"),
+        (SECRET_1.hex() + "\n" + SECRET_1.hex()[:-1] + "\n", "line 2: expected 32 hex digits"),
+    ],
+)
 def test_a_bad_secret_file_is_reported_at_its_key(tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "cookie.key").write_text(content)
     text = '[geo]\nno_ecs = "resolver"\n\n[cookies]\nsecret_file = "cookie.key"\n'
@@ -293,8 +371,10 @@ def test_a_bad_secret_file_is_reported_at_its_key(tmp_path: Path, content: str, 
 
 
 def test_cookie_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
-    text = ('[cookies]\nsecret_file = "missing.key"\nlarge_answer_size = 10\nlarge_answers_need_cookie = "yes"\n'
-            "secret = 1\n")
+    text = (
+        '[cookies]\nsecret_file = "missing.key"\nlarge_answer_size = 10\nlarge_answers_need_cookie = "yes"\n'
+        "secret = 1\n"
+    )
     with pytest.raises(ConfigError) as info:
         loads(text, tmp_path / "gslb.toml")
     lines = str(info.value).splitlines()
@@ -326,8 +406,10 @@ def cookie_servers(start_server: type[Server], tmp_path: Path, secret_file: Path
     state = tmp_path / "state.json"
     common = ("--zones", str(EXAMPLE_ZONES), "--config", str(config), "--no-probes")
     # Two instances behind one name: the default worker mode and a single process.
-    return (start_server(*common, "--state-file", str(state), "--workers", "2"),
-            start_server(*common, "--state-file", str(tmp_path / "state2.json"), "--workers", "0"))
+    return (
+        start_server(*common, "--state-file", str(state), "--workers", "2"),
+        start_server(*common, "--state-file", str(tmp_path / "state2.json"), "--workers", "0"),
+    )
 
 
 def test_dig_gets_a_server_cookie_that_another_instance_accepts(cookie_servers: tuple[Server, Server]) -> None:
@@ -348,24 +430,27 @@ def test_dig_gets_a_server_cookie_that_another_instance_accepts(cookie_servers: 
 
 def test_dnspython_sends_a_cookie_and_keeps_the_answer(cookie_servers: tuple[Server, Server]) -> None:
     first, second = cookie_servers
-    query = dns.message.make_query("www.example.com.", "A", use_edns=0,
-                                   options=[dns.edns.CookieOption(b"\x11" * 8, b"")])
+    query = dns.message.make_query(
+        "www.example.com.", "A", use_edns=0, options=[dns.edns.CookieOption(b"\x11" * 8, b"")]
+    )
     reply = first.send(query)
     assert reply.rcode() == dns.rcode.NOERROR and reply.answer
     cookie = next(o for o in reply.options if isinstance(o, dns.edns.CookieOption))
     assert cookie.client == b"\x11" * 8 and len(cookie.server) == 16 and cookie.server[0] == 1
     # Over TCP as well, and at the other instance: the server cookie comes back unchanged.
-    again = dns.message.make_query("www.example.com.", "A", use_edns=0,
-                                   options=[dns.edns.CookieOption(b"\x11" * 8, cookie.server)])
+    again = dns.message.make_query(
+        "www.example.com.", "A", use_edns=0, options=[dns.edns.CookieOption(b"\x11" * 8, cookie.server)]
+    )
     for server, tcp in ((second, False), (second, True), (first, True)):
         reply = server.send(again, tcp=tcp)
         echoed = next(o for o in reply.options if isinstance(o, dns.edns.CookieOption))
         assert echoed.server == cookie.server and reply.answer
 
 
-def test_the_compiled_loop_makes_and_remembers_cookies_as_python_does(clock: list[int], snapshot: Snapshot,
-                                                                      tmp_path: Path) -> None:
-    compiled = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built")
+def test_the_compiled_loop_makes_and_remembers_cookies_as_python_does(
+    clock: list[int], snapshot: Snapshot, tmp_path: Path
+) -> None:
+    compiled = pytest.importorskip("gslb.dns._fastudp", reason="the compiled UDP loop is not built")
     answerer = Answerer(snapshot, HealthView())
     cookies = answerer.state.cookies
     assert cookies is not None
@@ -377,16 +462,18 @@ def test_the_compiled_loop_makes_and_remembers_cookies_as_python_does(clock: lis
     first = compiled.answer(answerer, with_cookie, "127.0.0.1")
     assert cookies.cache[("127.0.0.1", b"clientck")] == cookies._work_out("127.0.0.1", b"clientck", NOW)
     assert first is not None and first == answerer._fast(with_cookie, "127.0.0.1", False) == answerer.handle(
-        with_cookie, "127.0.0.1")
+        with_cookie, "127.0.0.1"
+    )
     made = _server_cookie(Cookies((SECRET_NEW,)), b"clientck", "127.0.0.1", NOW)
     assert _cookie_of(first) == struct.pack("!HH", 10, 24) + made
     other = compiled.answer(answerer, with_cookie, "::1")  # another client: its own cookie
     assert other is not None and _cookie_of(other) != _cookie_of(first)
     # Returned: valid and echoed; the old secret's is valid too and renewed; from another address it is not.
     for sent, address, expected, valid in (
-            (made, "127.0.0.1", made, True),
-            (_server_cookie(Cookies((SECRET_OLD,)), b"clientck", "127.0.0.1", NOW - 10), "127.0.0.1", made, True),
-            (made, "127.0.0.2", _server_cookie(Cookies((SECRET_NEW,)), b"clientck", "127.0.0.2", NOW), False)):
+        (made, "127.0.0.1", made, True),
+        (_server_cookie(Cookies((SECRET_OLD,)), b"clientck", "127.0.0.1", NOW - 10), "127.0.0.1", made, True),
+        (made, "127.0.0.2", _server_cookie(Cookies((SECRET_NEW,)), b"clientck", "127.0.0.2", NOW), False),
+    ):
         wire = _query("static.example.com.", cookie=sent)
         reply = compiled.answer(answerer, wire, address)
         assert reply is not None and _cookie_of(reply) == struct.pack("!HH", 10, 24) + expected
@@ -395,12 +482,14 @@ def test_the_compiled_loop_makes_and_remembers_cookies_as_python_does(clock: lis
     clock[0] = NOW + cookie_module.REMEMBER  # no longer remembered: stamped anew
     renewed = compiled.answer(answerer, with_cookie, "127.0.0.1")
     assert renewed is not None and _cookie_of(renewed) == struct.pack("!HH", 10, 24) + _server_cookie(
-        Cookies((SECRET_NEW,)), b"clientck", "127.0.0.1", NOW + cookie_module.REMEMBER)
+        Cookies((SECRET_NEW,)), b"clientck", "127.0.0.1", NOW + cookie_module.REMEMBER
+    )
     assert compiled.answer(answerer, with_cookie, None) is None  # no address to hash: Python
     assert compiled.answer(answerer, _query("static.example.com.", cookie=bytes(9)), "127.0.0.1") is None  # FORMERR
     # Without cookies the option is ignored in C as in Python.
-    off = Answerer(build(Sources(EXAMPLE_ZONES, config=_config(tmp_path, "[cookies]\nenabled = false\n"))),
-                   HealthView())
+    off = Answerer(
+        build(Sources(EXAMPLE_ZONES, config=_config(tmp_path, "[cookies]\nenabled = false\n"))), HealthView()
+    )
     off.handle(with_cookie, "127.0.0.1")
     reply = compiled.answer(off, with_cookie, "127.0.0.1")
     assert reply is not None and reply == off._fast(with_cookie, "127.0.0.1", False) and _cookie_of(reply) is None
@@ -408,7 +497,7 @@ def test_the_compiled_loop_makes_and_remembers_cookies_as_python_does(clock: lis
 
 @pytest.mark.parametrize("length", range(len(SIPHASH_VECTORS)))
 def test_the_compiled_siphash24_gives_the_reference_vectors(length: int) -> None:
-    compiled = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built")
+    compiled = pytest.importorskip("gslb.dns._fastudp", reason="the compiled UDP loop is not built")
     assert compiled.siphash24(bytes(range(16)), bytes(range(length))).hex() == SIPHASH_VECTORS[length]
     for size in (20, 32, length * 3):
         message = bytes((length * 7 + i) & 0xFF for i in range(size))
@@ -418,9 +507,11 @@ def test_the_compiled_siphash24_gives_the_reference_vectors(length: int) -> None
 
 
 def test_the_compiled_loop_leaves_large_answers_to_python(clock: list[int], tmp_path: Path, secret_file: Path) -> None:
-    compiled = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built")
-    config = _config(tmp_path, f'[cookies]\nsecret_file = "{secret_file}"\n'
-                               "large_answers_need_cookie = true\nlarge_answer_size = 100\n")
+    compiled = pytest.importorskip("gslb.dns._fastudp", reason="the compiled UDP loop is not built")
+    config = _config(
+        tmp_path,
+        f'[cookies]\nsecret_file = "{secret_file}"\nlarge_answers_need_cookie = true\nlarge_answer_size = 100\n',
+    )
     answerer = Answerer(build(Sources(EXAMPLE_ZONES, config=config)), HealthView())
     large, small = _query("txt.example.com.", "TXT", payload=1232), _query("static.example.com.")
     for wire in (large, small):
@@ -439,19 +530,30 @@ def test_the_compiled_loop_leaves_large_answers_to_python(clock: list[int], tmp_
         assert (reply == python == answerer._fast(wire, "127.0.0.1", False)) if answered else reply is None
 
 
-def test_the_secret_file_is_an_input_and_a_random_secret_is_logged_once(start_server: type[Server], tmp_path: Path,
-                                                                        secret_file: Path) -> None:
+def test_the_secret_file_is_an_input_and_a_random_secret_is_logged_once(
+    start_server: type[Server], tmp_path: Path, secret_file: Path
+) -> None:
     config = _config(tmp_path, f'[cookies]\nsecret_file = "{secret_file}"\n')
     assert secret_file in build(Sources(EXAMPLE_ZONES, config=config)).inputs.files  # a rotation reloads
     config.write_text((EXAMPLE_ZONES / "gslb.toml").read_text() + "\n[cookies]\n")
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--config", str(config), "--no-probes", "--workers", "2",
-                          "--state-file", str(tmp_path / "state.json"))
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--config",
+        str(config),
+        "--no-probes",
+        "--workers",
+        "2",
+        "--state-file",
+        str(tmp_path / "state.json"),
+    )
     reply = server.query("static.example.com.", use_edns=0, options=[dns.edns.CookieOption(b"\x22" * 8, b"")])
     server_cookie = next(o for o in reply.options if isinstance(o, dns.edns.CookieOption)).server
     assert len(server_cookie) == 16
     for _ in range(20):  # whichever worker answers, it accepts (and echoes) the cookie another made
-        again = server.query("static.example.com.", use_edns=0,
-                             options=[dns.edns.CookieOption(b"\x22" * 8, server_cookie)])
+        again = server.query(
+            "static.example.com.", use_edns=0, options=[dns.edns.CookieOption(b"\x22" * 8, server_cookie)]
+        )
         assert next(o for o in again.options if isinstance(o, dns.edns.CookieOption)).server == server_cookie
     # Made in the supervisor before the workers fork: one secret for all of them, one warning.
     assert sum("using a random secret" in line for line in server.lines) == 1, server.lines

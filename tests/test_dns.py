@@ -39,12 +39,18 @@ def test_static_answer_is_authoritative_and_copies_rd(example_server: Server) ->
         ("example.com.", "MX", "example.com. 3600 IN MX 10 mail.example.com."),
         ("example.com.", "NS", "example.com. 3600 IN NS ns1.example.com.\nexample.com. 3600 IN NS ns2.example.com."),
         ("example.com.", "CAA", 'example.com. 3600 IN CAA 0 issue "letsencrypt.org"'),
-        ("txt.example.com.", "TXT",
-         'txt.example.com. 3600 IN TXT "one string" "two; with a semicolon" "a \\"quoted\\" word"'),
+        (
+            "txt.example.com.",
+            "TXT",
+            'txt.example.com. 3600 IN TXT "one string" "two; with a semicolon" "a \\"quoted\\" word"',
+        ),
         ("_sip._udp.example.com.", "SRV", "_sip._udp.example.com. 3600 IN SRV 10 60 5060 mail.example.com."),
         ("unknown.example.com.", "TYPE65534", "unknown.example.com. 3600 IN TYPE65534 \\# 4 0a000001"),
-        ("alias.example.com.", "A",
-         "alias.example.com. 3600 IN CNAME static.example.com.\nstatic.example.com. 3600 IN A 127.0.0.10"),
+        (
+            "alias.example.com.",
+            "A",
+            "alias.example.com. 3600 IN CNAME static.example.com.\nstatic.example.com. 3600 IN A 127.0.0.10",
+        ),
         ("alias.example.com.", "CNAME", "alias.example.com. 3600 IN CNAME static.example.com."),
         ("anything.wild.example.com.", "A", "anything.wild.example.com. 3600 IN A 127.0.0.11"),
         ("b.deep.example.com.", "A", "b.deep.example.com. 3600 IN A 127.0.0.12"),
@@ -73,8 +79,9 @@ NEGATIVE_SOA = "example.com. 300 IN SOA ns1.example.com. hostmaster.example.com.
         ("www.example.com.", "MX", dns.rcode.NOERROR),  # a service name exists for other types
     ],
 )
-def test_negative_answers_carry_soa_with_negative_ttl(example_server: Server, name: str, rdtype: str,
-                                                      rcode: int) -> None:
+def test_negative_answers_carry_soa_with_negative_ttl(
+    example_server: Server, name: str, rdtype: str, rcode: int
+) -> None:
     reply = example_server.query(name, rdtype)
     assert reply.rcode() == rcode
     assert reply.flags & dns.flags.AA
@@ -186,10 +193,12 @@ def test_garbage_is_dropped(example_server: Server, wire: bytes) -> None:
         struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x07example",  # cut short
         struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01",  # pointer loop
         struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x00\x00\x01\x00\x01" + b"junk",  # trailing
-        struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 2) + b"\x00\x00\x01\x00\x01"
+        struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 2)
+        + b"\x00\x00\x01\x00\x01"
         + (b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00") * 2,  # two OPT records
         # ECS with a non-zero scope in a query (RFC 7871 §7.1.1)
-        struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 1) + b"\x06static\x07example\x03com\x00\x00\x01\x00\x01"
+        struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 1)
+        + b"\x06static\x07example\x03com\x00\x00\x01\x00\x01"
         + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x0b\x00\x08\x00\x07\x00\x01\x18\x10\x01\x02\x03",
     ],
 )
@@ -275,9 +284,19 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 def test_tcp_idle_timeout_and_connection_cap(start_server: type[Server], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
-                          "--tcp-idle-timeout", "0.5", "--tcp-max-connections", "3",
-                          "--state-file", str(tmp_path / "s.json"))
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "0",
+        "--tcp-idle-timeout",
+        "0.5",
+        "--tcp-max-connections",
+        "3",
+        "--state-file",
+        str(tmp_path / "s.json"),
+    )
     idle = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     started = time.monotonic()
     assert idle.recv(1) == b""  # the server closes the idle connection (RFC 7766 §6.2.3)
@@ -300,8 +319,9 @@ def test_tcp_idle_timeout_and_connection_cap(start_server: type[Server], tmp_pat
 
 
 def test_serves_ipv6_and_several_listen_addresses(start_server: type[Server], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--listen", "[::1]:0",
-                          "--state-file", str(tmp_path / "s.json"))
+    server = start_server(
+        "--zones", str(EXAMPLE_ZONES), "--no-probes", "--listen", "[::1]:0", "--state-file", str(tmp_path / "s.json")
+    )
     line = server.wait_log(r"listening on \[::1\]:\d+")
     port = int(line.split("]:")[1].split()[0])
     query = dns.message.make_query("static.example.com.", "AAAA")

@@ -29,8 +29,10 @@ def balancers(tmp_path: Path) -> Iterator[dict[str, Balancer]]:
     need("nginx")
     addresses, port = free_addresses(len(DATACENTERS))
     token = secrets.token_hex(8)
-    started = {name: Balancer(name, tmp_path / "nginx", vip=vip, port=port, token=token)
-               for name, vip in zip(DATACENTERS, addresses, strict=True)}
+    started = {
+        name: Balancer(name, tmp_path / "nginx", vip=vip, port=port, token=token)
+        for name, vip in zip(DATACENTERS, addresses, strict=True)
+    }
     try:
         for balancer in started.values():
             balancer.start()
@@ -79,8 +81,9 @@ def _until(check: Callable[[], bool], timeout: float) -> float:
 
 @pytest.mark.nginx
 @pytest.mark.timeout(120)
-def test_failover_and_recovery_through_nginx(start_server: type[Server], balancers: dict[str, Balancer],
-                                             zones: Path, tmp_path: Path) -> None:
+def test_failover_and_recovery_through_nginx(
+    start_server: type[Server], balancers: dict[str, Balancer], zones: Path, tmp_path: Path
+) -> None:
     server = start_server("--zones", str(zones), "--state-file", str(tmp_path / "state.json"))
     eu, us = balancers["eu"], balancers["us"]
 
@@ -135,8 +138,9 @@ def test_failover_and_recovery_through_nginx(start_server: type[Server], balance
 
 @pytest.mark.nginx
 @pytest.mark.timeout(60)
-def test_restart_keeps_the_last_verdicts(start_server: type[Server], balancers: dict[str, Balancer],
-                                         zones: Path, tmp_path: Path) -> None:
+def test_restart_keeps_the_last_verdicts(
+    start_server: type[Server], balancers: dict[str, Balancer], zones: Path, tmp_path: Path
+) -> None:
     state = tmp_path / "state.json"
     us = balancers["us"]
     server = start_server("--zones", str(zones), "--state-file", str(state))
@@ -145,8 +149,24 @@ def test_restart_keeps_the_last_verdicts(start_server: type[Server], balancers: 
     assert server.stop() == 0
     # `gslb explain` reads the saved verdicts too.
     explained = subprocess.run(
-        [sys.executable, "-m", "gslb", "explain", "--zones", str(zones), "--state-file", str(state),
-         "--subnet", "85.214.0.0/24", "--json", "www.example.com"], capture_output=True, text=True, timeout=30)
+        [
+            sys.executable,
+            "-m",
+            "gslb",
+            "explain",
+            "--zones",
+            str(zones),
+            "--state-file",
+            str(state),
+            "--subnet",
+            "85.214.0.0/24",
+            "--json",
+            "www.example.com",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     result = json.loads(explained.stdout)
     assert result["answer"] == [us.vip] and result["ttl"] == 10
     assert {c["name"]: c["up"] for c in result["candidates"]} == {"eu": False, "us": True, "ap": True}

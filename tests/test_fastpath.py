@@ -14,24 +14,51 @@ import dns.message
 import maxminddb
 import pytest
 
-from gslb import cookies as cookie_module
-from gslb.answer import Answerer
-from gslb.health import HealthView, Status
+from gslb.dns import cookies as cookie_module
+from gslb.dns.answer import Answerer
+from gslb.health.monitor import HealthView, Status
 from gslb.snapshot import Snapshot, Sources, build
 from tests.conftest import EXAMPLE_ZONES
 from tests.mmdb_fixtures import build_test_mmdb
 
 NAMES = [
-    "www.example.com.", "app.example.com.", "api.example.com.", "web.example.com.",  # services, CNAME to one
-    "static.example.com.", "alias.example.com.", "example.com.", "txt.example.com.", "mail.example.com.",
-    "x.wild.example.com.", "deep.example.com.", "b.deep.example.com.", "sub.example.com.",
-    "a.sub.example.com.", "nope.example.com.", "example.org.", "ns1.example.com.", "unknown.example.com.",
+    "www.example.com.",
+    "app.example.com.",
+    "api.example.com.",
+    "web.example.com.",  # services, CNAME to one
+    "static.example.com.",
+    "alias.example.com.",
+    "example.com.",
+    "txt.example.com.",
+    "mail.example.com.",
+    "x.wild.example.com.",
+    "deep.example.com.",
+    "b.deep.example.com.",
+    "sub.example.com.",
+    "a.sub.example.com.",
+    "nope.example.com.",
+    "example.org.",
+    "ns1.example.com.",
+    "unknown.example.com.",
 ]
 TYPES = ["A", "AAAA", "MX", "TXT", "ANY", "NS", "SOA", "CAA", "DS", "SRV", "CNAME", "TYPE65534"]
 ECS = [
-    ("1.1.{}.0", 24), ("2.2.{}.0", 24), ("3.3.{}.0", 24), ("4.4.{}.0", 24), ("5.5.{}.0", 24),
-    ("2.2.7.16", 28), ("2.2.7.17", 32), ("9.9.{}.0", 24), ("192.0.2.0", 24), ("10.1.{}.0", 24),
-    ("1.1.0.0", 16), ("0.0.0.0", 0), ("2a00:1:{}::", 56), ("2a00:2::", 48), ("2a00:3:{}::", 64), ("2001:db8::", 32),
+    ("1.1.{}.0", 24),
+    ("2.2.{}.0", 24),
+    ("3.3.{}.0", 24),
+    ("4.4.{}.0", 24),
+    ("5.5.{}.0", 24),
+    ("2.2.7.16", 28),
+    ("2.2.7.17", 32),
+    ("9.9.{}.0", 24),
+    ("192.0.2.0", 24),
+    ("10.1.{}.0", 24),
+    ("1.1.0.0", 16),
+    ("0.0.0.0", 0),
+    ("2a00:1:{}::", 56),
+    ("2a00:2::", 48),
+    ("2a00:3:{}::", 64),
+    ("2001:db8::", 32),
 ]
 SOURCES = ["127.0.0.1", "1.1.1.1", "2.2.2.2", "3.3.3.3", "::1", "2a00:3::1"]
 
@@ -43,9 +70,22 @@ def _case(rng: random.Random, name: str) -> str:
 def _random_name(rng: random.Random) -> str:
     """Names nobody has asked before: missing ones of every length, under every kind of node."""
     label = "".join(rng.choice("abcXYZ-019") for _ in range(rng.randrange(1, 12)))
-    parent = rng.choice(["example.com.", "ns1.example.com.", "www.example.com.", "deep.example.com.",
-                         "b.deep.example.com.", "wild.example.com.", "x.wild.example.com.", "sub.example.com.",
-                         "example.org.", "com.", "nope.example.com.", "mail.example.com."])
+    parent = rng.choice(
+        [
+            "example.com.",
+            "ns1.example.com.",
+            "www.example.com.",
+            "deep.example.com.",
+            "b.deep.example.com.",
+            "wild.example.com.",
+            "x.wild.example.com.",
+            "sub.example.com.",
+            "example.org.",
+            "com.",
+            "nope.example.com.",
+            "mail.example.com.",
+        ]
+    )
     return f"{label}.{parent}"
 
 
@@ -83,8 +123,12 @@ def _query(rng: random.Random) -> bytes:
             if rng.random() < 0.25:
                 options.insert(rng.randrange(len(options) + 1), option)
         message = dns.message.make_query(
-            name, rdtype, use_edns=0, payload=rng.choice([512, 1232, 1400, 4096, 100]),
-            options=options, ednsflags=dns.flags.DO if rng.random() < 0.3 else 0,
+            name,
+            rdtype,
+            use_edns=0,
+            payload=rng.choice([512, 1232, 1400, 4096, 100]),
+            options=options,
+            ednsflags=dns.flags.DO if rng.random() < 0.3 else 0,
         )
     message.id = rng.randrange(65536)
     if rng.random() < 0.3:
@@ -151,8 +195,9 @@ def cookie_snapshot(tmp_path_factory: pytest.TempPathFactory, snapshot: Snapshot
     return build(Sources(EXAMPLE_ZONES, config=config, geodb=Path(snapshot.geo.path)))
 
 
-def test_fast_and_general_paths_agree_with_cookies_on(cookie_snapshot: Snapshot,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_and_general_paths_agree_with_cookies_on(
+    cookie_snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The server cookie is stamped in seconds: a pinned clock keeps the fresh answerer's equal.
     monkeypatch.setattr(cookie_module, "clock", lambda: 1_700_000_000)
     rng = random.Random(7873)
@@ -167,8 +212,12 @@ def test_fast_and_general_paths_agree_with_cookies_on(cookie_snapshot: Snapshot,
             client = rng.randbytes(8)
             made = cookies.make(client, ipaddress.ip_address(source).packed, 1_700_000_000 - rng.choice([5, 2000]))
             options = [o for o in message.options if o.otype != dns.edns.OptionType.COOKIE]
-            message.use_edns(0, message.ednsflags, message.payload, options=[
-                *options, dns.edns.GenericOption(dns.edns.OptionType.COOKIE, client + made)])
+            message.use_edns(
+                0,
+                message.ednsflags,
+                message.payload,
+                options=[*options, dns.edns.GenericOption(dns.edns.OptionType.COOKIE, client + made)],
+            )
         wire = message.to_wire()
         tcp = rng.random() < 0.2
         first = warm.handle(wire, source, tcp)
@@ -221,8 +270,15 @@ def _long_name_query(rng: random.Random, ending: bytes) -> bytes:
     return header + labels + ending + b"\x00\x01\x00\x01"
 
 
-@pytest.mark.parametrize("ending", [b"\x01x\x09localhost\x00", b"\x01a\x07example\x03com\x04evil\x00",
-                                    b"\x07nothing\x07example\x03com\x00", b"\x03www\x07example\x03com\x00"])
+@pytest.mark.parametrize(
+    "ending",
+    [
+        b"\x01x\x09localhost\x00",
+        b"\x01a\x07example\x03com\x04evil\x00",
+        b"\x07nothing\x07example\x03com\x00",
+        b"\x03www\x07example\x03com\x00",
+    ],
+)
 def test_names_past_255_octets_get_formerr_on_both_paths(snapshot: Snapshot, ending: bytes) -> None:
     rng = random.Random(len(ending))
     answerer = Answerer(snapshot, HealthView())

@@ -1,4 +1,4 @@
-"""The compiled UDP loop (gslb._fastudp): byte-identical to the Python fast path and the general path,
+"""The compiled UDP loop (gslb.dns._fastudp): byte-identical to the Python fast path and the general path,
 never crashing on any input, serving a real server, and clean under AddressSanitizer."""
 
 from __future__ import annotations
@@ -28,28 +28,31 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gslb.server as server_module
-from gslb import cookies as cookie_module
-from gslb.answer import Answerer
-from gslb.cookies import Cookies
-from gslb.health import HealthView
-from gslb.server import ListenAddress, UdpServer, udp_socket
+import gslb.dns.server as server_module
+from gslb.dns import cookies as cookie_module
+from gslb.dns.answer import Answerer
+from gslb.dns.cookies import Cookies
+from gslb.dns.server import ListenAddress, UdpServer, udp_socket
+from gslb.health.monitor import HealthView
 from gslb.snapshot import Snapshot, Sources, build
 from tests import test_fastpath as fastpath
 from tests.conftest import EXAMPLE_ZONES, ROOT, Server
 from tests.test_fastpath import SOURCES, _health, _query
 
-_fastudp = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built (no C compiler at install)")
+_fastudp = pytest.importorskip(
+    "gslb.dns._fastudp", reason="the compiled UDP loop is not built (no C compiler at install)"
+)
 
 SERVICES = ["www.example.com.", "app.example.com.", "api.example.com.", "web.example.com."]
 
 
 def test_the_built_extension_is_of_this_source() -> None:
-    source = ROOT / "gslb" / "_fastudp.c"
+    source = ROOT / "gslb" / "dns" / "_fastudp.c"
     if Path(_fastudp.__file__).parent != source.parent:
-        pytest.skip("gslb._fastudp is installed away from this checkout")
+        pytest.skip("gslb.dns._fastudp is installed away from this checkout")
     assert hashlib.sha256(source.read_bytes()).hexdigest()[:16] == _fastudp.SOURCE, (
-        "gslb/_fastudp.c changed since the extension was built: run `.venv/bin/pip install -e .`")
+        "gslb/dns/_fastudp.c changed since the extension was built: run `.venv/bin/pip install -e .`"
+    )
 
 
 def _public_network(rng: random.Random) -> tuple[str, int]:
@@ -84,9 +87,14 @@ def query(rng: random.Random) -> bytes:
     if rng.random() < 0.8:
         options.insert(rng.randrange(len(options) + 1), dns.edns.ECSOption(*_public_network(rng)))
     name = "".join(c.upper() if rng.random() < 0.3 else c for c in rng.choice(SERVICES))
-    message = dns.message.make_query(name, rng.choice(["A", "AAAA", "A", "SOA", "NS"]), use_edns=0,
-                                     payload=rng.choice([512, 1232, 4096]), options=options,
-                                     ednsflags=dns.flags.DO if rng.random() < 0.2 else 0)
+    message = dns.message.make_query(
+        name,
+        rng.choice(["A", "AAAA", "A", "SOA", "NS"]),
+        use_edns=0,
+        payload=rng.choice([512, 1232, 4096]),
+        options=options,
+        ednsflags=dns.flags.DO if rng.random() < 0.2 else 0,
+    )
     message.id = rng.randrange(65536)
     return message.to_wire()
 
@@ -199,9 +207,10 @@ def cookie_query(rng: random.Random, source: str, pool: dict[str, list[bytes]]) 
 
 @pytest.mark.parametrize("tc_size", [0, 96])
 def test_compiled_answers_cookies_as_the_python_fast_path_and_the_general_path(
-        cookie_snapshot: Snapshot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tc_size: int) -> None:
+    cookie_snapshot: Snapshot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tc_size: int
+) -> None:
     """Cookies on: C answers a COOKIE query exactly when the Python fast path does, byte for byte: from the
-    answer gslb.cookies remembers for that client and option, or one it works out itself (and remembers, the
+    answer gslb.dns.cookies remembers for that client and option, or one it works out itself (and remembers, the
     same tuple Python makes); a malformed option goes to Python. With large_answers_need_cookie, C sends only
     valid-cookie replies past the size."""
     clock = [NOW]
@@ -210,9 +219,11 @@ def test_compiled_answers_cookies_as_the_python_fast_path_and_the_general_path(
     if tc_size:
         assert cookie_snapshot.config.path is not None and cookie_snapshot.geo.path is not None
         config = tmp_path / "gslb.toml"
-        config.write_text((EXAMPLE_ZONES / "gslb.toml").read_text() + "\n[cookies]\nsecret_file = "
-                          f'"{cookie_snapshot.config.path.parent / "cookie.key"}"\n'
-                          f"large_answers_need_cookie = true\nlarge_answer_size = {tc_size}\n")
+        config.write_text(
+            (EXAMPLE_ZONES / "gslb.toml").read_text() + "\n[cookies]\nsecret_file = "
+            f'"{cookie_snapshot.config.path.parent / "cookie.key"}"\n'
+            f"large_answers_need_cookie = true\nlarge_answer_size = {tc_size}\n"
+        )
         snap = build(Sources(EXAMPLE_ZONES, config=config, geodb=Path(cookie_snapshot.geo.path)))
     rng = random.Random(7873 + tc_size)
     python, compiled, reference = (Answerer(snap, HealthView()) for _ in range(3))
@@ -259,7 +270,12 @@ def test_compiled_answers_cookies_as_the_python_fast_path_and_the_general_path(
     # the size from C, 2246 truncated by Python.
     share = 0.35 if tc_size else 0.6
     assert by_c > total * share and hits > total * share * 0.5 and made > 500 and renewed > 100 and valid_made > 100, (
-        by_c, hits, made, renewed, valid_made)
+        by_c,
+        hits,
+        made,
+        renewed,
+        valid_made,
+    )
     if tc_size:
         assert valid_large > 500 and truncated > 1000, (valid_large, truncated)
 
@@ -347,8 +363,12 @@ def test_random_bytes(warm: Answerer, wire: bytes, source: str | None) -> None:
 
 
 @settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
-       st.integers(0, 40), st.sampled_from(SOURCES))
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
+    st.integers(0, 40),
+    st.sampled_from(SOURCES),
+)
 def test_mutated_queries(warm: Answerer, seed: bytes, flips: list[tuple[int, int]], cut: int, source: str) -> None:
     wire = bytearray(seed)
     for position, value in flips:
@@ -406,8 +426,9 @@ def test_udp_server_with_the_compiled_loop_matches_the_python_loop(snapshot: Sna
         assert server.kind == kind
         server.start()
         try:
-            results[kind] = [_exchange(server.address[1], wires[i : i + 50], host=host)
-                             for i in range(0, len(wires), 50)]
+            results[kind] = [
+                _exchange(server.address[1], wires[i : i + 50], host=host) for i in range(0, len(wires), 50)
+            ]
         finally:
             server.stop()
         assert answerer.counters.ticks == len(wires)
@@ -431,8 +452,12 @@ def test_a_failing_handler_costs_one_reply_not_the_loop(snapshot: Snapshot, monk
     server.start()
     try:
         formerr = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www"  # goes to Python
-        wires = [b"\xde\xad" + formerr[2:], b"\xbe\xef" + formerr[2:], formerr,
-                 dns.message.make_query("static.example.com.", "A").to_wire()]
+        wires = [
+            b"\xde\xad" + formerr[2:],
+            b"\xbe\xef" + formerr[2:],
+            formerr,
+            dns.message.make_query("static.example.com.", "A").to_wire(),
+        ]
         got = _exchange(server.address[1], wires, timeout=1.5)
     finally:
         server.stop()
@@ -514,8 +539,9 @@ def test_real_server_answers_through_the_compiled_loop(start_server: type[Server
     first = server.query("www.example.com.", "A", use_edns=0, options=[client])
     cookie = next(o for o in first.options if isinstance(o, dns.edns.CookieOption))
     for _ in range(5):
-        again = server.query("www.example.com.", "A", use_edns=0, options=[dns.edns.CookieOption(b"\x33" * 8,
-                                                                                                 cookie.server)])
+        again = server.query(
+            "www.example.com.", "A", use_edns=0, options=[dns.edns.CookieOption(b"\x33" * 8, cookie.server)]
+        )
         assert [o.server for o in again.options if isinstance(o, dns.edns.CookieOption)] == [cookie.server]
         assert again.answer
     # A German network: the Frankfurt VIP, with the ECS echoed.
@@ -548,12 +574,22 @@ def test_without_the_extension_auto_is_python_and_compiled_an_error(monkeypatch:
 
 
 def test_udp_loop_flag(start_server: type[Server], tmp_path: Path) -> None:
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0", "--udp-loop", "python",
-                          "--state-file", str(tmp_path / "state.json"))
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "0",
+        "--udp-loop",
+        "python",
+        "--state-file",
+        str(tmp_path / "state.json"),
+    )
     server.wait_log(r"UDP on 127\.0\.0\.1:\d+: Python loop")
     assert server.query("static.example.com.", "A").rcode() == dns.rcode.NOERROR
-    bad = subprocess.run([sys.executable, "-m", "gslb", "serve", "--udp-loop", "fast"], capture_output=True,
-                         text=True, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "gslb", "serve", "--udp-loop", "fast"], capture_output=True, text=True, timeout=30
+    )
     assert bad.returncode == 2 and "--udp-loop" in bad.stderr
 
 
@@ -562,13 +598,14 @@ def test_udp_loop_flag(start_server: type[Server], tmp_path: Path) -> None:
 ASAN_SCRIPT = textwrap.dedent("""
     import importlib.machinery, importlib.util, json, random, socket, struct, sys, threading
     spec = importlib.util.spec_from_file_location(
-        "gslb._fastudp", sys.argv[1], loader=importlib.machinery.ExtensionFileLoader("gslb._fastudp", sys.argv[1]))
+        "gslb.dns._fastudp", sys.argv[1],
+        loader=importlib.machinery.ExtensionFileLoader("gslb.dns._fastudp", sys.argv[1]))
     fast = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fast)
-    sys.modules["gslb._fastudp"] = fast
+    sys.modules["gslb.dns._fastudp"] = fast
     from pathlib import Path
-    from gslb.answer import Answerer
-    from gslb.health import HealthView
+    from gslb.dns.answer import Answerer
+    from gslb.health.monitor import HealthView
     from gslb.snapshot import Sources, build
     from tests.conftest import EXAMPLE_ZONES
     from tests.mmdb_fixtures import build_test_mmdb
@@ -641,15 +678,40 @@ def test_parser_under_address_sanitizer(tmp_path: Path) -> None:
     if libasan is None:
         pytest.skip("gcc with libasan (Debian: gcc, libasan8) is needed to build the sanitizer variant")
     module = tmp_path / ("_fastudp" + sysconfig.get_config_var("EXT_SUFFIX"))
-    build_cmd = ["gcc", "-shared", "-fPIC", "-O1", "-g", "-std=gnu11", "-fno-omit-frame-pointer",
-                 "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-DGSLB_FASTUDP_EXACT",
-                 f"-I{sysconfig.get_paths()['include']}", str(ROOT / "gslb" / "_fastudp.c"), "-o", str(module)]
+    build_cmd = [
+        "gcc",
+        "-shared",
+        "-fPIC",
+        "-O1",
+        "-g",
+        "-std=gnu11",
+        "-fno-omit-frame-pointer",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+        "-DGSLB_FASTUDP_EXACT",
+        f"-I{sysconfig.get_paths()['include']}",
+        str(ROOT / "gslb" / "dns" / "_fastudp.c"),
+        "-o",
+        str(module),
+    ]
     built = subprocess.run(build_cmd, capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
-    env = {**os.environ, "LD_PRELOAD": libasan, "PYTHONMALLOC": "malloc", "PYTHONPATH": str(ROOT),
-           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
-    run = subprocess.run([sys.executable, "-c", ASAN_SCRIPT, str(module), str(tmp_path / "t.mmdb"), "6000"],
-                         capture_output=True, text=True, timeout=100, env=env, cwd=ROOT)
+    env = {
+        **os.environ,
+        "LD_PRELOAD": libasan,
+        "PYTHONMALLOC": "malloc",
+        "PYTHONPATH": str(ROOT),
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+        "UBSAN_OPTIONS": "print_stacktrace=1",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", ASAN_SCRIPT, str(module), str(tmp_path / "t.mmdb"), "6000"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     assert "ERROR: AddressSanitizer" not in run.stderr and "runtime error" not in run.stderr, run.stderr[-4000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])

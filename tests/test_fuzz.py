@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gslb.answer import Answerer
-from gslb.health import HealthView
+from gslb.dns.answer import Answerer
+from gslb.health.monitor import HealthView
 from gslb.snapshot import Snapshot, Sources, build
 from tests.conftest import EXAMPLE_ZONES, Server
 
@@ -29,8 +29,14 @@ def answerer() -> Answerer:
 
 def _seed_queries() -> list[bytes]:
     out = []
-    for name, rdtype in [("www.example.com.", "A"), ("static.example.com.", "AAAA"), ("nope.example.com.", "MX"),
-                         ("alias.example.com.", "A"), ("x.wild.example.com.", "TXT"), ("example.org.", "A")]:
+    for name, rdtype in [
+        ("www.example.com.", "A"),
+        ("static.example.com.", "AAAA"),
+        ("nope.example.com.", "MX"),
+        ("alias.example.com.", "A"),
+        ("x.wild.example.com.", "TXT"),
+        ("example.org.", "A"),
+    ]:
         for edns in (-1, 0):
             query = dns.message.make_query(name, rdtype, use_edns=edns)
             out.append(query.to_wire())
@@ -72,8 +78,11 @@ def test_random_bytes(answerer: Answerer, wire: bytes) -> None:
 
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
-       st.integers(0, 40))
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
+    st.integers(0, 40),
+)
 def test_mutated_queries(answerer: Answerer, seed: bytes, flips: list[tuple[int, int]], cut: int) -> None:
     wire = bytearray(seed)
     for position, value in flips:

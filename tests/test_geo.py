@@ -1,4 +1,4 @@
-"""gslb.geo: database layouts, overrides, special ranges, cache, errors, the embedded geodb."""
+"""gslb.geo.database: database layouts, overrides, special ranges, cache, errors, the embedded geodb."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from mmdb_fixtures import (
     place_of,
 )
 
-from gslb import geo
-from gslb.geo import (
+from gslb.geo import database as geo
+from gslb.geo.database import (
     DEFAULT_DATABASE,
     SPECIAL_NETWORKS,
     GeoDatabase,
@@ -48,9 +48,7 @@ def databases(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int],
     """The tiny test database in each layout and IP version."""
     folder = tmp_path_factory.mktemp("mmdb")
     return {
-        (layout, version): build_test_mmdb(
-            folder / f"{layout}{version}.mmdb", ip_version=version, layout=layout
-        )
+        (layout, version): build_test_mmdb(folder / f"{layout}{version}.mmdb", ip_version=version, layout=layout)
         for layout in ("city", "country")
         for version in (4, 6)
     }
@@ -204,7 +202,7 @@ def test_ipv6_in_an_ipv4_database_is_unknown(databases: dict[tuple[str, int], Pa
         ("100.64.0.1", "100.64.0.0/10"),
         ("224.0.0.251", "224.0.0.0/4"),
         ("255.255.255.255", "240.0.0.0/4"),
-        # Documentation ranges are special too (see gslb/geo.py).
+        # Documentation ranges are special too (see gslb/geo/database.py).
         ("192.0.2.1", "192.0.2.0/24"),
         ("198.51.100.7", "198.51.100.0/24"),
         ("203.0.113.9", "203.0.113.0/24"),
@@ -222,9 +220,7 @@ def test_ipv6_in_an_ipv4_database_is_unknown(databases: dict[tuple[str, int], Pa
         ("4000::1", "4000::/3"),
     ],
 )
-def test_special_addresses_fall_to_the_default(
-    city: GeoDatabase, address: str, network: str
-) -> None:
+def test_special_addresses_fall_to_the_default(city: GeoDatabase, address: str, network: str) -> None:
     found = city.locate(ip(address))
     assert found == Location(network=net(network))
     assert is_special(ip(address))
@@ -339,9 +335,7 @@ def test_cached_answer_is_the_uncached_one_and_shared_per_block(city: GeoDatabas
     assert neighbour == city.locate_uncached(ip("5.5.200.9"))
 
 
-def test_cache_stays_bounded(
-    databases: dict[tuple[str, int], Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cache_stays_bounded(databases: dict[tuple[str, int], Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(geo, "CACHE_LIMIT", 10)
     with GeoDatabase(databases["city", 6]) as database:
         for index in range(100):
@@ -367,26 +361,18 @@ def _addresses() -> st.SearchStrategy[IPAddress]:
         + [net("0.0.0.0/5"), net("2.2.7.0/24"), net("10.0.0.0/8"), net("::/8"), net("2a00::/16")]
     )
     within = st.sampled_from(interesting).flatmap(
-        lambda network: st.integers(0, network.num_addresses - 1).map(
-            lambda offset: network[offset]
-        )
+        lambda network: st.integers(0, network.num_addresses - 1).map(lambda offset: network[offset])
     )
     anywhere4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
     anywhere6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
-    mapped = within.filter(lambda a: a.version == 4).map(
-        lambda a: ipaddress.IPv6Address(0xFFFF00000000 | int(a))
-    )
-    edges = st.sampled_from(SPECIAL_NETWORKS).flatmap(
-        lambda network: st.sampled_from([network[0], network[-1]])
-    )
+    mapped = within.filter(lambda a: a.version == 4).map(lambda a: ipaddress.IPv6Address(0xFFFF00000000 | int(a)))
+    edges = st.sampled_from(SPECIAL_NETWORKS).flatmap(lambda network: st.sampled_from([network[0], network[-1]]))
     return st.one_of(within, anywhere4, anywhere6, mapped, edges)
 
 
 @settings(max_examples=400, deadline=None)
 @given(address=_addresses(), salt=st.integers(0, 2**128 - 1))
-def test_cached_locate_matches_an_uncached_reference(
-    overridden: GeoDatabase, address: IPAddress, salt: int
-) -> None:
+def test_cached_locate_matches_an_uncached_reference(overridden: GeoDatabase, address: IPAddress, salt: int) -> None:
     cached = overridden.locate(address)
     assert cached == overridden.locate_uncached(address)
     assert cached.network is not None and address in cached.network
@@ -458,9 +444,7 @@ def test_centroid_table_covers_the_world() -> None:
         ("FJ", -21, -12, 176, 180),  # straddles the antimeridian: a naive mean lands mid-Pacific
     ],
 )
-def test_centroids_fall_inside_their_country(
-    iso: str, south: float, north: float, west: float, east: float
-) -> None:
+def test_centroids_fall_inside_their_country(iso: str, south: float, north: float, west: float, east: float) -> None:
     centroid = country_centroids()[iso]
     assert south <= centroid.latitude <= north and west <= centroid.longitude <= east
 
@@ -533,9 +517,7 @@ def test_metadata(databases: dict[tuple[str, int], Path]) -> None:
 
 @pytest.fixture(scope="module")
 def geolite2_path() -> Path:
-    module = pytest.importorskip(
-        "geolite2", reason="maxminddb-geolite2 (the test extra) is not installed"
-    )
+    module = pytest.importorskip("geolite2", reason="maxminddb-geolite2 (the test extra) is not installed")
     return Path(module.geolite2.filename)
 
 
@@ -576,9 +558,7 @@ def test_real_geolite2_city(
     assert found.has_coordinates and found.source == "database"
 
 
-def test_real_geolite2_prefixes_match_the_reader(
-    geolite2: GeoDatabase, geolite2_path: Path
-) -> None:
+def test_real_geolite2_prefixes_match_the_reader(geolite2: GeoDatabase, geolite2_path: Path) -> None:
     rng = random.Random(7)
     with maxminddb.open_database(geolite2_path) as reader:
         for _ in range(3000):
@@ -617,9 +597,7 @@ def embedded() -> Iterator[GeoDatabase]:
         ("2001:240::1", "JP", "AS"),
     ],
 )
-def test_embedded_database_out_of_the_box(
-    embedded: GeoDatabase, address: str, country: str, continent: str
-) -> None:
+def test_embedded_database_out_of_the_box(embedded: GeoDatabase, address: str, country: str, continent: str) -> None:
     found = embedded.locate(ip(address))
     centroid = country_centroids()[country]
     assert (found.country, found.continent, found.source) == (country, continent, "database")
@@ -691,9 +669,7 @@ def test_build_merges_adjacent_equal_networks(
     assert run == [(start, prefix, (data, "")) for start, prefix, data in expected]
 
 
-def test_build_writes_a_database_gslb_reads(
-    tmp_path: Path, databases: dict[tuple[str, int], Path]
-) -> None:
+def test_build_writes_a_database_gslb_reads(tmp_path: Path, databases: dict[tuple[str, int], Path]) -> None:
     build = _build_module()
     source = databases["city", 6]
     output, centroids = tmp_path / "out.mmdb", tmp_path / "centroids.csv"

@@ -1,4 +1,4 @@
-"""Tests for gslb.health: the fold as a table, probes against real loopback servers, the monitor."""
+"""Tests for gslb.health.monitor: the fold as a table, probes against real loopback servers, the monitor."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gslb.health import (
+from gslb.health.monitor import (
     BODY_LIMIT,
     Check,
     FlapState,
@@ -175,9 +175,7 @@ def probe_once(check: Check, address: str = LOOPBACK, *, fast_path: bool = True)
     ],
 )
 @BOTH_PATHS
-def test_http_probe_reasons(
-    server: HttpTarget, behaviour: Behaviour, reason: str, fast_path: bool
-) -> None:
+def test_http_probe_reasons(server: HttpTarget, behaviour: Behaviour, reason: str, fast_path: bool) -> None:
     server.behave(behaviour)
     check = Check(port=server.port, path="/health", body_contains="all good", timeout=0.3)
     result = probe_once(check, fast_path=fast_path)
@@ -218,9 +216,7 @@ def test_body_is_searched_in_the_first_4_kib_only(server: HttpTarget, fast_path:
 
 @BOTH_PATHS
 @pytest.mark.parametrize("chunked", [False, True])
-def test_an_endless_body_is_read_only_to_4_kib(
-    server: HttpTarget, fast_path: bool, chunked: bool
-) -> None:
+def test_an_endless_body_is_read_only_to_4_kib(server: HttpTarget, fast_path: bool, chunked: bool) -> None:
     body = b"all good" + b"x" * 8192
     if chunked:
         head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -267,9 +263,7 @@ def test_response_framing(server: HttpTarget, raw: bytes, reason: str, fast_path
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=5), body=st.booleans()
-)
+@given(data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=5), body=st.booleans())
 def test_response_reader_never_fails_unexpectedly(data: bytes, cuts: list[int], body: bool) -> None:
     """Whatever bytes arrive, in whatever pieces: a verdict or a protocol error, nothing else."""
     response = _Response(want_body=body)
@@ -328,9 +322,7 @@ def test_redirect_loop_fails(server: HttpTarget) -> None:
     assert probe_once(Check(port=server.port, follow_redirects=True)).result == "too many redirects"
 
 
-def test_https_with_ca_file_and_host_override_passes(
-    https: HttpTarget, certificate: Certificate
-) -> None:
+def test_https_with_ca_file_and_host_override_passes(https: HttpTarget, certificate: Certificate) -> None:
     https.requests.clear()
     https.sni_names.clear()
     check = Check(kind="https", port=https.port, host="site.test", ca_file=str(certificate.ca_file))
@@ -470,9 +462,9 @@ def test_cold_start_is_up_then_down_after_fall_then_up_after_rise(
             await runner
         await monitor.close()
 
-    with caplog.at_level(logging.INFO, logger="gslb.health"):
+    with caplog.at_level(logging.INFO, logger="gslb.health.monitor"):
         run_async(go)
-    messages = [r.getMessage() for r in caplog.records if r.name == "gslb.health"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "gslb.health.monitor"]
     assert messages == [
         f"eu (127.0.0.1:{server.port} http) DOWN: status 503 (2 consecutive failures)",
         f"eu (127.0.0.1:{server.port} http) UP: ok (3 consecutive successes)",
@@ -624,9 +616,7 @@ def test_names_that_are_not_probed_can_be_drained(tmp_path: Path) -> None:
     """A data center without a check, or one VIP address: listed as drained in the view."""
     state_file = tmp_path / "health.json"
     views: list[HealthView] = []
-    monitor = HealthMonitor(
-        [Target("eu", LOOPBACK, Check())], state_file=state_file, on_change=views.append
-    )
+    monitor = HealthMonitor([Target("eu", LOOPBACK, Check())], state_file=state_file, on_change=views.append)
     assert not monitor.view.drains
     monitor.drain("127.0.2.1", probed=False)
     monitor.drain("127.0.2.1", probed=False)  # again: no change

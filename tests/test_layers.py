@@ -14,30 +14,50 @@ from tests.conftest import ROOT
 GSLB = ROOT / "gslb"
 
 # Top to bottom: a module imports only modules of the layers below its own (README, "How the
-# code is laid out"). A new module needs a place here, which is the point.
+# code is laid out"). A new module needs a place here, which is the point. Each folder is a run
+# of consecutive layers (test_folders_are_layers), so the layout itself shows the house.
 LAYERS: list[tuple[str, ...]] = [
     ("__main__",),
     ("cli",),  # the command; the only module that prints
     ("app",),  # lifecycle: supervisor, workers, reload, signals
-    ("web",),  # the operator's surface: status page, JSON API, admin
-    ("metrics",),
-    ("logs", "explain"),
-    ("cluster",),  # several instances: observations and votes through etcd
-    ("etcd",),
-    ("server", "watch"),  # I/O: UDP/TCP framing; what changed on disk
-    ("answer",),  # bytes -> bytes
+    ("watch",),  # what changed on disk
+    # ops/: the operator's surface
+    ("ops.web",),  # status page, JSON API, admin
+    ("ops.metrics",),
+    ("ops.logs", "ops.explain"),
+    # cluster/: several instances, observations and votes through etcd
+    ("cluster.votes",),
+    ("cluster.etcd",),
+    # health/: probes, anti-flap fold, health view, state file
+    ("health.monitor",),
     ("snapshot",),  # zones + config + compiled tables, built whole
-    ("cookies", "rrl"),
-    ("health",),  # probes, anti-flap fold, health view, state file
-    # The pure core: plain data and functions of it, no sockets, no event loop.
-    ("ranks",),
-    ("geotable", "policy"),
-    ("zones",),
-    ("masterfile",),
+    # dns/: the DNS core; I/O only frames packets, the answerer is bytes -> bytes
+    ("dns.server",),
+    ("dns.answer",),
+    ("dns.cookies", "dns.rrl", "dns.zones"),
+    ("dns.masterfile",),
+    ("dns.wire",),
+    # The pure core below: plain data and functions of it, no sockets, no event loop.
+    # steering/: where each client goes
+    ("steering.ranks",),
+    ("steering.policy",),
     ("config",),
-    ("inputs", "geo", "wire"),
+    # geo/: places, the database reader, the compiled table
+    ("geo.table",),
+    ("geo.database",),
+    ("inputs",),
 ]
-PURE = {"ranks", "geotable", "policy", "zones", "masterfile", "config", "inputs", "geo", "wire"}
+PURE = {
+    "steering.ranks",
+    "steering.policy",
+    "config",
+    "geo.table",
+    "geo.database",
+    "inputs",
+    "dns.zones",
+    "dns.masterfile",
+    "dns.wire",
+}
 # (socket is allowed: the zone reader packs addresses with inet_pton, which does no I/O.)
 IO_MODULES = {"asyncio", "httpx", "httpcore", "ssl", "threading", "selectors", "http", "urllib"}
 
@@ -53,10 +73,14 @@ def _imports(path: Path) -> set[str]:
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module:
-                if node.module == "gslb":
-                    found.update(f"gslb.{alias.name}" for alias in node.names)
-                else:
-                    found.add(node.module)
+                found.add(node.module)
+                if node.module == "gslb" or node.module.startswith("gslb."):
+                    # `from gslb.dns import answer` imports the module gslb.dns.answer
+                    found.update(
+                        f"{node.module}.{alias.name}"
+                        for alias in node.names
+                        if f"{node.module}.{alias.name}".removeprefix("gslb.") in NAMES
+                    )
             elif isinstance(node, ast.Try):
                 visit(node.body)
                 for handler in node.handlers:
@@ -69,8 +93,31 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-MODULES = {path.stem: _imports(path) for path in sorted(GSLB.glob("*.py")) if path.stem != "__init__"}
+def _name(path: Path) -> str:
+    return ".".join(path.relative_to(GSLB).with_suffix("").parts)
+
+
+PATHS = [path for path in sorted(GSLB.rglob("*.py")) if path.stem != "__init__"]
+NAMES = {_name(path) for path in PATHS}
+MODULES = {_name(path): _imports(path) for path in PATHS}
 LAYER_OF = {name: index for index, layer in enumerate(LAYERS) for name in layer}
+
+
+def test_folders_are_layers() -> None:
+    # A folder's modules fill consecutive layers: nothing outside it sits between two of them.
+    rows = [{name.split(".")[0] if "." in name else None for name in layer} for layer in LAYERS]
+    folders = {folder for row in rows for folder in row if folder}
+    for folder in folders:
+        where = [index for index, row in enumerate(rows) if folder in row]
+        between = [LAYERS[index] for index in range(where[0], where[-1] + 1) if rows[index] != {folder}]
+        assert between == [], f"{folder}/ is not one run of layers: {between} sit inside it"
+
+
+def test_packages_import_nothing_themselves() -> None:
+    # A folder's __init__ is a docstring: importing gslb.dns.wire must not drag in the server.
+    for init in sorted(GSLB.rglob("__init__.py")):
+        if init.parent != GSLB:
+            assert _imports(init) == set(), f"{init.relative_to(ROOT)} imports"
 
 
 def test_every_module_has_a_layer() -> None:
@@ -82,7 +129,8 @@ def test_every_module_has_a_layer() -> None:
 def test_imports_point_down(module: str) -> None:
     mine = LAYER_OF[module]
     upward = sorted(
-        target for target in (name.removeprefix("gslb.") for name in MODULES[module] if name.startswith("gslb."))
+        target
+        for target in (name.removeprefix("gslb.") for name in MODULES[module] if name.startswith("gslb."))
         if target in LAYER_OF and LAYER_OF[target] <= mine
     )
     assert upward == [], f"gslb.{module} imports {upward}: same layer or above"
@@ -95,10 +143,12 @@ def test_the_pure_core_does_no_io(module: str) -> None:
 
 
 def test_the_policy_loads_without_the_prober() -> None:
-    # What `python -X importtime -c "import gslb.ranks"` shows: no httpx, asyncio or ssl.
-    code = ("import sys, gslb.policy, gslb.ranks, gslb.snapshot; "
-            "print(' '.join(sorted(m for m in ('httpx', 'httpcore', 'asyncio', 'ssl', 'gslb.health') "
-            "if m in sys.modules)))")
+    # What `python -X importtime -c "import gslb.steering.ranks"` shows: no httpx, asyncio or ssl.
+    code = (
+        "import sys, gslb.steering.policy, gslb.steering.ranks, gslb.snapshot; "
+        "print(' '.join(sorted(m for m in ('httpx', 'httpcore', 'asyncio', 'ssl', 'gslb.health.monitor') "
+        "if m in sys.modules)))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""

@@ -26,12 +26,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gslb.answer import LATENCY_BOUNDS, Counters
 from gslb.app import _add, counts
 from gslb.config import load
-from gslb.geo import Location
-from gslb.health import HealthView, Status
-from gslb.policy import choose
+from gslb.dns.answer import LATENCY_BOUNDS, Counters
+from gslb.geo.database import Location
+from gslb.health.monitor import HealthView, Status
+from gslb.steering.policy import choose
 from tests.conftest import EXAMPLE_ZONES, ROOT, Server, need
 
 TOKEN = "test-token-1f2e3d"
@@ -50,8 +50,7 @@ def http_port(server: Server) -> int:
 
 def client(server: Server, token: str | None = None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=f"http://127.0.0.1:{http_port(server)}", headers=headers,
-                        trust_env=False, timeout=10)
+    return httpx.Client(base_url=f"http://127.0.0.1:{http_port(server)}", headers=headers, trust_env=False, timeout=10)
 
 
 def scrape(server: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -67,8 +66,7 @@ def scrape(server: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], float
     }
 
 
-def value(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-          **labels: str) -> float:
+def value(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
     return metrics.get((name, frozenset(labels.items())), 0.0)
 
 
@@ -76,8 +74,9 @@ def replies_counted(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float]
     return sum(v for (name, _), v in metrics.items() if name == "gslb_dns_queries_total")
 
 
-def scrape_when_counted(server: Server, replies: int,
-                        timeout: float = 5) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape_when_counted(
+    server: Server, replies: int, timeout: float = 5
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """/metrics once every worker has reported `replies` replies in all (workers report each second).
 
     Fails at once on more than were sent: counters only grow.
@@ -95,8 +94,7 @@ def scrape_when_counted(server: Server, replies: int,
 
 def ecs_query(name: str, subnet: str, rdtype: str = "A") -> dns.message.Message:
     address, prefix = subnet.split("/")
-    return dns.message.make_query(name, rdtype, use_edns=0,
-                                  options=[dns.edns.ECSOption(address, int(prefix))])
+    return dns.message.make_query(name, rdtype, use_edns=0, options=[dns.edns.ECSOption(address, int(prefix))])
 
 
 def answer(server: Server, subnet: str = GERMANY, rdtype: str = "A") -> list[str]:
@@ -115,8 +113,14 @@ def answers_become(server: Server, expected: list[str], tries: int = 200) -> Non
 
 def gslb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if k != "GSLB_TOKEN"}
-    return subprocess.run([sys.executable, "-m", "gslb", *args], capture_output=True, text=True,
-                          timeout=30, cwd=ROOT, env={**environment, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "gslb", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env={**environment, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -130,9 +134,19 @@ def token_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def ops_server(start_server: type[Server], tmp_path: Path, token_file: Path) -> Server:
     # The default mode: a supervisor serving HTTP, workers answering DNS.
-    return start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
-                        "--state-file", str(tmp_path / "state.json"),
-                        "--http", "127.0.0.1:0", "--token-file", str(token_file))
+    return start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "2",
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--http",
+        "127.0.0.1:0",
+        "--token-file",
+        str(token_file),
+    )
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -150,11 +164,21 @@ def big_zones(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("workers", [2, 0])
-def test_metrics_move_exactly_with_queries(start_server: type[Server], tmp_path: Path,
-                                           big_zones: Path, workers: int) -> None:
+def test_metrics_move_exactly_with_queries(
+    start_server: type[Server], tmp_path: Path, big_zones: Path, workers: int
+) -> None:
     need("dig")
-    server = start_server("--zones", str(big_zones), "--no-probes", "--workers", str(workers),
-                          "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0")
+    server = start_server(
+        "--zones",
+        str(big_zones),
+        "--no-probes",
+        "--workers",
+        str(workers),
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--http",
+        "127.0.0.1:0",
+    )
     before = scrape(server)
     assert replies_counted(before) == 0
     for _ in range(7):  # UDP A from Germany, the same network: cached after the first
@@ -190,8 +214,7 @@ def test_metrics_move_exactly_with_queries(start_server: type[Server], tmp_path:
     assert delta("gslb_dns_refused_total") == 2
     assert delta("gslb_dns_formerr_total") == 1
     assert delta("gslb_dns_truncated_total") == 1
-    assert delta("gslb_dns_path_total", path="fast") + delta("gslb_dns_path_total",
-                                                              path="general") == total
+    assert delta("gslb_dns_path_total", path="fast") + delta("gslb_dns_path_total", path="general") == total
     # Repeats hit the cache: each process's own, so each misses the first of a kind once.
     processes = max(workers, 1)
     assert delta("gslb_dns_path_total", path="fast") >= 6 + 2 + 1 - 3 * (processes - 1)
@@ -199,10 +222,14 @@ def test_metrics_move_exactly_with_queries(start_server: type[Server], tmp_path:
     # One query in 64 is timed (by each process of its own); the histogram is whole
     # (+Inf bucket == count) and its buckets were merged, not appended, across workers.
     assert value(after, "gslb_dns_query_duration_seconds_bucket", le="+Inf") == value(
-        after, "gslb_dns_query_duration_seconds_count")
-    assert not any(name == "gslb_dns_query_duration_seconds_bucket" and dict(labels)["le"] == "+Inf"
-                   and v != value(after, "gslb_dns_query_duration_seconds_count")
-                   for (name, labels), v in after.items())
+        after, "gslb_dns_query_duration_seconds_count"
+    )
+    assert not any(
+        name == "gslb_dns_query_duration_seconds_bucket"
+        and dict(labels)["le"] == "+Inf"
+        and v != value(after, "gslb_dns_query_duration_seconds_count")
+        for (name, labels), v in after.items()
+    )
     for _ in range(64 * 4):
         server.send(ecs_query("www.example.com.", GERMANY))
     timed = scrape_when_counted(server, total + 64 * 4)
@@ -219,8 +246,18 @@ def test_metrics_move_exactly_with_queries(start_server: type[Server], tmp_path:
 
 def test_counters_survive_a_reload_in_worker_mode(start_server: type[Server], tmp_path: Path) -> None:
     """A reload retires a generation of workers: its counts stay in the totals, once."""
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2", "--no-watch",
-                          "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0")
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "2",
+        "--no-watch",
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--http",
+        "127.0.0.1:0",
+    )
     for _ in range(70):  # more than 64 each: the latency histograms of both generations merge
         server.send(ecs_query("www.example.com.", GERMANY))
     scrape_when_counted(server, 70)
@@ -261,11 +298,22 @@ def _tcp_queries(port: int, wires: list[bytes]) -> int:
 
 def test_counters_of_every_worker_add_up_exactly(start_server: type[Server], tmp_path: Path) -> None:
     """Every reply each worker sends is counted once: in /metrics and in the status page's total."""
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
-                          "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0",
-                          "--log-format", "json", "--query-log", "1")
-    workers = {int(m.group(1)) for line in server.lines
-               if (m := re.search(r"worker \d+ started \(pid (\d+)\)", line))}
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "2",
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--http",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--query-log",
+        "1",
+    )
+    workers = {int(m.group(1)) for line in server.lines if (m := re.search(r"worker \d+ started \(pid (\d+)\)", line))}
     assert len(workers) == 2
     names = ["www.example.com.", "static.example.com.", "nope.example.com.", "example.org."]
     udp = tcp = 0
@@ -276,16 +324,24 @@ def test_counters_of_every_worker_add_up_exactly(start_server: type[Server], tmp
         wires = [dns.message.make_query(names[(connection + i) % 4], "AAAA").to_wire() for i in range(5)]
         tcp += _tcp_queries(server.port, wires)
     metrics = scrape_when_counted(server, udp + tcp)
-    by_transport = {t: sum(v for (name, labels), v in metrics.items()
-                           if name == "gslb_dns_queries_total" and dict(labels)["transport"] == t)
-                    for t in ("udp", "tcp")}
+    by_transport = {
+        t: sum(
+            v
+            for (name, labels), v in metrics.items()
+            if name == "gslb_dns_queries_total" and dict(labels)["transport"] == t
+        )
+        for t in ("udp", "tcp")
+    }
     assert by_transport == {"udp": udp, "tcp": tcp}
-    assert value(metrics, "gslb_dns_path_total", path="fast") + value(
-        metrics, "gslb_dns_path_total", path="general") == udp + tcp
+    assert (
+        value(metrics, "gslb_dns_path_total", path="fast") + value(metrics, "gslb_dns_path_total", path="general")
+        == udp + tcp
+    )
     # The query log says which worker answered what: each did its share, and every share counted.
     deadline = time.monotonic() + 5
-    while (logged := Counter(json.loads(line)["pid"] for line in list(server.lines)
-                             if '"gslb.query"' in line)).total() < udp + tcp:
+    while (
+        logged := Counter(json.loads(line)["pid"] for line in list(server.lines) if '"gslb.query"' in line)
+    ).total() < udp + tcp:
         assert time.monotonic() < deadline, f"{logged.total()} of {udp + tcp} queries logged"
         time.sleep(0.02)  # the log reader thread catches up with the workers' stderr
     assert logged.total() == udp + tcp
@@ -331,19 +387,31 @@ def probe_target() -> Iterator[int]:
     server.server_close()
 
 
-def test_probe_metrics_and_state_gauges(start_server: type[Server], tmp_path: Path,
-                                        probe_target: int) -> None:
+def test_probe_metrics_and_state_gauges(start_server: type[Server], tmp_path: Path, probe_target: int) -> None:
     zones = tmp_path / "zones"
     shutil.copytree(EXAMPLE_ZONES, zones)
     config = (zones / "gslb.toml").read_text()
-    config = config.replace('port = 8080', f'port = {probe_target}').replace(
-        "interval = 1.0", "interval = 0.1").replace("timeout = 0.8", "timeout = 0.08")
+    config = (
+        config.replace("port = 8080", f"port = {probe_target}")
+        .replace("interval = 1.0", "interval = 0.1")
+        .replace("timeout = 0.8", "timeout = 0.08")
+    )
     # eu is probed at 127.0.0.1 (the target); us and ap keep probing nothing there.
-    config = config.replace('vips = ["127.0.2.1", "2001:db8:2::1"]',
-                            'vips = ["127.0.2.1", "2001:db8:2::1"]\nprobe = "127.0.0.1"')
+    config = config.replace(
+        'vips = ["127.0.2.1", "2001:db8:2::1"]', 'vips = ["127.0.2.1", "2001:db8:2::1"]\nprobe = "127.0.0.1"'
+    )
     (zones / "gslb.toml").write_text(config)
-    server = start_server("--zones", str(zones), "--workers", "2", "--no-watch",
-                          "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0")
+    server = start_server(
+        "--zones",
+        str(zones),
+        "--workers",
+        "2",
+        "--no-watch",
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--http",
+        "127.0.0.1:0",
+    )
     # Probes of one target run one after another: once the third has arrived, two are recorded.
     _wait_probes(3)
     metrics = scrape(server)
@@ -368,11 +436,19 @@ def test_probe_metrics_and_state_gauges(start_server: type[Server], tmp_path: Pa
 # -- admin actions --------------------------------------------------------------------------
 
 
-def test_admin_actions_need_the_token(start_server: type[Server], tmp_path: Path,
-                                      ops_server: Server) -> None:
+def test_admin_actions_need_the_token(start_server: type[Server], tmp_path: Path, ops_server: Server) -> None:
     # No token configured: refused outright, with how to configure one.
-    tokenless = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
-                             "--state-file", str(tmp_path / "other.json"), "--http", "127.0.0.1:0")
+    tokenless = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "2",
+        "--state-file",
+        str(tmp_path / "other.json"),
+        "--http",
+        "127.0.0.1:0",
+    )
     with client(tokenless, TOKEN) as http:
         for path in ("/api/drain", "/api/undrain", "/api/reload"):
             response = http.post(path, json={"target": "eu"})
@@ -383,8 +459,7 @@ def test_admin_actions_need_the_token(start_server: type[Server], tmp_path: Path
     with client(ops_server) as http:
         assert http.get("/api/status").status_code == 200  # reading needs no token
         assert http.post("/api/drain", json={"target": "eu"}).status_code == 401
-        wrong = http.post("/api/drain", json={"target": "eu"},
-                          headers={"Authorization": "Bearer not-the-token"})
+        wrong = http.post("/api/drain", json={"target": "eu"}, headers={"Authorization": "Bearer not-the-token"})
         assert wrong.status_code == 401
         assert wrong.headers["www-authenticate"].startswith("Bearer")
         basic = http.post("/api/reload", headers={"Authorization": f"Basic {TOKEN}"})
@@ -404,11 +479,21 @@ def test_admin_actions_need_the_token(start_server: type[Server], tmp_path: Path
     assert all(TOKEN not in line for line in ops_server.lines)
 
 
-def test_drain_with_the_cli_survives_a_restart(start_server: type[Server], tmp_path: Path,
-                                               token_file: Path) -> None:
+def test_drain_with_the_cli_survives_a_restart(start_server: type[Server], tmp_path: Path, token_file: Path) -> None:
     state = tmp_path / "state.json"
-    args = ("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
-            "--state-file", str(state), "--http", "127.0.0.1:0", "--token-file", str(token_file))
+    args = (
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "2",
+        "--state-file",
+        str(state),
+        "--http",
+        "127.0.0.1:0",
+        "--token-file",
+        str(token_file),
+    )
     server = start_server(*args)
     address = f"127.0.0.1:{http_port(server)}"
     assert answer(server) == ["127.0.2.1"]
@@ -455,8 +540,7 @@ def test_draining_one_vip(ops_server: Server) -> None:
         assert "eu down: every IPv4 VIP drained" in why.json()["why"]
         eu = next(d for d in http.get("/api/status").json()["datacenters"] if d["name"] == "eu")
         assert eu["up"] and not eu["drained"]
-        assert eu["vips"] == [{"address": "127.0.2.1", "drained": True},
-                              {"address": "2001:db8:2::1", "drained": False}]
+        assert eu["vips"] == [{"address": "127.0.2.1", "drained": True}, {"address": "2001:db8:2::1", "drained": False}]
         assert value(scrape(ops_server), "gslb_vip_drained", datacenter="eu", vip="127.0.2.1") == 1
         assert http.post("/api/undrain", json={"target": "127.0.2.1"}).json()["was_drained"]
         answers_become(ops_server, ["127.0.2.1"])
@@ -466,9 +550,20 @@ def test_draining_one_vip(ops_server: Server) -> None:
 def test_reload_over_the_api(start_server: type[Server], tmp_path: Path, token_file: Path) -> None:
     zones = tmp_path / "zones"
     shutil.copytree(EXAMPLE_ZONES, zones)
-    server = start_server("--zones", str(zones), "--no-probes", "--workers", "2", "--no-watch",
-                          "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0",
-                          "--token-file", str(token_file))
+    server = start_server(
+        "--zones",
+        str(zones),
+        "--no-probes",
+        "--workers",
+        "2",
+        "--no-watch",
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--http",
+        "127.0.0.1:0",
+        "--token-file",
+        str(token_file),
+    )
     address = f"127.0.0.1:{http_port(server)}"
     done = gslb("reload", "--http", address, "--token-file", str(token_file))
     assert done.returncode == 0, done.stderr
@@ -491,16 +586,18 @@ def test_reload_over_the_api(start_server: type[Server], tmp_path: Path, token_f
 
 def test_explain_over_http(ops_server: Server) -> None:
     with client(ops_server) as http:
-        result = http.get("/api/explain", params={"name": "www.example.com", "subnet": GERMANY,
-                                                  "qtype": "aaaa"}).json()
+        result = http.get("/api/explain", params={"name": "www.example.com", "subnet": GERMANY, "qtype": "aaaa"}).json()
         assert result["answer"] == ["2001:db8:2::1"]
         assert result["location"]["country"] == "DE"
         assert result["why"].startswith("nearest healthy: eu")
         static = http.get("/api/explain", params={"name": "static.example.com"}).json()
         assert static["kind"] == "static"
-        for params in ({}, {"name": "www.example.com", "subnet": "not-a-net"},
-                       {"name": "www.example.com", "client": "1.2.3.4", "subnet": GERMANY},
-                       {"name": "www.example.com", "qtype": "NOPE"}):
+        for params in (
+            {},
+            {"name": "www.example.com", "subnet": "not-a-net"},
+            {"name": "www.example.com", "client": "1.2.3.4", "subnet": GERMANY},
+            {"name": "www.example.com", "qtype": "NOPE"},
+        ):
             response = http.get("/api/explain", params=params)
             assert response.status_code == 400, params
             assert response.json()["error"]
@@ -537,17 +634,34 @@ def test_http_limits(ops_server: Server) -> None:
 
 
 def test_http_off_and_port_taken(start_server: type[Server], tmp_path: Path) -> None:
-    off = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
-                       "--state-file", str(tmp_path / "a.json"), "--http", "off")
+    off = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "2",
+        "--state-file",
+        str(tmp_path / "a.json"),
+        "--http",
+        "off",
+    )
     assert not any("http on" in line for line in off.lines)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         # The endpoint cannot listen: logged, and DNS goes on regardless.
-        server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
-                              "--state-file", str(tmp_path / "b.json"),
-                              "--http", f"127.0.0.1:{port}")
+        server = start_server(
+            "--zones",
+            str(EXAMPLE_ZONES),
+            "--no-probes",
+            "--workers",
+            "2",
+            "--state-file",
+            str(tmp_path / "b.json"),
+            "--http",
+            f"127.0.0.1:{port}",
+        )
         server.wait_log(rf"http: cannot listen on 127\.0\.0\.1:{port}")
         assert answer(server) == ["127.0.2.1"]
     unreachable = gslb("status", "--http", f"127.0.0.1:{port}")  # nothing listens there now
@@ -558,13 +672,24 @@ def test_http_off_and_port_taken(start_server: type[Server], tmp_path: Path) -> 
 
 
 def test_json_logs_and_the_query_log_in_workers(start_server: type[Server], tmp_path: Path) -> None:
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "2",
-                          "--state-file", str(tmp_path / "state.json"), "--log-format", "json",
-                          "--query-log", "1", "--http", "off")
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "2",
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--log-format",
+        "json",
+        "--query-log",
+        "1",
+        "--http",
+        "off",
+    )
     records = [json.loads(line) for line in server.lines]
     assert {"ts", "level", "logger", "msg", "pid"} <= set(records[0])
-    workers = {int(m.group(1)) for r in records
-               if (m := re.search(r"worker \d+ started \(pid (\d+)\)", r["msg"]))}
+    workers = {int(m.group(1)) for r in records if (m := re.search(r"worker \d+ started \(pid (\d+)\)", r["msg"]))}
     assert len(workers) == 2
     assert answer(server) == ["127.0.2.1"]
     line = server.wait_log(r'"logger": "gslb.query"')
@@ -598,10 +723,21 @@ def chromium(url: str, profile: Path, screenshot: Path | None = None) -> str:
     """The page's DOM after its scripts ran (virtual time: no real waiting), optionally a PNG."""
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is not installed: apt-get install chromium")
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,1000",
-            "--virtual-time-budget=5000", "--dump-dom"]
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+    ]
     if screenshot is not None:
         args.append(f"--screenshot={screenshot}")
     out = subprocess.run([*args, url], capture_output=True, text=True, timeout=60)
@@ -621,15 +757,21 @@ def test_status_page_shows_a_drain_on_the_map(ops_server: Server, tmp_path: Path
     dom = chromium(url, tmp_path / "profile")
     assert 'data-dc="eu" data-state="up"' in dom
     assert [_country_dc(dom, c) for c in ("DE", "FR", "PL", "US", "BR", "JP", "AU")] == [
-        "eu", "eu", "eu", "us", "us", "ap", "ap"]
+        "eu",
+        "eu",
+        "eu",
+        "us",
+        "us",
+        "ap",
+        "ap",
+    ]
 
     with client(ops_server, TOKEN) as http:
         assert http.post("/api/drain", json={"target": "eu"}).status_code == 200
     for _ in range(20):  # some traffic for the rates
         answer(ops_server)
     screenshot = tmp_path / "status.png"
-    dom = chromium(f"{url}?explain=www.example.com&subnet={GERMANY}", tmp_path / "profile",
-                   screenshot)
+    dom = chromium(f"{url}?explain=www.example.com&subnet={GERMANY}", tmp_path / "profile", screenshot)
     print(f"status page screenshot: {screenshot}")
     assert screenshot.stat().st_size > 20_000
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -637,8 +779,7 @@ def test_status_page_shows_a_drain_on_the_map(ops_server: Server, tmp_path: Path
     assert 'data-dc="eu" data-state="drained"' in dom
     assert 'data-dc-marker="eu" data-state="drained"' in dom
     assert 'data-dc-marker="us" data-state="up"' in dom
-    assert [_country_dc(dom, c) for c in ("DE", "FR", "PL", "US", "JP")] == [
-        "us", "us", "us", "us", "ap"]
+    assert [_country_dc(dom, c) for c in ("DE", "FR", "PL", "US", "JP")] == ["us", "us", "us", "us", "ap"]
     assert not re.search(r'data-dc="eu"[^>]*><title>', dom)  # no country sent to eu
     assert re.search(r'<span data-legend="eu">.*?eu \(drained\)</span>', dom)
     assert 'class="badge drained">DRAINED<' in dom
@@ -674,9 +815,9 @@ def _drained(*names: str) -> HealthView:
         ("img.example.com.", ("127.0.3.1", "127.0.1.1"), 4, ("127.0.2.1",), ("eu",)),
     ],
 )
-def test_policy_leaves_drained_vips_out(service: str, drained: tuple[str, ...], family: int,
-                                        addresses: tuple[str, ...],
-                                        datacenters: tuple[str, ...]) -> None:
+def test_policy_leaves_drained_vips_out(
+    service: str, drained: tuple[str, ...], family: int, addresses: tuple[str, ...], datacenters: tuple[str, ...]
+) -> None:
     view = _drained(*drained)
     assert view.drains == bool(drained)
     decision = choose(CONFIG.services[service], CONFIG.datacenters, BERLIN, view, family)

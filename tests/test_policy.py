@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from gslb import config
-from gslb.geo import Location, distance_km
-from gslb.health import HealthView, Status
-from gslb.policy import SERVFAIL, Candidate, Decision, choose
+from gslb.geo.database import Location, distance_km
+from gslb.health.monitor import HealthView, Status
+from gslb.steering.policy import SERVFAIL, Candidate, Decision, choose
 
 CONFIG = config.loads(
     """
@@ -115,14 +115,10 @@ CONFIG = config.loads(
 )
 DCS = CONFIG.datacenters
 
-NEW_YORK = Location(
-    country="US", continent="NA", subdivision="NY", latitude=40.71, longitude=-74.01
-)
+NEW_YORK = Location(country="US", continent="NA", subdivision="NY", latitude=40.71, longitude=-74.01)
 BERLIN = Location(country="DE", continent="EU", latitude=52.52, longitude=13.40)
 OSAKA = Location(country="JP", continent="AS", latitude=34.69, longitude=135.50)
-LOS_ANGELES = Location(
-    country="US", continent="NA", subdivision="CA", latitude=34.05, longitude=-118.24
-)
+LOS_ANGELES = Location(country="US", continent="NA", subdivision="CA", latitude=34.05, longitude=-118.24)
 SYDNEY = Location(country="AU", continent="OC", latitude=-33.87, longitude=151.21)
 SOMEWHERE = Location(country="BR", continent="SA")  # no coordinates
 
@@ -143,9 +139,7 @@ def health(*down: str, reason: str = "timeout") -> HealthView:
     return HealthView(1, {name: Status(False, reason, 0.0) for name in down})
 
 
-def decide(
-    service: str, location: Location, down: tuple[str, ...] = (), family: int = 4
-) -> Decision:
+def decide(service: str, location: Location, down: tuple[str, ...] = (), family: int = 4) -> Decision:
     return choose(CONFIG.services[service], DCS, location, health(*down), family)
 
 
@@ -315,9 +309,7 @@ def test_bias_km(longitude: float, expected: str) -> None:
     d = choose(BIASED.services["s.example."], BIASED.datacenters, location, health(), 4)
     ranked = sorted(
         BIASED.datacenters.values(),
-        key=lambda dc: (
-            distance_km(0.0, longitude, dc.latitude or 0, dc.longitude or 0) + dc.bias_km
-        ),
+        key=lambda dc: distance_km(0.0, longitude, dc.latitude or 0, dc.longitude or 0) + dc.bias_km,
     )
     assert d.datacenters == (ranked[0].name,) == (expected,)
     # Candidates show the plain distance, without the bias.
@@ -381,10 +373,7 @@ def test_weighted_answering_every_healthy_member_is_cacheable() -> None:
 def test_weighted_all_down_open_draws_from_all() -> None:
     svc = CONFIG.services["w.example."]
     rng = random.Random(5)
-    picks = Counter(
-        choose(svc, DCS, BERLIN, health("us", "eu", "ap"), 4, rng).datacenters[0]
-        for _ in range(400)
-    )
+    picks = Counter(choose(svc, DCS, BERLIN, health("us", "eu", "ap"), 4, rng).datacenters[0] for _ in range(400))
     assert set(picks) == {"us", "eu", "ap"}
 
 
@@ -419,9 +408,7 @@ def test_reason_geo() -> None:
     assert decide("geo.example.", BERLIN).reason == "geo rule continent:EU: eu"
     assert decide("geo.example.", NEW_YORK).reason == "geo default: us"
     d = decide("geo.example.", OSAKA, ("ap",))
-    assert d.reason == (
-        "geo rule country:JP: ap down; nearest healthy of the rest: eu (9237 km); ap down: timeout"
-    )
+    assert d.reason == ("geo rule country:JP: ap down; nearest healthy of the rest: eu (9237 km); ap down: timeout")
     assert [(c.name, c.rank) for c in d.candidates] == [
         ("ap", 1),
         ("eu", 2),
@@ -485,7 +472,7 @@ def test_decision_equality_ignores_explanation() -> None:
 
 
 def test_ranking_uses_the_same_distances() -> None:
-    # The ranking's precomputed haversine agrees with gslb.geo.distance_km().
+    # The ranking's precomputed haversine agrees with gslb.geo.database.distance_km().
     for location in (NEW_YORK, BERLIN, OSAKA, SYDNEY, LOS_ANGELES):
         d = decide("near.example.", location)
         for c in d.candidates:

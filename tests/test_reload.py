@@ -40,8 +40,9 @@ def zone_dir(tmp_path: Path) -> Path:
 
 
 def test_sighup_reloads_and_a_broken_file_keeps_the_old_data(start_server: type[Server], zone_dir: Path) -> None:
-    server = start_server("--zones", str(zone_dir), "--no-probes", "--no-watch",
-                          "--state-file", str(zone_dir.parent / "s.json"))
+    server = start_server(
+        "--zones", str(zone_dir), "--no-probes", "--no-watch", "--state-file", str(zone_dir.parent / "s.json")
+    )
     assert same_rrsets(server.query("a.reload.test.").answer, "a.reload.test. 60 IN A 127.0.0.1")
 
     _write(zone_dir / "reload.test.zone", ZONE.format(last=2))
@@ -82,14 +83,14 @@ def _pair(port: int, first: str, second: str) -> tuple[str, str]:
     with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
         sock.sendall(b"".join(len(w).to_bytes(2, "big") + w for w in wires))
         stream = sock.makefile("rb")
-        replies = [dns.message.from_wire(stream.read(int.from_bytes(stream.read(2), "big")))
-                   for _ in wires]
+        replies = [dns.message.from_wire(stream.read(int.from_bytes(stream.read(2), "big"))) for _ in wires]
     return replies[0].answer[0][0].address, replies[1].answer[0][0].address
 
 
 @pytest.mark.parametrize("workers", ["2", "0"])
-def test_queries_during_reloads_never_see_half_a_snapshot(start_server: type[Server], zone_dir: Path,
-                                                          workers: str) -> None:
+def test_queries_during_reloads_never_see_half_a_snapshot(
+    start_server: type[Server], zone_dir: Path, workers: str
+) -> None:
     """Two zones change together; every pair of answers must come from one version or the other.
 
     While each reload runs, both zones are asked in turn (the order alternating), as a pair in
@@ -97,8 +98,16 @@ def test_queries_during_reloads_never_see_half_a_snapshot(start_server: type[Ser
     """
     other = ZONE.replace("reload.test.", "other.test.")
     _write(zone_dir / "other.test.zone", other.format(last=1))
-    server = start_server("--zones", str(zone_dir), "--no-probes", "--no-watch", "--workers", workers,
-                          "--state-file", str(zone_dir.parent / "s.json"))
+    server = start_server(
+        "--zones",
+        str(zone_dir),
+        "--no-probes",
+        "--no-watch",
+        "--workers",
+        workers,
+        "--state-file",
+        str(zone_dir.parent / "s.json"),
+    )
     names = ("a.reload.test.", "a.other.test.")
     for version in range(2, 6):
         _write(zone_dir / "reload.test.zone", ZONE.format(last=version))
@@ -128,8 +137,7 @@ def test_queries_during_reloads_never_see_half_a_snapshot(start_server: type[Ser
 
 
 def _gslb(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gslb", *args], capture_output=True, text=True,
-                          timeout=30, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "gslb", *args], capture_output=True, text=True, timeout=30, cwd=cwd)
 
 
 def test_check_passes_on_the_example() -> None:
@@ -140,14 +148,22 @@ def test_check_passes_on_the_example() -> None:
     assert table.startswith("geo table: ") and " IPv4 and " in table
     # One line per service: its policy, how many rankings, over how many ranges.
     assert sorted(line.split()[0] for line in services) == [
-        "api.example.com.", "app.example.com.", "img.example.com.", "www.example.com."]
+        "api.example.com.",
+        "app.example.com.",
+        "img.example.com.",
+        "www.example.com.",
+    ]
     assert any("(nearest): " in line and " rankings over " in line for line in services)
 
 
 def test_example_zone_passes_named_checkzone() -> None:
     need("named-checkzone")
-    result = subprocess.run(["named-checkzone", "example.com", str(EXAMPLE_ZONES / "example.com.zone")],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["named-checkzone", "example.com", str(EXAMPLE_ZONES / "example.com.zone")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -159,10 +175,10 @@ def test_check_reports_every_problem_with_file_and_line(tmp_path: Path) -> None:
         "@ SOA ns hostmaster 1 2 3 4 5\n"
         "@ NS ns\n"
         "ns A 127.0.0.1\n"
-        "x A 999.1.2.3\n"             # 5: bad address
-        "y AAAA not-an-address\n"     # 6: bad address
+        "x A 999.1.2.3\n"  # 5: bad address
+        "y AAAA not-an-address\n"  # 6: bad address
         "c CNAME ns\n"
-        "c TXT \"beside a CNAME\"\n"  # 7: CNAME and other data
+        'c TXT "beside a CNAME"\n'  # 7: CNAME and other data
         "out.example.org. A 127.0.0.1\n"  # 9: outside the zone
     )
     (zones / "nosoa.test.zone").write_text("$TTL 60\n@ NS ns\nns A 127.0.0.1\n")

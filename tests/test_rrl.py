@@ -20,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gslb import cookies as cookie_module
-from gslb import rrl
-from gslb.answer import Answerer
 from gslb.config import ConfigError, RrlSettings, loads
-from gslb.cookies import Cookies
-from gslb.health import HealthView
-from gslb.rrl import ALLOW, ANSWER, DROP, ERROR, NXDOMAIN_KIND, REFERRAL, SLIP, RateLimiter, kind_of
+from gslb.dns import cookies as cookie_module
+from gslb.dns import rrl
+from gslb.dns.answer import Answerer
+from gslb.dns.cookies import Cookies
+from gslb.dns.rrl import ALLOW, ANSWER, DROP, ERROR, NXDOMAIN_KIND, REFERRAL, SLIP, RateLimiter, kind_of
+from gslb.health.monitor import HealthView
 from gslb.snapshot import Snapshot, Sources, build
 from tests.conftest import EXAMPLE_ZONES, Server
 
@@ -100,20 +100,29 @@ def test_full_buckets_are_forgotten_first(clock: Clock, monkeypatch: pytest.Monk
     assert limiter.check("10.0.1.1", ANSWER) == DROP
 
 
-@pytest.mark.parametrize(("flags", "counts", "kind"), [
-    (0x8400, (1, 1, 0, 0), ANSWER), (0x8400, (1, 0, 1, 0), ANSWER),  # NODATA: an answer
-    (0x8403, (1, 0, 1, 0), NXDOMAIN_KIND), (0x8005, (1, 0, 0, 0), ERROR), (0x8001, (0, 0, 0, 0), ERROR),
-    (0x8000, (1, 0, 2, 1), REFERRAL),
-])
+@pytest.mark.parametrize(
+    ("flags", "counts", "kind"),
+    [
+        (0x8400, (1, 1, 0, 0), ANSWER),
+        (0x8400, (1, 0, 1, 0), ANSWER),  # NODATA: an answer
+        (0x8403, (1, 0, 1, 0), NXDOMAIN_KIND),
+        (0x8005, (1, 0, 0, 0), ERROR),
+        (0x8001, (0, 0, 0, 0), ERROR),
+        (0x8000, (1, 0, 2, 1), REFERRAL),
+    ],
+)
 def test_kind_of_a_reply(flags: int, counts: tuple[int, int, int, int], kind: int) -> None:
     assert kind_of(struct.pack("!HH4H", 1, flags, *counts)) == kind
 
 
 def test_config_of_rrl(tmp_path: Path) -> None:
-    config = loads('[rrl]\nrate = 5\nwindow = 2\nslip = 0\nexempt = ["10.0.0.0/8", "2001:db8::/32"]\n'
-                   "log_only = true\nipv6_prefix = 48\n")
-    assert config.rrl == RrlSettings(5, 2.0, 0, (ipaddress.ip_network("10.0.0.0/8"),
-                                                ipaddress.ip_network("2001:db8::/32")), True, 24, 48)
+    config = loads(
+        '[rrl]\nrate = 5\nwindow = 2\nslip = 0\nexempt = ["10.0.0.0/8", "2001:db8::/32"]\n'
+        "log_only = true\nipv6_prefix = 48\n"
+    )
+    assert config.rrl == RrlSettings(
+        5, 2.0, 0, (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")), True, 24, 48
+    )
     assert loads("").rrl is None and loads("[rrl]\nenabled = false\n").rrl is None
     assert loads("[rrl]\n").rrl == RrlSettings()
     text = '[geo]\nno_ecs = "resolver"\n[rrl]\nrate = 0\nslip = "2"\nexempt = ["10.0.0.1/8"]\nwindow = 0.5\nrates = 1\n'
@@ -137,8 +146,10 @@ def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
     directory = tmp_path_factory.mktemp("rrl")
     (directory / "cookie.key").write_text(SECRET.hex() + "\n")
     config = directory / "gslb.toml"
-    config.write_text((EXAMPLE_ZONES / "gslb.toml").read_text()
-                      + '\n[cookies]\nsecret_file = "cookie.key"\n\n[rrl]\nrate = 3\nslip = 2\n')
+    config.write_text(
+        (EXAMPLE_ZONES / "gslb.toml").read_text()
+        + '\n[cookies]\nsecret_file = "cookie.key"\n\n[rrl]\nrate = 3\nslip = 2\n'
+    )
     return build(Sources(EXAMPLE_ZONES, config=config))
 
 
@@ -168,7 +179,8 @@ def test_udp_is_limited_tcp_never(clock: Clock, snapshot: Snapshot) -> None:
 
 
 def test_a_valid_server_cookie_is_exempt_and_a_client_cookie_slips_badcookie(
-        clock: Clock, snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock: Clock, snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(cookie_module, "clock", lambda: 1_700_000_000)
     answerer = Answerer(snapshot, HealthView())
     replies = [answerer.handle(_wire("static.example.com.", b"clientck"), "192.0.2.9") for _ in range(5)]
@@ -178,8 +190,7 @@ def test_a_valid_server_cookie_is_exempt_and_a_client_cookie_slips_badcookie(
     # RFC 7873 §5.2.3: a client that does cookies is told BADCOOKIE, with our cookie to come back with.
     assert message.rcode() == dns.rcode.BADCOOKIE and not message.flags & dns.flags.TC and not message.answer
     cookie = next(o for o in message.options if isinstance(o, dns.edns.CookieOption))
-    valid = b"clientck" + Cookies((SECRET,)).make(b"clientck", ipaddress.ip_address("192.0.2.9").packed,
-                                                 1_700_000_000)
+    valid = b"clientck" + Cookies((SECRET,)).make(b"clientck", ipaddress.ip_address("192.0.2.9").packed, 1_700_000_000)
     assert cookie.client + cookie.server == valid
     # With it the client is not limited at all, on either path.
     for _ in range(20):
@@ -231,13 +242,26 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_a_flood_from_one_address_is_limited_and_another_gets_every_answer(
-        start_server: type[Server], tmp_path: Path) -> None:
+    start_server: type[Server], tmp_path: Path
+) -> None:
     config = tmp_path / "gslb.toml"
     rate, seconds, slip = 50, 3.0, 2
-    config.write_text((EXAMPLE_ZONES / "gslb.toml").read_text()
-                      + f"\n[rrl]\nrate = {rate}\nslip = {slip}\nipv4_prefix = 32\n")
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--config", str(config), "--no-probes", "--workers", "2",
-                          "--state-file", str(tmp_path / "state.json"), "--http", "127.0.0.1:0")
+    config.write_text(
+        (EXAMPLE_ZONES / "gslb.toml").read_text() + f"\n[rrl]\nrate = {rate}\nslip = {slip}\nipv4_prefix = 32\n"
+    )
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--config",
+        str(config),
+        "--no-probes",
+        "--workers",
+        "2",
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--http",
+        "127.0.0.1:0",
+    )
     out: dict[str, int] = {}
     done = threading.Event()
     flood = threading.Thread(target=_flooder, args=(server.port, seconds, 5000, out, done), daemon=True)
@@ -278,7 +302,7 @@ def test_a_flood_from_one_address_is_limited_and_another_gets_every_answer(
 
 
 def test_the_compiled_loop_hands_every_packet_to_python_when_limiting(clock: Clock, snapshot: Snapshot) -> None:
-    compiled = pytest.importorskip("gslb._fastudp", reason="the compiled UDP loop is not built")
+    compiled = pytest.importorskip("gslb.dns._fastudp", reason="the compiled UDP loop is not built")
     answerer = Answerer(snapshot, HealthView())
     wire = _wire("static.example.com.")
     assert answerer.handle(wire, "192.0.2.77", True) is not None  # cached, over TCP: not counted
@@ -302,16 +326,24 @@ def _cookie_seeds() -> list[bytes]:
     for name in ("www.example.com.", "static.example.com.", "nope.example.com.", "example.org."):
         for cookie in (b"clientck", b"clientck" + b"\x01\x00\x00\x00" + bytes(12), bytes(5)):
             out.append(_wire(name, cookie))
-    out.append(struct.pack("!HHHHHH", 9, 0x0100, 0, 0, 0, 1) + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x0c"
-               + b"\x00\x0a\x00\x08clientck")  # no question: asks for a server cookie
+    out.append(
+        struct.pack("!HHHHHH", 9, 0x0100, 0, 0, 0, 1)
+        + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x0c"
+        + b"\x00\x0a\x00\x08clientck"
+    )  # no question: asks for a server cookie
     return out
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(_cookie_seeds()), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
-       st.integers(0, 30), st.sampled_from(["192.0.2.1", "2001:db8::1", "10.9.8.7"]))
-def test_mutated_cookie_queries_under_limits(strict: Answerer, seed: bytes, flips: list[tuple[int, int]], cut: int,
-                                             source: str) -> None:
+@given(
+    st.sampled_from(_cookie_seeds()),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
+    st.integers(0, 30),
+    st.sampled_from(["192.0.2.1", "2001:db8::1", "10.9.8.7"]),
+)
+def test_mutated_cookie_queries_under_limits(
+    strict: Answerer, seed: bytes, flips: list[tuple[int, int]], cut: int, source: str
+) -> None:
     wire = bytearray(seed)
     for position, value in flips:
         wire[position % len(wire)] = value

@@ -32,8 +32,19 @@ GEOLITE2 = _geolite2_city()
 @pytest.fixture(scope="module")
 def geo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     state = tmp_path_factory.mktemp("state") / "state.json"
-    server = Server(["--zones", str(EXAMPLE_ZONES), "--geodb", str(GEOLITE2), "--no-probes",
-                     "--state-file", str(state), "--workers", "2"])
+    server = Server(
+        [
+            "--zones",
+            str(EXAMPLE_ZONES),
+            "--geodb",
+            str(GEOLITE2),
+            "--no-probes",
+            "--state-file",
+            str(state),
+            "--workers",
+            "2",
+        ]
+    )
     yield server
     assert server.stop() == 0
 
@@ -68,8 +79,9 @@ def _prefix(address: str) -> int:
 )
 def test_nearest_data_center_by_ecs(geo_server: Server, subnet: str, rdtype: str, expected: str) -> None:
     address, source = subnet.split("/")
-    query = dns.message.make_query("www.example.com.", rdtype, use_edns=0,
-                                   options=[dns.edns.ECSOption(address, int(source))])
+    query = dns.message.make_query(
+        "www.example.com.", rdtype, use_edns=0, options=[dns.edns.ECSOption(address, int(source))]
+    )
     for tcp in (False, True):
         reply = geo_server.send(query, tcp=tcp)
         assert reply.rcode() == dns.rcode.NOERROR
@@ -101,11 +113,11 @@ def test_static_answers_and_single_decision_services_have_scope_zero(geo_server:
 
 
 def test_cname_to_a_service_is_followed(geo_server: Server) -> None:
-    query = dns.message.make_query("web.example.com.", "A", use_edns=0,
-                                   options=[dns.edns.ECSOption("133.242.0.0", 24)])
+    query = dns.message.make_query("web.example.com.", "A", use_edns=0, options=[dns.edns.ECSOption("133.242.0.0", 24)])
     reply = geo_server.send(query)
-    assert same_rrsets(reply.answer, "web.example.com. 3600 IN CNAME www.example.com.\n"
-                                     "www.example.com. 30 IN A 127.0.3.1")
+    assert same_rrsets(
+        reply.answer, "web.example.com. 3600 IN CNAME www.example.com.\nwww.example.com. 30 IN A 127.0.3.1"
+    )
 
 
 def test_geo_map_failover_and_weighted_services(geo_server: Server) -> None:
@@ -134,8 +146,22 @@ def test_client_without_ecs_is_located_by_its_resolver_address(geo_server: Serve
 
 def _explain(*args: str) -> dict[str, object]:
     result = subprocess.run(
-        [sys.executable, "-m", "gslb", "explain", "--zones", str(EXAMPLE_ZONES), "--geodb", str(GEOLITE2),
-         "--json", *args], capture_output=True, text=True, timeout=30, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "gslb",
+            "explain",
+            "--zones",
+            str(EXAMPLE_ZONES),
+            "--geodb",
+            str(GEOLITE2),
+            "--json",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
@@ -157,9 +183,25 @@ def test_explain_says_why() -> None:
     assert out["answer"] == ["2001:db8:3::1"]
     out = _explain("static.example.com")
     assert out["kind"] == "static" and out["ecs_scope"] == 0
-    text = subprocess.run([sys.executable, "-m", "gslb", "explain", "--zones", str(EXAMPLE_ZONES), "--geodb",
-                           str(GEOLITE2), "www.example.com", "--subnet", "8.8.8.0/24"],
-                          capture_output=True, text=True, timeout=30, cwd=ROOT).stdout
+    text = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gslb",
+            "explain",
+            "--zones",
+            str(EXAMPLE_ZONES),
+            "--geodb",
+            str(GEOLITE2),
+            "www.example.com",
+            "--subnet",
+            "8.8.8.0/24",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    ).stdout
     assert "location     US/NA" in text and "answer       127.0.1.1" in text and "why" in text
 
 
@@ -174,10 +216,21 @@ def test_private_networks_can_be_placed_by_an_internal_database(start_server: ty
     from tests.mmdb_fixtures import FRANKFURT, TOKYO, build_test_mmdb
 
     mmdb = build_test_mmdb(tmp_path / "internal.mmdb", networks={"10.2.0.0/16": FRANKFURT, "10.3.0.0/16": TOKYO})
-    config = (EXAMPLE_ZONES / "gslb.toml").read_text().replace('[geo]\n', '[geo]\nprivate = "database"\n', 1)
+    config = (EXAMPLE_ZONES / "gslb.toml").read_text().replace("[geo]\n", '[geo]\nprivate = "database"\n', 1)
     (tmp_path / "gslb.toml").write_text(config)
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--config", str(tmp_path / "gslb.toml"), "--geodb",
-                          str(mmdb), "--no-probes", "--state-file", str(tmp_path / "s.json"), "--workers", "0")
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--config",
+        str(tmp_path / "gslb.toml"),
+        "--geodb",
+        str(mmdb),
+        "--no-probes",
+        "--state-file",
+        str(tmp_path / "s.json"),
+        "--workers",
+        "0",
+    )
     for subnet, expected in (("10.2.0.0", "127.0.2.1"), ("10.3.0.0", "127.0.3.1"), ("10.9.0.0", "127.0.1.1")):
         query = dns.message.make_query("www.example.com.", "A", use_edns=0, options=[dns.edns.ECSOption(subnet, 24)])
         assert same_rrsets(server.send(query).answer, f"www.example.com. 30 IN A {expected}"), subnet

@@ -55,9 +55,19 @@ def _closed_by_server(sock: socket.socket) -> bool:
 
 
 def test_idle_connections_make_room_for_new_clients(start_server: type[Server], tmp_path: Path) -> None:
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", str(WORKERS),
-                          "--tcp-max-connections", str(CAP), "--tcp-idle-timeout", "30",
-                          "--state-file", str(tmp_path / "s.json"))
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        str(WORKERS),
+        "--tcp-max-connections",
+        str(CAP),
+        "--tcp-idle-timeout",
+        "30",
+        "--state-file",
+        str(tmp_path / "s.json"),
+    )
     line = server.wait_log(r"TCP: at most \d+ connections per process")
     assert f"at most {CAP} connections per process ({CAP * WORKERS} in all)" in line
     workers = _worker_pids(server)
@@ -107,7 +117,8 @@ def test_idle_connections_make_room_for_new_clients(start_server: type[Server], 
         # (asyncio accepts a burst before it runs their connection_made: wait for it to settle).
         deadline = time.monotonic() + 3
         while (held := {pid: _open_files(pid) - baseline[pid] for pid in workers}) and any(
-                n > CAP for n in held.values()):
+            n > CAP for n in held.values()
+        ):
             assert time.monotonic() < deadline, f"connections held beyond the cap of {CAP}: {held}"
             stop.wait(0.02)
     finally:
@@ -127,9 +138,19 @@ def test_idle_connections_make_room_for_new_clients(start_server: type[Server], 
 
 def test_at_the_cap_the_longest_idle_connection_gives_way(start_server: type[Server], tmp_path: Path) -> None:
     """With every slot established, a newcomer closes the one idle longest (once it is not busy)."""
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
-                          "--tcp-max-connections", "4", "--tcp-idle-timeout", "30",
-                          "--state-file", str(tmp_path / "s.json"))
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "0",
+        "--tcp-max-connections",
+        "4",
+        "--tcp-idle-timeout",
+        "30",
+        "--state-file",
+        str(tmp_path / "s.json"),
+    )
     held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(4)]
     for sock in held:  # held[0] asked first: the longest idle from here on
         assert _ask(sock).rcode() == dns.rcode.NOERROR
@@ -150,9 +171,19 @@ def test_at_the_cap_the_longest_idle_connection_gives_way(start_server: type[Ser
 
 def test_idle_timeout_shortens_under_pressure(start_server: type[Server], tmp_path: Path) -> None:
     """Above 75 % of the cap, connections idle for a second are closed; below, the timeout holds."""
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--workers", "0",
-                          "--tcp-max-connections", str(CAP), "--tcp-idle-timeout", "30",
-                          "--state-file", str(tmp_path / "s.json"))
+    server = start_server(
+        "--zones",
+        str(EXAMPLE_ZONES),
+        "--no-probes",
+        "--workers",
+        "0",
+        "--tcp-max-connections",
+        str(CAP),
+        "--tcp-idle-timeout",
+        "30",
+        "--state-file",
+        str(tmp_path / "s.json"),
+    )
     crowd = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(CAP - 1)]
     started = time.monotonic()
     for sock in crowd:
@@ -170,10 +201,29 @@ def test_open_files_limit_is_raised_and_logged(tmp_path: Path) -> None:
     if hard == resource.RLIM_INFINITY or hard <= 512:
         pytest.skip(f"the hard limit ({hard}) leaves nothing to show")
     proc = subprocess.Popen(
-        ["prlimit", f"--nofile=512:{hard}", sys.executable, "-m", "gslb", "serve", "--zones", str(EXAMPLE_ZONES),
-         "--no-probes", "--http", "off", "--listen", "127.0.0.1:0", "--workers", "1",
-         "--state-file", str(tmp_path / "s.json")],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        [
+            "prlimit",
+            f"--nofile=512:{hard}",
+            sys.executable,
+            "-m",
+            "gslb",
+            "serve",
+            "--zones",
+            str(EXAMPLE_ZONES),
+            "--no-probes",
+            "--http",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--state-file",
+            str(tmp_path / "s.json"),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stderr is not None
     try:
         lines = []

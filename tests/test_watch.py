@@ -15,7 +15,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from gslb import watch, zones
+from gslb import watch
+from gslb.dns import zones
 from gslb.inputs import Inputs, recording
 from gslb.snapshot import Sources, build
 from gslb.watch import Watcher
@@ -48,8 +49,9 @@ def _rewrite(path: Path, text: str) -> None:
 @pytest.mark.parametrize("workers", ["2", "0"])
 def test_a_changed_included_file_is_served(start_server: type[Server], tmp_path: Path, workers: str) -> None:
     directory, included = _included_zone(tmp_path)
-    server = start_server("--zones", str(directory), "--no-probes", "--state-file", str(tmp_path / "s.json"),
-                          "--workers", workers)
+    server = start_server(
+        "--zones", str(directory), "--no-probes", "--state-file", str(tmp_path / "s.json"), "--workers", workers
+    )
     assert same_rrsets(server.query("h1.inc.test.").answer, "h1.inc.test. 60 IN A 127.0.0.21")
     mark = server.mark()
     included.write_text("h1 A 127.0.0.21\nh2 A 127.0.0.22\n")  # written in place
@@ -72,8 +74,7 @@ def _answers_soon(server: Server, name: str, expected: str, timeout: float = 5.0
         time.sleep(0.05)
 
 
-def test_a_broken_included_file_keeps_the_old_data_and_says_where(start_server: type[Server],
-                                                                     tmp_path: Path) -> None:
+def test_a_broken_included_file_keeps_the_old_data_and_says_where(start_server: type[Server], tmp_path: Path) -> None:
     directory, included = _included_zone(tmp_path)
     server = start_server("--zones", str(directory), "--no-probes", "--state-file", str(tmp_path / "s.json"))
     mark = server.mark()
@@ -93,8 +94,9 @@ def test_a_broken_included_file_keeps_the_old_data_and_says_where(start_server: 
 
 def test_a_replaced_geo_database_moves_the_answers(start_server: type[Server], tmp_path: Path) -> None:
     geodb = build_test_mmdb(tmp_path / "geo.mmdb", networks={"2.2.0.0/16": FRANKFURT})
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--geodb", str(geodb), "--no-probes",
-                          "--state-file", str(tmp_path / "s.json"))
+    server = start_server(
+        "--zones", str(EXAMPLE_ZONES), "--geodb", str(geodb), "--no-probes", "--state-file", str(tmp_path / "s.json")
+    )
     query = dns.message.make_query("www.example.com.", "A", use_edns=0, options=[dns.edns.ECSOption("2.2.3.0", 24)])
     assert same_rrsets(server.send(query).answer, "www.example.com. 30 IN A 127.0.2.1")  # eu
     mark = server.mark()
@@ -123,8 +125,9 @@ def test_a_snapshot_records_every_file_it_read(tmp_path: Path) -> None:
     assert set(snapshot.inputs.changed()) == {included, directory / "new.test.zone"}
 
 
-def test_includes_resolve_without_changing_the_working_directory(monkeypatch: pytest.MonkeyPatch,
-                                                                 tmp_path: Path) -> None:
+def test_includes_resolve_without_changing_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """A reload runs in a thread beside the answering ones: it must not move the process's cwd."""
     directory, included = _included_zone(tmp_path)
     (directory / "hosts" / "more.inc").write_text("h9 A 127.0.0.29\n")

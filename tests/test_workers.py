@@ -30,10 +30,10 @@ def _workers(server: Server) -> list[int]:
     return out
 
 
-def test_a_killed_worker_is_replaced_and_nothing_goes_unanswered(start_server: type[Server],
-                                                                  tmp_path: Path) -> None:
-    server = start_server("--zones", str(EXAMPLE_ZONES), "--no-probes", "--state-file", str(tmp_path / "s.json"),
-                          "--workers", "2")
+def test_a_killed_worker_is_replaced_and_nothing_goes_unanswered(start_server: type[Server], tmp_path: Path) -> None:
+    server = start_server(
+        "--zones", str(EXAMPLE_ZONES), "--no-probes", "--state-file", str(tmp_path / "s.json"), "--workers", "2"
+    )
     before = _workers(server)
     assert len(before) == 2
     wire = dns.message.make_query("static.example.com.", "A").to_wire()

@@ -13,7 +13,7 @@ from typing import Any
 import dns.name
 import pytest
 
-from gslb import masterfile, zones
+from gslb.dns import masterfile, zones
 from gslb.inputs import recording
 from tests.conftest import EXAMPLE_ZONES
 
@@ -54,28 +54,27 @@ def _load(directory: Path) -> list[str]:
 def test_every_error_of_a_file_in_one_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     zone = tmp_path / "err.test.zone"
     zone.write_text(
-        HEAD +                                 # 1-6
-        "a A 999.1.2.3\n"                      # 7: a bad address
+        HEAD  # 1-6
+        + "a A 999.1.2.3\n"  # 7: a bad address
         "ok1 A 127.0.0.2\n"
-        "b AAAA not-an-address ; comment\n"    # 9
-        "mx MX ( 10 ; preference\n"           # 10: a record over three lines, bad on its last
+        "b AAAA not-an-address ; comment\n"  # 9
+        "mx MX ( 10 ; preference\n"  # 10: a record over three lines, bad on its last
         "   mail\n"
         "   extra )\n"
         "ok2 A 127.0.0.3\n"
-        "c FOO bar\n"                          # 14: an unknown type
-        "$GENERATE 1-3 g$ A 127.0.0.$\n"       # fine
+        "c FOO bar\n"  # 14: an unknown type
+        "$GENERATE 1-3 g$ A 127.0.0.$\n"  # fine
         "$GENERATE 1-3 h$ A 127.0.0.${0,3,q}\n"  # 16: a bad modifier
-        "d CH A 127.0.0.1\n"                   # 17: another class
+        "d CH A 127.0.0.1\n"  # 17: another class
         "e A 127.0.0.4\n"
-        "e CNAME ok1\n"                        # 19: CNAME and other data, found after the syntax errors
+        "e CNAME ok1\n"  # 19: CNAME and other data, found after the syntax errors
     )
     reads = Reads(monkeypatch)
     problems = _load(tmp_path)
-    assert [p.split(": ", 1)[0] for p in problems] == [
-        f"{zone}:{line}" for line in (7, 9, 10, 14, 16, 17, 19)]
+    assert [p.split(": ", 1)[0] for p in problems] == [f"{zone}:{line}" for line in (7, 9, 10, 14, 16, 17, 19)]
     assert problems[0] == f"{zone}:7: Text input is malformed: a A 999.1.2.3"
     assert problems[1] == f"{zone}:9: Text input is malformed: b AAAA not-an-address ; comment"
-    assert problems[2] == f"{zone}:10: expected EOL or EOF, got 3 \"extra\": mx MX ( 10 ; preference"
+    assert problems[2] == f'{zone}:10: expected EOL or EOF, got 3 "extra": mx MX ( 10 ; preference'
     assert problems[3] == f"{zone}:14: unknown rdatatype 'FOO': c FOO bar"
     assert problems[4].endswith("invalid $GENERATE modifier: $GENERATE 1-3 h$ A 127.0.0.${0,3,q}")
     assert problems[5] == f"{zone}:17: RR class is not zone's class: d CH A 127.0.0.1"
@@ -86,13 +85,23 @@ def test_every_error_of_a_file_in_one_read(tmp_path: Path, monkeypatch: pytest.M
 
 def test_records_around_the_errors_are_all_read(tmp_path: Path) -> None:
     zone = tmp_path / "err.test.zone"
-    zone.write_text(HEAD + "a A 999.1.2.3\nok1 A 127.0.0.2\n$GENERATE 1-3 g$ A 127.0.0.$\nb A\nok2 TXT \"x\"\n")
+    zone.write_text(HEAD + 'a A 999.1.2.3\nok1 A 127.0.0.2\n$GENERATE 1-3 g$ A 127.0.0.$\nb A\nok2 TXT "x"\n')
     records, problems = masterfile.read(zone, ORIGIN)
-    assert [(p.line, p.message) for p in problems] == [(7, "Text input is malformed: a A 999.1.2.3"),
-                                                        (10, "expecting an identifier: b A")]
+    assert [(p.line, p.message) for p in problems] == [
+        (7, "Text input is malformed: a A 999.1.2.3"),
+        (10, "expecting an identifier: b A"),
+    ]
     names = [r.name.to_text() for r in records]
-    assert names == ["err.test.", "err.test.", "ns.err.test.", "ok1.err.test.",
-                     "g1.err.test.", "g2.err.test.", "g3.err.test.", "ok2.err.test."]
+    assert names == [
+        "err.test.",
+        "err.test.",
+        "ns.err.test.",
+        "ok1.err.test.",
+        "g1.err.test.",
+        "g2.err.test.",
+        "g3.err.test.",
+        "ok2.err.test.",
+    ]
     assert [r.line for r in records] == [3, 5, 6, 8, 9, 9, 9, 11]
 
 
@@ -115,14 +124,17 @@ def test_an_error_in_an_included_file_is_at_that_files_line(tmp_path: Path, monk
 
 
 def test_included_files_are_read_with_their_own_lines(tmp_path: Path) -> None:
-    (tmp_path / "hosts.inc").write_text("; hosts\n\nh1 A 127.0.0.21\n  TXT \"first host\"\n")
+    (tmp_path / "hosts.inc").write_text('; hosts\n\nh1 A 127.0.0.21\n  TXT "first host"\n')
     zone = tmp_path / "err.test.zone"
     zone.write_text(HEAD + "$INCLUDE hosts.inc\nafter A 127.0.0.5\n")
     records, problems = masterfile.read(zone, ORIGIN)
     assert problems == []
     where = [(Path(r.file).name, r.line, r.name.to_text()) for r in records[3:]]
-    assert where == [("hosts.inc", 3, "h1.err.test."), ("hosts.inc", 4, "h1.err.test."),
-                     ("err.test.zone", 8, "after.err.test.")]
+    assert where == [
+        ("hosts.inc", 3, "h1.err.test."),
+        ("hosts.inc", 4, "h1.err.test."),
+        ("err.test.zone", 8, "after.err.test."),
+    ]
 
 
 def test_an_include_cycle_is_an_error_not_a_hang(tmp_path: Path) -> None:
@@ -134,16 +146,22 @@ def test_an_include_cycle_is_an_error_not_a_hang(tmp_path: Path) -> None:
     assert problems == [f"{tmp_path / 'b.inc'}:2: $INCLUDE a.inc: {tmp_path / 'a.inc'} includes itself"]
 
 
-@pytest.mark.parametrize(("text", "line", "message"), [
-    ("x ( A\n 127.0.0.1\n", 7, "unbalanced parentheses: x ( A"),
-    ("x A 127.0.0.1 )\ny A 127.0.0.2\n", 7, "unbalanced parentheses: x A 127.0.0.1 )"),
-    ('x TXT "no end\ny A 127.0.0.2\n', 7, 'newline in quoted string: x TXT "no end'),
-    ("x TXT a\\\ny A 127.0.0.2\n", 7, "Text input ended unexpectedly: x TXT a\\"),
-    ("bad..name A 127.0.0.1\n", 7, "A DNS label is empty: bad..name A 127.0.0.1"),
-    ("$GENERATE 1-5000000 g$ A 127.0.0.1\n", 7,
-     "$GENERATE range of more than 1000000 records: $GENERATE 1-5000000 g$ A 127.0.0.1"),
-    ("$INCLUDE\n", 7, "$INCLUDE takes a file name and an optional origin: $INCLUDE"),
-])
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("x ( A\n 127.0.0.1\n", 7, "unbalanced parentheses: x ( A"),
+        ("x A 127.0.0.1 )\ny A 127.0.0.2\n", 7, "unbalanced parentheses: x A 127.0.0.1 )"),
+        ('x TXT "no end\ny A 127.0.0.2\n', 7, 'newline in quoted string: x TXT "no end'),
+        ("x TXT a\\\ny A 127.0.0.2\n", 7, "Text input ended unexpectedly: x TXT a\\"),
+        ("bad..name A 127.0.0.1\n", 7, "A DNS label is empty: bad..name A 127.0.0.1"),
+        (
+            "$GENERATE 1-5000000 g$ A 127.0.0.1\n",
+            7,
+            "$GENERATE range of more than 1000000 records: $GENERATE 1-5000000 g$ A 127.0.0.1",
+        ),
+        ("$INCLUDE\n", 7, "$INCLUDE takes a file name and an optional origin: $INCLUDE"),
+    ],
+)
 def test_bad_input_is_a_clear_error(tmp_path: Path, text: str, line: int, message: str) -> None:
     zone = tmp_path / "err.test.zone"
     zone.write_text(HEAD + text)
@@ -154,7 +172,7 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, text: str, line: int, messag
 
 def test_a_line_that_is_not_utf8_is_reported_and_the_rest_read(tmp_path: Path) -> None:
     zone = tmp_path / "err.test.zone"
-    zone.write_bytes(HEAD.encode() + b"x TXT \"caf\xe9\"\ny A 127.0.0.2\n")
+    zone.write_bytes(HEAD.encode() + b'x TXT "caf\xe9"\ny A 127.0.0.2\n')
     records, problems = masterfile.read(zone, ORIGIN)
     assert [str(p) for p in problems] == [f"{zone}:7: not valid UTF-8"]
     assert records[-1].name.to_text() == "y.err.test."
@@ -173,7 +191,6 @@ def test_a_missing_zone_file_is_one_problem(tmp_path: Path) -> None:
     records, problems = masterfile.read(tmp_path / "none.zone", ORIGIN)
     assert records == [] and len(problems) == 1
     assert problems[0].line == 1 and problems[0].message.startswith("cannot read: ")
-
 
 
 def test_mangled_zone_files_give_problems_never_exceptions(tmp_path: Path) -> None:

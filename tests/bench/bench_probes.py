@@ -25,12 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gslb.health import Check, HealthMonitor, HealthView, ProbeResult, Target
+from gslb.health.monitor import Check, HealthMonitor, HealthView, ProbeResult, Target
 
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
-    b"Connection: close\r\n\r\nok\n"
-)
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
 
 
 class _Responder(asyncio.Protocol):
@@ -150,9 +147,7 @@ def main() -> None:
     try:
         if not ready.wait(10):
             raise SystemExit("responder did not start")
-        check = Check(
-            kind=args.kind, interval=args.interval, timeout=0.8, follow_redirects=args.via_httpx
-        )
+        check = Check(kind=args.kind, interval=args.interval, timeout=0.8, follow_redirects=args.via_httpx)
         n_hanging = round(args.targets * args.hanging)
         targets = []
         for i in range(args.targets):

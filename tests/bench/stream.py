@@ -7,7 +7,7 @@ A real authoritative server sees a different client network in almost every quer
 own EDNS Client Subnet network, and no network appears twice in the file:
 
 * 85 % a random public IPv4 /24, drawn uniformly from all /24s outside the special-purpose
-  blocks (``gslb.geo.SPECIAL_NETWORKS``: private, loopback, multicast, documentation,
+  blocks (``gslb.geo.database.SPECIAL_NETWORKS``: private, loopback, multicast, documentation,
   reserved ...);
 * 15 % a random public IPv6 /48 inside a network the GeoIP database places: a random walk
   down the database's search tree from 2000::/3 (most of 2000::/3 is unallocated and no
@@ -46,7 +46,7 @@ REPO = HERE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from gslb.geo import SPECIAL_NETWORKS  # noqa: E402
+from gslb.geo.database import SPECIAL_NETWORKS  # noqa: E402
 
 ZONE = "example.com"
 SERVICE = f"www.{ZONE}"

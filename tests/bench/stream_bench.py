@@ -410,13 +410,23 @@ class StreamBench:
                 self.latency(s, run, self.warm, self.rate_for(run, name))
             elif run == "soak":
                 # 80 % of this server's own cold peak in this rep, open loop, with faults
-                peak = [r["qps"] for r in self.rows if r["run"] == "cold" and r["server"] == name
-                        and r["rep"] == self.rep and r["scenario"] == "stream"]
+                peak = [
+                    r["qps"]
+                    for r in self.rows
+                    if r["run"] == "cold" and r["server"] == name and r["rep"] == self.rep and r["scenario"] == "stream"
+                ]
                 rate = int(0.8 * min(peak)) if peak else self.a.soak_rate
                 faults = Faults(self, s, seconds=self.a.soak_seconds)
                 row = self.runner.measure(
-                    s, run, "soak", self.rep, self.queries(self.cold_latency), seconds=self.a.soak_seconds,
-                    rate=rate, during=faults.run, sender=self.a.sender,
+                    s,
+                    run,
+                    "soak",
+                    self.rep,
+                    self.queries(self.cold_latency),
+                    seconds=self.a.soak_seconds,
+                    rate=rate,
+                    during=faults.run,
+                    sender=self.a.sender,
                     outstanding=bench.OPEN_LOOP_OUTSTANDING if self.a.sender == "blast" else 100,
                 )
                 row["run"] = run
@@ -579,8 +589,10 @@ class StreamBench:
             w("| server | rep | rate | sent | lost | loss % | faults |")
             w("|---|---|---|---|---|---|---|")
             for r in soaks:
-                w(f"| {r['server']} | {r['rep']} | {r['rate']:,} | {r['sent']:,} | {r['lost']:,} | "
-                  f"{fmt(r['loss_pct'], 4)} | {r['faults']} |")
+                w(
+                    f"| {r['server']} | {r['rep']} | {r['rate']:,} | {r['sent']:,} | {r['lost']:,} | "
+                    f"{fmt(r['loss_pct'], 4)} | {r['faults']} |"
+                )
         flips = [r for r in self.rows if r.get("run") == "flip" and r["scenario"] == "flip"]
         if flips:
             w("")
@@ -712,8 +724,8 @@ def verdict_changes(log: str) -> dict[str, int]:
     """Data center -> how many DOWN and UP verdicts a gslb log has."""
     out: dict[str, int] = {}
     for line in log.splitlines():
-        if "gslb.health:" in line and (" DOWN: " in line or " UP: " in line):
-            dc = line.split("gslb.health:", 1)[1].split()[0]
+        if "gslb.health.monitor:" in line and (" DOWN: " in line or " UP: " in line):
+            dc = line.split("gslb.health.monitor:", 1)[1].split()[0]
             out[dc] = out.get(dc, 0) + 1
     return out
 
@@ -838,8 +850,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--flip-every", type=float, default=2.0, help="seconds between verdict flips (default 2)")
     ap.add_argument("--soak-seconds", type=float, default=15.0, help="length of the soak run (default 15)")
     ap.add_argument("--soak-rate", type=int, default=50_000, help="soak rate when no cold run measured the peak")
-    ap.add_argument("--soak-faults", default="flip,reload,kill",
-                    help="faults during the soak, from flip,reload,kill (default: all; flips always)")
+    ap.add_argument(
+        "--soak-faults",
+        default="flip,reload,kill",
+        help="faults during the soak, from flip,reload,kill (default: all; flips always)",
+    )
     ap.add_argument("--scope-samples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--geodb", type=Path, help="default: GeoLite2-City from the PyPI package maxminddb-geolite2")

@@ -1,6 +1,6 @@
 """Several instances, one verdict: observations and drains shared through etcd, and the vote.
 
-Each instance keeps probing on its own and folds its probes as before (gslb.health). Here
+Each instance keeps probing on its own and folds its probes as before (gslb.health.monitor). Here
 its own verdict of each data center, an *observation*, is written to etcd under a lease it
 keeps alive, at ``/gslb/<cluster>/observers/<instance>`` (one JSON record per instance);
 every instance watches everyone's records and decides each data center by a vote of the
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from gslb.cluster.etcd import Etcd, EtcdError, Event, KeyValue
 from gslb.config import ClusterConfig
-from gslb.etcd import Etcd, EtcdError, Event, KeyValue
-from gslb.health import DRAINED, NO_PROBE_YET, HealthMonitor, HealthView, Status
+from gslb.health.monitor import DRAINED, NO_PROBE_YET, HealthMonitor, HealthView, Status
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.cluster")
 
 RECORD_FORMAT = 1
 RETRY_MIN = 0.25  # seconds before trying etcd again once every member failed; doubles …
@@ -68,11 +68,18 @@ class Record:
     pid: int = 0
 
     def encode(self) -> bytes:
-        return json.dumps({
-            "format": RECORD_FORMAT, "instance": self.instance, "host": self.host, "pid": self.pid,
-            "started": self.started, "written": time.time(),
-            "observations": {name: o.to_json() for name, o in self.observations.items()},
-        }, sort_keys=True).encode()
+        return json.dumps(
+            {
+                "format": RECORD_FORMAT,
+                "instance": self.instance,
+                "host": self.host,
+                "pid": self.pid,
+                "started": self.started,
+                "written": time.time(),
+                "observations": {name: o.to_json() for name, o in self.observations.items()},
+            },
+            sort_keys=True,
+        ).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Record:
@@ -82,12 +89,16 @@ class Record:
             if item.get("format") != RECORD_FORMAT:
                 raise ValueError(f"unknown format {item.get('format')!r}")
             observations = {
-                str(name): Observation(bool(o["up"]), str(o["reason"]), float(o["since"]),
-                                       bool(o.get("probed", True)))
+                str(name): Observation(bool(o["up"]), str(o["reason"]), float(o["since"]), bool(o.get("probed", True)))
                 for name, o in item["observations"].items()
             }
-            return cls(str(item["instance"]), float(item["started"]), observations,
-                       str(item.get("host", "")), int(item.get("pid", 0)))
+            return cls(
+                str(item["instance"]),
+                float(item["started"]),
+                observations,
+                str(item.get("host", "")),
+                int(item.get("pid", 0)),
+            )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed record: {exc}") from exc
 
@@ -124,8 +135,7 @@ def verdict(vote: Vote, observations: Mapping[str, Observation], since: float) -
         common = max(set(reasons), key=reasons.count)
         return Status(False, f"down for {len(vote.down)} of {vote.voters} instances: {common}", since)
     if vote.down:
-        return Status(True, f"up for {len(vote.up)} of {vote.voters} instances "
-                            f"({', '.join(vote.down)}: down)", since)
+        return Status(True, f"up for {len(vote.up)} of {vote.voters} instances ({', '.join(vote.down)}: down)", since)
     return Status(True, observations[vote.up[0]].reason if vote.up else "ok", since)
 
 
@@ -137,8 +147,7 @@ def default_instance(port: int) -> str:
 def check_instance(name: str) -> str:
     """`name` if it can name an instance (it becomes part of an etcd key); ValueError if not."""
     if not name or len(name) > 128 or "/" in name or not name.isprintable() or name != name.strip():
-        raise ValueError(f"{name!r}: an instance name is 1-128 printable characters, no '/', "
-                         "no spaces around it")
+        raise ValueError(f"{name!r}: an instance name is 1-128 printable characters, no '/', no spaces around it")
     return name
 
 
@@ -239,10 +248,15 @@ class Cluster:
             before = self.votes.get(name)
             if before is None or before.is_down == vote.is_down or (self._alone(before) and self._alone(vote)):
                 continue  # alone, the monitor's own UP/DOWN line says it
-            log.log(logging.WARNING if vote.is_down else logging.INFO,
-                    "cluster: %s %s by the vote: %d of %d live instances see it down%s", name,
-                    "DOWN" if vote.is_down else "UP", len(vote.down), vote.voters,
-                    f" ({', '.join(vote.down)})" if vote.down else "")
+            log.log(
+                logging.WARNING if vote.is_down else logging.INFO,
+                "cluster: %s %s by the vote: %d of %d live instances see it down%s",
+                name,
+                "DOWN" if vote.is_down else "UP",
+                len(vote.down),
+                vote.voters,
+                f" ({', '.join(vote.down)})" if vote.down else "",
+            )
 
     # -- drains
 
@@ -289,8 +303,11 @@ class Cluster:
         drained = name in self.monitor.drained
         if value is None:
             if drained:
-                log.info("cluster: %s %s", name, "is not drained in etcd: undrained here" if joining
-                         else "undrained on another instance")
+                log.info(
+                    "cluster: %s %s",
+                    name,
+                    "is not drained in etcd: undrained here" if joining else "undrained on another instance",
+                )
                 self.monitor.undrain(name)
             return
         if drained:
@@ -362,7 +379,7 @@ class Cluster:
             self._apply_drain(name, value)
 
     def _apply(self, kv: KeyValue, *, deleted: bool, drains: dict[str, bytes] | None = None) -> None:
-        rest = kv.key[len(self.prefix):]
+        rest = kv.key[len(self.prefix) :]
         kind, _, name = rest.partition("/")
         if kind == "observers" and name:
             if name == self.instance:
@@ -399,23 +416,37 @@ class Cluster:
             who = f" (host {record.host}, pid {record.pid})"
         except ValueError:
             who = ""
-        log.error("cluster: another instance%s writes its observations as %s too: give each instance its own "
-                  "--instance NAME; until then their votes overwrite each other", who, self.instance)
+        log.error(
+            "cluster: another instance%s writes its observations as %s too: give each instance its own "
+            "--instance NAME; until then their votes overwrite each other",
+            who,
+            self.instance,
+        )
         self._dirty.set()
 
     def _joined(self, endpoint: str) -> None:
         if not self.etcd_up:
             self.etcd_up, self.changed_at = True, time.time()
-            log.info("cluster %s: instance %s %s etcd at %s; %d other live instance%s", self.config.name,
-                     self.instance, "back on" if self._lost_logged else "joined through", endpoint,
-                     len(self.peers), "" if len(self.peers) == 1 else "s")
+            log.info(
+                "cluster %s: instance %s %s etcd at %s; %d other live instance%s",
+                self.config.name,
+                self.instance,
+                "back on" if self._lost_logged else "joined through",
+                endpoint,
+                len(self.peers),
+                "" if len(self.peers) == 1 else "s",
+            )
         self._lost_logged = False
         self.decide()
 
     def _lost(self, error: EtcdError) -> None:
         if self.etcd_up or not self._lost_logged:
-            log.warning("cluster %s: etcd unreachable (%s): instance %s decides on its own observations "
-                        "until it is back", self.config.name, error, self.instance)
+            log.warning(
+                "cluster %s: etcd unreachable (%s): instance %s decides on its own observations until it is back",
+                self.config.name,
+                error,
+                self.instance,
+            )
             self._lost_logged = True
         if self.etcd_up:
             self.etcd_up, self.changed_at = False, time.time()
@@ -450,7 +481,8 @@ class Cluster:
         if not lease:
             return
         endpoints = [e for e in self.config.etcd if e == self.endpoint] + [
-            e for e in self.config.etcd if e != self.endpoint]
+            e for e in self.config.etcd if e != self.endpoint
+        ]
         deadline = time.monotonic() + 1.5
         for endpoint in endpoints:
             remaining = deadline - time.monotonic()
@@ -465,20 +497,30 @@ class Cluster:
                 log.debug("cluster: revoke through %s: %s", endpoint, exc)
             finally:
                 await client.aclose()
-        log.warning("cluster: could not revoke the lease; the others stop counting this instance "
-                    "when it expires (%d s)", self._ttl)
+        log.warning(
+            "cluster: could not revoke the lease; the others stop counting this instance when it expires (%d s)",
+            self._ttl,
+        )
 
     # -- what operators see
 
     def status(self) -> dict[str, Any]:
         now = time.time()
         instances = [{"name": self.instance, "live": True, "self": True, "age": round(now - self.started, 1)}]
-        instances += [{"name": name, "live": True, "self": False, "age": round(now - record.started, 1)}
-                      for name, record in sorted(self.peers.items())]
+        instances += [
+            {"name": name, "live": True, "self": False, "age": round(now - record.started, 1)}
+            for name, record in sorted(self.peers.items())
+        ]
         return {
-            "name": self.config.name, "instance": self.instance, "etcd": self.etcd_up,
-            "endpoint": self.endpoint, "since": self.changed_at, "down_quorum": self.config.down_quorum,
-            "lease": self._ttl, "live": len(instances), "instances": instances,
+            "name": self.config.name,
+            "instance": self.instance,
+            "etcd": self.etcd_up,
+            "endpoint": self.endpoint,
+            "since": self.changed_at,
+            "down_quorum": self.config.down_quorum,
+            "lease": self._ttl,
+            "live": len(instances),
+            "instances": instances,
             "pending_drains": sorted(self._pending),
         }
 
@@ -489,12 +531,21 @@ class Cluster:
         vote = self.votes.get(name) or tally(name, observations, self.config.down_quorum)
         return {
             "observations": {
-                instance: {"state": "up" if o.up else "down", "reason": o.reason,
-                           "age": round(max(0.0, now - o.since), 1), "counted": o.probed}
+                instance: {
+                    "state": "up" if o.up else "down",
+                    "reason": o.reason,
+                    "age": round(max(0.0, now - o.since), 1),
+                    "counted": o.probed,
+                }
                 for instance, o in sorted(observations.items())
             },
-            "vote": {"down": list(vote.down), "up": list(vote.up), "voters": vote.voters,
-                     "quorum": vote.quorum, "down_by_vote": vote.is_down},
+            "vote": {
+                "down": list(vote.down),
+                "up": list(vote.up),
+                "voters": vote.voters,
+                "quorum": vote.quorum,
+                "down_by_vote": vote.is_down,
+            },
         }
 
 
@@ -528,7 +579,7 @@ async def read(config: ClusterConfig, timeout: float = 2.0) -> tuple[str, dict[s
         records: dict[str, Record] = {}
         drains: set[str] = set()
         for kv in kvs:
-            kind, _, name = kv.key[len(prefix):].partition("/")
+            kind, _, name = kv.key[len(prefix) :].partition("/")
             if kind == "observers" and name:
                 with contextlib.suppress(ValueError):
                     records[name] = Record.decode(kv.value)
@@ -539,9 +590,9 @@ async def read(config: ClusterConfig, timeout: float = 2.0) -> tuple[str, dict[s
     raise error
 
 
-
-def shared_view(config: ClusterConfig, records: Mapping[str, Record], drains: set[str],
-                saved: HealthView) -> tuple[HealthView, dict[str, dict[str, Any]]]:
+def shared_view(
+    config: ClusterConfig, records: Mapping[str, Record], drains: set[str], saved: HealthView
+) -> tuple[HealthView, dict[str, dict[str, Any]]]:
     """For `gslb explain`: the view the live instances' vote gives (drains as etcd has them;
     a name nobody observes as in `saved`), and per data center who sees it how."""
     now = time.time()
@@ -553,8 +604,12 @@ def shared_view(config: ClusterConfig, records: Mapping[str, Record], drains: se
         vote = tally(name, observations, config.down_quorum)
         if vote.voters:
             states[name] = verdict(vote, observations, now)
-        shown[name] = {"down": list(vote.down), "up": list(vote.up), "down_by_vote": vote.is_down,
-                       "reasons": {i: o.reason for i, o in observations.items() if not o.up}}
+        shown[name] = {
+            "down": list(vote.down),
+            "up": list(vote.up),
+            "down_by_vote": vote.is_down,
+            "reasons": {i: o.reason for i, o in observations.items() if not o.up},
+        }
     for name in drains:
         states[name] = Status(False, DRAINED, now, drained=True)
     return HealthView(saved.version, MappingProxyType(states)), shown

@@ -1,9 +1,9 @@
-"""Types of the compiled UDP loop (gslb/_fastudp.c)."""
+"""Types of the compiled UDP loop (gslb/dns/_fastudp.c)."""
 
 from collections.abc import Callable
 
 BATCH: int
-SOURCE: str  # sha256 of gslb/_fastudp.c as built (16 hex digits), or 'unknown'
+SOURCE: str  # sha256 of gslb/dns/_fastudp.c as built (16 hex digits), or 'unknown'
 
 Handle = Callable[[bytes, str | None, bool], bytes | None]
 

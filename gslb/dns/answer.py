@@ -27,11 +27,9 @@ import dns.rdataset
 import dns.rdatatype
 
 from gslb.config import Service
-from gslb.cookies import BADCOOKIE, Cookies, length_ok, shared
-from gslb.policy import Decision, pick
-from gslb.ranks import RankTable
-from gslb.rrl import ALLOW, SLIP, RateLimiter, kind_of
-from gslb.wire import (
+from gslb.dns.cookies import BADCOOKIE, Cookies, length_ok, shared
+from gslb.dns.rrl import ALLOW, SLIP, RateLimiter, kind_of
+from gslb.dns.wire import (
     AA,
     BADVERS,
     CD,
@@ -60,13 +58,15 @@ from gslb.wire import (
     parse_query,
     udp_limit,
 )
-from gslb.zones import Resolution, wire_of
+from gslb.dns.zones import Resolution, wire_of
+from gslb.steering.policy import Decision, pick
+from gslb.steering.ranks import RankTable
 
 if TYPE_CHECKING:
-    from gslb.health import HealthView
+    from gslb.health.monitor import HealthView
     from gslb.snapshot import Snapshot
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.answer")
 
 Name = dns.name.Name
 LATENCY_SAMPLE_MASK = 63  # time one query in 64: two clock reads cost a few % of a fast answer
@@ -100,14 +100,30 @@ class Entry:
     udp_key: tuple[bool, int, int] = (False, 0, 0)
     tcp_key: tuple[bool, int, int] = (True, 0, 0)
     answer_key: tuple[str, str] | None = None
-    rrl_kind: int = 0  # gslb.rrl: answer, NXDOMAIN, error or referral
+    rrl_kind: int = 0  # gslb.dns.rrl: answer, NXDOMAIN, error or referral
 
 
-def _entry(flags: int, counts: tuple[int, int, int], body: bytes, scoped: bool, rcode: int, qtype: int,
-           service: str | None = None, datacenters: tuple[str, ...] = ()) -> Entry:
+def _entry(
+    flags: int,
+    counts: tuple[int, int, int],
+    body: bytes,
+    scoped: bool,
+    rcode: int,
+    qtype: int,
+    service: str | None = None,
+    datacenters: tuple[str, ...] = (),
+) -> Entry:
     an, ns, ar = counts
     return Entry(
-        flags, an, ns, ar, body, scoped, rcode, service, datacenters,
+        flags,
+        an,
+        ns,
+        ar,
+        body,
+        scoped,
+        rcode,
+        service,
+        datacenters,
         flag_bytes=tuple(struct.pack("!H", flags | (RD if i & 1 else 0) | (CD if i & 2 else 0)) for i in range(4)),
         head=struct.pack("!HHHH", 1, an, ns, ar),
         head_opt=struct.pack("!HHHH", 1, an, ns, ar + 1),
@@ -171,8 +187,18 @@ class State:
     change only starts a new `picks`, the encoded answers per (question, ranking).
     """
 
-    __slots__ = ("by_resolver", "cookies", "health", "index", "negative", "picks", "refused", "rrl", "snapshot",
-                 "static")
+    __slots__ = (
+        "by_resolver",
+        "cookies",
+        "health",
+        "index",
+        "negative",
+        "picks",
+        "refused",
+        "rrl",
+        "snapshot",
+        "static",
+    )
     static: dict[bytes, Any]  # question key -> Entry | Steered | UNCACHED
     # NXDOMAIN by (zone origin, question name length, QTYPE): the same bytes for every
     # name of that length, since answers compress only against the zone's own suffix.
@@ -193,8 +219,9 @@ class State:
         # DNS Cookies and rate limiting, None when off ([cookies], [rrl]); the limiter's buckets
         # belong to the Answerer, handed from State to State (Answerer._limits).
         settings = snapshot.config.cookies
-        self.cookies: Cookies | None = None if settings is None else shared(settings.secrets,
-                                                                            settings.large_answer_size)
+        self.cookies: Cookies | None = (
+            None if settings is None else shared(settings.secrets, settings.large_answer_size)
+        )
         self.rrl: RateLimiter | None = None
 
 
@@ -206,8 +233,14 @@ _ECS_HEAD = struct.Struct("!HHIH")
 class Answerer:
     """Answers queries from the current snapshot and health view."""
 
-    def __init__(self, snapshot: Snapshot, health: HealthView, *, query_log: Callable[..., None] | None = None,
-                 processes: int = 1):
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        health: HealthView,
+        *,
+        query_log: Callable[..., None] | None = None,
+        processes: int = 1,
+    ):
         self.counters = Counters()
         self.query_log = query_log
         self.processes = processes  # answering processes sharing the sockets: each limits rates to its share
@@ -383,8 +416,9 @@ class Answerer:
                     rank = ranks.default_rank
                 else:
                     size = 4 if ecs[1] == 1 else 16
-                    rank, scope = ranks.locate(4 if size == 4 else 6,
-                                               int.from_bytes(ecs[4:], "big") << ((size + 4 - len(ecs)) << 3))
+                    rank, scope = ranks.locate(
+                        4 if size == 4 else 6, int.from_bytes(ecs[4:], "big") << ((size + 4 - len(ecs)) << 3)
+                    )
             elif not st.by_resolver:
                 rank = ranks.default_rank
             elif source is None:
@@ -406,16 +440,24 @@ class Answerer:
             answer_cookie, valid = cookies.answer(source, cookie)
         if ecs is not None:
             option = ecs[:3] + bytes((scope,)) + ecs[4:]
-            opt = b"".join((
-                b"\x00\x00\x29\x04\xd0\x00\x00",
-                b"\x80\x00" if do else b"\x00\x00",
-                struct.pack("!HHH", len(option) + 4 + len(answer_cookie), 8, len(option)),
-                option,
-                answer_cookie,
-            ))
+            opt = b"".join(
+                (
+                    b"\x00\x00\x29\x04\xd0\x00\x00",
+                    b"\x80\x00" if do else b"\x00\x00",
+                    struct.pack("!HHH", len(option) + 4 + len(answer_cookie), 8, len(option)),
+                    option,
+                    answer_cookie,
+                )
+            )
         elif answer_cookie:
-            opt = b"".join((b"\x00\x00\x29\x04\xd0\x00\x00", b"\x80\x00" if do else b"\x00\x00",
-                            struct.pack("!H", len(answer_cookie)), answer_cookie))
+            opt = b"".join(
+                (
+                    b"\x00\x00\x29\x04\xd0\x00\x00",
+                    b"\x80\x00" if do else b"\x00\x00",
+                    struct.pack("!H", len(answer_cookie)),
+                    answer_cookie,
+                )
+            )
         elif arcount:
             opt = OPT_DO if do else OPT_PLAIN
         else:
@@ -483,8 +525,9 @@ class Answerer:
                 return self._limited(verdict, reply, qend, opt, cookie) or None, entry, rcode
         return reply, entry, rcode
 
-    def _respond(self, st: State, wire: bytes, query: Query, source: str | None, tcp: bool, cookie: bytes,
-                 valid: bool) -> tuple[bytes, Entry | None, int]:
+    def _respond(
+        self, st: State, wire: bytes, query: Query, source: str | None, tcp: bool, cookie: bytes, valid: bool
+    ) -> tuple[bytes, Entry | None, int]:
         """The general path's reply to a parsed query, with our COOKIE option `cookie` when not empty."""
         edns = query.edns
         if not query.question:
@@ -555,8 +598,7 @@ class Answerer:
                 return entry, 0
             steered = self._steered(st, resolution)
             _remember(st.static, key, steered)
-        rank, scope = where(steered.ranks, query.edns.client_subnet if query.edns else None, source,
-                            st.by_resolver)
+        rank, scope = where(steered.ranks, query.edns.client_subnet if query.edns else None, source, st.by_resolver)
         picked = st.picks.get((key, rank))
         entry = picked if type(picked) is Entry else self._pick(st, key, steered, rank, query.question)
         return entry, scope if entry.scoped else 0
@@ -570,11 +612,13 @@ class Answerer:
 
     def decide(self, st: State, steered: Steered, rank: int) -> Decision:
         """The service's answer for one ranking under the current health view."""
-        return pick(steered.service, st.snapshot.config.datacenters, steered.ranks.rankings[rank], st.health,
-                    steered.family)
+        return pick(
+            steered.service, st.snapshot.config.datacenters, steered.ranks.rankings[rank], st.health, steered.family
+        )
 
-    def _assemble(self, query: Query, entry: Entry, scope: int, tcp: bool, cookie: bytes = b"",
-                  tc_size: int = 0) -> bytes:
+    def _assemble(
+        self, query: Query, entry: Entry, scope: int, tcp: bool, cookie: bytes = b"", tc_size: int = 0
+    ) -> bytes:
         """The reply bytes; the fast path builds the very same, inline.
 
         `tc_size` > 0: a UDP reply larger than that is truncated too (large answers need a
@@ -635,7 +679,7 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
 
 def _question_key(query: Query) -> bytes:
     name = b"".join(bytes((len(label),)) + label for label in query.labels)
-    return name.lower() + query.question[len(name):]
+    return name.lower() + query.question[len(name) :]
 
 
 class _Writer:

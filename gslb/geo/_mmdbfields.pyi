@@ -1,4 +1,4 @@
-"""Types of the MMDB record decoder (gslb/_mmdbfields.c); positions: a contiguous int64 buffer."""
+"""Types of the MMDB record decoder (gslb/geo/_mmdbfields.c); positions: a contiguous int64 buffer."""
 
 Fields = tuple[str | None, str | None, str | None, float | None, float | None, str | None]
 

@@ -1,6 +1,6 @@
 /* The few fields gslb reads from MaxMind DB data records, decoded in C.
  *
- * gslb.geotable decodes every distinct record of a database once, when it compiles the
+ * gslb.geo.table decodes every distinct record of a database once, when it compiles the
  * database into blocks; a City database has about 450k of them, which the pure-Python
  * decoder takes 10-20 s over. This reads only what a location needs: country.iso_code,
  * continent.code, subdivisions[0].iso_code, location.latitude/longitude and the English (else
@@ -168,7 +168,7 @@ static int number_at(const Data *d, Py_ssize_t pos, double *out) {
     return 0;
 }
 
-/* The city's English name, else its first non-empty name (as gslb.geo does). */
+/* The city's English name, else its first non-empty name (as gslb.geo.database does). */
 static PyObject *city_name(const Data *d, Py_ssize_t city) {
     Py_ssize_t names = find(d, city, "names");
     Head h;
@@ -193,7 +193,7 @@ static PyObject *city_name(const Data *d, Py_ssize_t city) {
 }
 
 /* (country, continent, subdivision, latitude, longitude, city) of the record at pos, as found
- * (no centroid filling: gslb.geo does that); None when the record is not a map or is corrupt. */
+ * (no centroid filling: gslb.geo.database does that); None when the record is not a map or is corrupt. */
 static PyObject *record(const Data *d, Py_ssize_t pos) {
     Head h;
     if (head_at(d, pos, &h, NULL, 1) < 0 || h.type != T_MAP) Py_RETURN_NONE;

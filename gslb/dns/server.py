@@ -13,12 +13,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-try:  # the compiled UDP loop (gslb/_fastudp.c); optional, built when a C compiler is there
-    from gslb import _fastudp
+try:  # the compiled UDP loop (gslb/dns/_fastudp.c); optional, built when a C compiler is there
+    from gslb.dns import _fastudp
 except ImportError:  # not built (no compiler at install time) or built for another Python
     _fastudp = None  # type: ignore[assignment]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.server")
 
 Handler = Callable[[bytes, str | None, bool], bytes | None]
 UDP_LOOPS = ("auto", "compiled", "python")
@@ -75,8 +75,7 @@ def udp_socket(address: ListenAddress) -> socket.socket:
     # A blocking receive that gives up now and then, so a receive loop can notice it should
     # stop even when other processes share the socket (no per-packet cost, unlike settimeout).
     seconds = int(UDP_WAKE)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                    struct.pack("ll", seconds, int((UDP_WAKE - seconds) * 1e6)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, int((UDP_WAKE - seconds) * 1e6)))
     sock.bind((address.host, address.port))
     return sock
 
@@ -88,23 +87,24 @@ def udp_loop(choice: str) -> str:
     if choice == "python" or (choice == "auto" and _fastudp is None):
         return "python"
     if _fastudp is None:
-        raise ValueError("the compiled UDP loop (gslb._fastudp) is not built: install gcc and python3-dev, "
-                         "then reinstall gslb (pip install -e .), or use --udp-loop python")
+        raise ValueError(
+            "the compiled UDP loop (gslb.dns._fastudp) is not built: install gcc and python3-dev, "
+            "then reinstall gslb (pip install -e .), or use --udp-loop python"
+        )
     return "compiled"
 
 
 class UdpServer:
     """A blocking receive loop in its own thread, compiled or in Python.
 
-    The compiled loop (gslb._fastudp.Loop, when built and given the Answerer) receives and
+    The compiled loop (gslb.dns._fastudp.Loop, when built and given the Answerer) receives and
     sends in batches (recvmmsg/sendmmsg), answers the common query from the answerer's tables
     in C, and calls `handle` for the rest. The Python loop is one recvfrom/sendto per query:
     asyncio's datagram transport costs about a third more per packet here (see README,
     Performance). Either way `handle` never blocks.
     """
 
-    def __init__(self, sock: socket.socket, handle: Handler, *, answerer: object | None = None,
-                 loop: str = "auto"):
+    def __init__(self, sock: socket.socket, handle: Handler, *, answerer: object | None = None, loop: str = "auto"):
         self.sock = sock
         self.handle = handle
         self.address = sock.getsockname()
@@ -117,8 +117,11 @@ class UdpServer:
         self._thread = threading.Thread(target=target, name=f"udp {self.address[:2]}", daemon=True)
 
     def start(self) -> None:
-        log.info("UDP on %s: %s", ListenAddress(*self.address[:2]),
-                 f"compiled loop (batches of {_fastudp.BATCH})" if self._compiled is not None else "Python loop")
+        log.info(
+            "UDP on %s: %s",
+            ListenAddress(*self.address[:2]),
+            f"compiled loop (batches of {_fastudp.BATCH})" if self._compiled is not None else "Python loop",
+        )
         self._thread.start()
 
     def _run_compiled(self) -> None:
@@ -170,8 +173,9 @@ class TcpServer:
     the idle timeout drops to TCP_PRESSURE_IDLE_TIMEOUT.
     """
 
-    def __init__(self, handle: Handler, *, idle_timeout: float = TCP_IDLE_TIMEOUT,
-                 max_connections: int = TCP_MAX_CONNECTIONS):
+    def __init__(
+        self, handle: Handler, *, idle_timeout: float = TCP_IDLE_TIMEOUT, max_connections: int = TCP_MAX_CONNECTIONS
+    ):
         self.handle = handle
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections

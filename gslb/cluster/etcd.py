@@ -1,6 +1,6 @@
 """A small asyncio client for etcd v3 through its JSON gateway (/v3/...), on httpx.
 
-Only what gslb.cluster needs: leases (grant, keep alive, revoke), put, delete, a prefix
+Only what gslb.cluster.votes needs: leases (grant, keep alive, revoke), put, delete, a prefix
 range, and a prefix watch. Keys and values travel base64-encoded, numbers (revisions, lease
 IDs) as decimal strings, as the gateway's JSON mapping of the protobuf messages has them.
 Every failure (refused, timed out, an error reply, a reply we cannot read) is an EtcdError.
@@ -127,8 +127,9 @@ class Etcd:
     async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[list[Event]]:
         """Changes under `prefix` from `start_revision` on, a batch at a time, until the stream
         breaks (EtcdError) or the caller stops iterating."""
-        body = {"create_request": {"key": _b64(prefix), "range_end": prefix_end(prefix),
-                                   "start_revision": start_revision}}
+        body = {
+            "create_request": {"key": _b64(prefix), "range_end": prefix_end(prefix), "start_revision": start_revision}
+        }
         timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT)  # a watch is quiet while nothing changes
         try:
             async with self._client.stream("POST", "/v3/watch", json=body, timeout=timeout) as response:

@@ -1,8 +1,8 @@
 /* The UDP hot loop of gslb, compiled: batched receive and send (recvmmsg/sendmmsg) and the
- * fast path of gslb.answer.Answerer (`_fast`) over the same tables, byte for byte.
+ * fast path of gslb.dns.answer.Answerer (`_fast`) over the same tables, byte for byte.
  *
  * What this file answers itself: the common query (one question, class IN, an optional OPT
- * whose options are walked: ECS used, COOKIE answered as gslb.cookies does when cookies are on
+ * whose options are walked: ECS used, COOKIE answered as gslb.dns.cookies does when cookies are on
  * (from its cache, or hashed here and remembered there), anything else ignored) whose reply is already encoded
  * in the answerer's State: a static entry, a negative (NXDOMAIN/REFUSED) entry, or a steered
  * service whose client network is located in the service's RankTable and whose (question,
@@ -37,7 +37,7 @@
 #define WAKE_SECONDS 0.5   /* server.UDP_WAKE: how often a waiting loop checks whether to stop */
 #define REPLY_MAX 1232     /* a reply built here never exceeds the largest UDP limit */
 #define OPT_HEAD 11        /* our OPT RR without options */
-#define SAMPLE_MASK 63     /* gslb.answer.LATENCY_SAMPLE_MASK */
+#define SAMPLE_MASK 63     /* gslb.dns.answer.LATENCY_SAMPLE_MASK */
 #define MAX_LABELS 128
 #define RANK_CACHE 8
 #define INFO_CACHE 32     /* entries whose parts one batch keeps at hand */
@@ -53,10 +53,10 @@ static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_picks
     *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe,
     *s_cookies, *s_rrl, *s_tc_size, *s_cache, *s_clock, *s_secrets;
 
-static PyObject *EntryType;    /* gslb.answer.Entry */
-static PyObject *SteeredType;  /* gslb.answer.Steered: a service's question in State.static */
-static PyObject *CookiesModule; /* gslb.cookies: its `clock` (tests pin it) */
-/* gslb.cookies' constants (REMEMBER, LIFETIME, SKEW, ECHO, CACHE_LIMIT, VERSION), read with the types;
+static PyObject *EntryType;    /* gslb.dns.answer.Entry */
+static PyObject *SteeredType;  /* gslb.dns.answer.Steered: a service's question in State.static */
+static PyObject *CookiesModule; /* gslb.dns.cookies: its `clock` (tests pin it) */
+/* gslb.dns.cookies' constants (REMEMBER, LIFETIME, SKEW, ECHO, CACHE_LIMIT, VERSION), read with the types;
  * ck_ok 0: not readable, and a cookie C has not seen goes to Python. */
 static long long ck_remember, ck_lifetime, ck_skew, ck_echo, ck_limit, ck_version;
 static int ck_ok;
@@ -90,12 +90,12 @@ static int intern_names(void) {
     return 0;
 }
 
-/* The types the tables hold, from gslb.answer, imported on first use. Anything else in a table
+/* The types the tables hold, from gslb.dns.answer, imported on first use. Anything else in a table
  * (UNCACHED above all) is not one of them, and goes to Python. */
 static int load_types(void) {
     if (EntryType != NULL)
         return 0;
-    PyObject *answer = PyImport_ImportModule("gslb.answer");
+    PyObject *answer = PyImport_ImportModule("gslb.dns.answer");
     if (answer == NULL)
         return -1;
     PyObject *entry = PyObject_GetAttrString(answer, "Entry");
@@ -105,7 +105,7 @@ static int load_types(void) {
         Py_XDECREF(entry);
         return -1;
     }
-    PyObject *cookies = PyImport_ImportModule("gslb.cookies");
+    PyObject *cookies = PyImport_ImportModule("gslb.dns.cookies");
     if (cookies == NULL) {
         Py_DECREF(entry);
         Py_DECREF(steered);
@@ -157,7 +157,7 @@ typedef struct {
     int by_resolver;
     int cookies;        /* state.cookies is not None: COOKIE options are answered */
     PyObject *cookie_cache; /* state.cookies.cache (strong); NULL: every COOKIE query goes to Python */
-    long long cookie_now;   /* int(gslb.cookies.clock()), read at the batch's first COOKIE query */
+    long long cookie_now;   /* int(gslb.dns.cookies.clock()), read at the batch's first COOKIE query */
     int cookie_now_read;
     PyObject *secrets;      /* state.cookies.secrets (strong): the first makes cookies, all are accepted */
     const unsigned char *secret[MAX_SECRETS];
@@ -454,7 +454,7 @@ static int has_suffix(PyObject *container, const unsigned char *name, int from, 
     return r;
 }
 
-/* Mirrors gslb.answer._negative: the cached NXDOMAIN/REFUSED for a name never asked before.
+/* Mirrors gslb.dns.answer._negative: the cached NXDOMAIN/REFUSED for a name never asked before.
  * `name` is the lower-case wire name (terminating zero included, `len` bytes). Returns a new
  * reference, NULL with no error when there is none, NULL with an error set on failure. */
 static PyObject *negative_entry(Ctx *c, const unsigned char *name, int len, PyObject *qtype) {
@@ -600,7 +600,7 @@ static int bump(PyObject *dict, PyObject *key) {
 }
 
 static int ecs_valid(const unsigned char *e, int len) {
-    /* gslb.answer._ecs_valid: RFC 7871 §7.1.1 */
+    /* gslb.dns.answer._ecs_valid: RFC 7871 §7.1.1 */
     if (len < 4 || e[0] || (e[1] != 1 && e[1] != 2) || e[3])
         return 0;
     int source = e[2];
@@ -611,10 +611,10 @@ static int ecs_valid(const unsigned char *e, int len) {
 
 static PyObject *peer_host(const struct sockaddr_storage *sa, socklen_t len);
 
-/* gslb.cookies.length_ok: a client cookie alone (8), or with a server cookie of 8 to 32 bytes. */
+/* gslb.dns.cookies.length_ok: a client cookie alone (8), or with a server cookie of 8 to 32 bytes. */
 static int cookie_length_ok(Py_ssize_t len) { return len == 8 || (len >= 16 && len <= 40); }
 
-/* SipHash-2-4 (Aumasson and Bernstein), as gslb.cookies.siphash24: 8 bytes, little-endian. */
+/* SipHash-2-4 (Aumasson and Bernstein), as gslb.dns.cookies.siphash24: 8 bytes, little-endian. */
 static uint64_t le64(const unsigned char *p) {
     uint64_t x = 0;
     for (int i = 7; i >= 0; i--)
@@ -658,7 +658,7 @@ static void siphash24(const unsigned char *key, const unsigned char *m, size_t l
         out[i] = (unsigned char)(h >> (8 * i));
 }
 
-/* gslb.cookies.Cookies._work_out in C: the (reply option, valid, until) for a cookie not remembered,
+/* gslb.dns.cookies.Cookies._work_out in C: the (reply option, valid, until) for a cookie not remembered,
  * a new reference; NULL with no error set if C cannot (no address, secrets or constants: Python). */
 static PyObject *cookie_work_out(Ctx *c, const Source *src, const unsigned char *data, Py_ssize_t len) {
     if (!ck_ok || c->nsecrets == 0 || (src->family != 4 && src->family != 6))
@@ -705,7 +705,7 @@ static PyObject *cookie_work_out(Ctx *c, const Source *src, const unsigned char 
                          until);
 }
 
-/* Our COOKIE option for (source, COOKIE option data), as gslb.cookies.Cookies.answer gives it:
+/* Our COOKIE option for (source, COOKIE option data), as gslb.dns.cookies.Cookies.answer gives it:
  * what the cache remembers while it holds, else worked out here and remembered for Python too.
  * 1 with a new reference to the (reply option, valid, until) tuple in *found, its option bytes
  * in *option / *option_len and the flag in *valid; 0 for anything unexpected (Python answers);
@@ -1384,7 +1384,7 @@ static PyMethodDef Loop_methods[] = {
 };
 
 static PyTypeObject LoopType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gslb._fastudp.Loop",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gslb.dns._fastudp.Loop",
     .tp_basicsize = sizeof(LoopObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Loop(fd, answerer, handle): the batched UDP receive loop on a bound socket's descriptor.",
@@ -1407,7 +1407,7 @@ static PyObject *fastudp_siphash24(PyObject *module, PyObject *const *args, Py_s
 
 static PyMethodDef module_methods[] = {
     {"siphash24", (PyCFunction)(void (*)(void))fastudp_siphash24, METH_FASTCALL,
-     "siphash24(key, message) -> bytes: SipHash-2-4 as the loop computes server cookies (gslb.cookies.siphash24)."},
+     "siphash24(key, message) -> bytes: SipHash-2-4 as the loop computes server cookies (gslb.dns.cookies.siphash24)."},
     {"answer", (PyCFunction)(void (*)(void))fastudp_answer, METH_FASTCALL,
      "answer(answerer, wire, source) -> bytes | None: the reply the loop would send itself, counters "
      "bumped as Answerer.handle does; None: the loop hands this query to Python."},
@@ -1419,8 +1419,8 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef fastudp_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "gslb._fastudp",
-    .m_doc = "The compiled UDP loop: recvmmsg/sendmmsg batches and the fast path over gslb.answer's tables.",
+    .m_name = "gslb.dns._fastudp",
+    .m_doc = "The compiled UDP loop: recvmmsg/sendmmsg batches and the fast path over gslb.dns.answer's tables.",
     .m_size = -1,
     .m_methods = module_methods,
 };

@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Any
 import dns.exception
 
 from gslb import __version__
-from gslb.explain import explain_query
-from gslb.geo import Location, country_centroids
-from gslb.health import HealthView, endpoint
-from gslb.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gslb.policy import choose
-from gslb.server import ListenAddress
+from gslb.dns.server import ListenAddress
+from gslb.geo.database import Location, country_centroids
+from gslb.health.monitor import HealthView, endpoint
+from gslb.ops.explain import explain_query
+from gslb.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gslb.steering.policy import choose
 
 if TYPE_CHECKING:
     from gslb.app import Control
     from gslb.snapshot import Snapshot
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.web")
 
 DEFAULT_HTTP = "127.0.0.1:8053"
 HEAD_LIMIT = 16 * 1024  # bytes of request line and headers
@@ -48,17 +48,27 @@ MAX_CONNECTIONS = 64
 SAMPLE_INTERVAL = 1.0  # seconds between counter samples for the rates
 RATE_WINDOW = 5.0  # seconds the per-second rates are averaged over
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 DISABLED = (
     "admin actions are disabled: no token is configured; start gslb serve with "
     "--token-file FILE (or GSLB_TOKEN set in its environment)"
 )
 REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
-    413: "Content Too Large", 422: "Unprocessable Content", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
 }
 
 
@@ -117,8 +127,7 @@ class WebServer:
         self._token = token
         self._server: asyncio.Server | None = None
         self._active = 0
-        self._samples: collections.deque[_Sample] = collections.deque(
-            maxlen=int(RATE_WINDOW / SAMPLE_INTERVAL) + 2)
+        self._samples: collections.deque[_Sample] = collections.deque(maxlen=int(RATE_WINDOW / SAMPLE_INTERVAL) + 2)
         self._map_key: tuple[int, float, int] | None = None
         self._map: dict[str, Any] = {}
         self._page: bytes | None = None
@@ -140,16 +149,23 @@ class WebServer:
         host, port = self.requested.host, self.requested.port
         try:
             self._server = await asyncio.start_server(
-                self._connection, host, port, limit=HEAD_LIMIT, reuse_address=True)
+                self._connection, host, port, limit=HEAD_LIMIT, reuse_address=True
+            )
         except OSError as exc:
-            log.error("http: cannot listen on %s: %s; the status page, /metrics and the admin "
-                      "API are off", self.requested, exc)
+            log.error(
+                "http: cannot listen on %s: %s; the status page, /metrics and the admin API are off",
+                self.requested,
+                exc,
+            )
             return False
         bound = self._server.sockets[0].getsockname()
         self.address = ListenAddress(host, bound[1])
         self._take_sample()
-        log.info("http on %s: status page /, /api/status, /metrics; admin actions %s",
-                 self.address, "need the token" if self._token else "disabled (no token)")
+        log.info(
+            "http on %s: status page /, /api/status, /metrics; admin actions %s",
+            self.address,
+            "need the token" if self._token else "disabled (no token)",
+        )
         return True
 
     async def close(self) -> None:
@@ -206,8 +222,7 @@ class WebServer:
         if handler is None:
             allowed = sorted(m for m, p in self._routes if p == request.path)
             if allowed:
-                return json_response({"error": f"use {' or '.join(allowed)}"}, 405,
-                                     {"Allow": ", ".join(allowed)})
+                return json_response({"error": f"use {' or '.join(allowed)}"}, 405, {"Allow": ", ".join(allowed)})
             return json_response({"error": f"no such page: {request.path}"}, 404)
         try:
             response = await handler(request)
@@ -226,11 +241,16 @@ class WebServer:
     async def _index(self, request: Request) -> Response:
         if self._page is None:
             self._page = _status_page()
-        return Response(200, self._page, "text/html; charset=utf-8", {
-            # Everything is inline; nothing may be fetched from elsewhere.
-            "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
-                                       "script-src 'unsafe-inline'; img-src 'self' data:",
-        })
+        return Response(
+            200,
+            self._page,
+            "text/html; charset=utf-8",
+            {
+                # Everything is inline; nothing may be fetched from elsewhere.
+                "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
+                "script-src 'unsafe-inline'; img-src 'self' data:",
+            },
+        )
 
     async def _healthz(self, request: Request) -> Response:
         return Response(200, b"ok\n", "text/plain; charset=utf-8")
@@ -245,21 +265,30 @@ class WebServer:
         query = request.query
         name = query.get("name")
         if not name:
-            raise HttpError(400, "name= is required, e.g. /api/explain?name=www.example.com"
-                                 "&subnet=192.0.2.0/24")
+            raise HttpError(400, "name= is required, e.g. /api/explain?name=www.example.com&subnet=192.0.2.0/24")
         client, subnet = query.get("client") or None, query.get("subnet") or None
         if client and subnet:
             raise HttpError(400, "give client= or subnet=, not both")
         try:
-            result = explain_query(self.control.snapshot, name, query.get("qtype", "A").upper(),
-                                   client, subnet, health=self.control.monitor.view)
+            result = explain_query(
+                self.control.snapshot,
+                name,
+                query.get("qtype", "A").upper(),
+                client,
+                subnet,
+                health=self.control.monitor.view,
+            )
         except (ValueError, dns.exception.DNSException) as exc:
             raise HttpError(400, str(exc) or type(exc).__name__) from exc
         cluster = self.control.cluster
         if cluster is not None and result.get("kind") == "service":
-            result["cluster"] = {"instance": cluster.instance, "etcd": cluster.etcd_up, "datacenters": {
-                c["name"]: cluster.datacenter(c["name"]) for c in result["candidates"]
-                if c["name"] in cluster.votes}}
+            result["cluster"] = {
+                "instance": cluster.instance,
+                "etcd": cluster.etcd_up,
+                "datacenters": {
+                    c["name"]: cluster.datacenter(c["name"]) for c in result["candidates"] if c["name"] in cluster.votes
+                },
+            }
         return json_response(result)
 
     # -- admin actions -----------------------------------------------------------------
@@ -268,11 +297,12 @@ class WebServer:
         if self._token is None:
             raise HttpError(403, DISABLED)
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credentials.strip().encode(), self._token.encode()
-        ):
-            raise HttpError(401, "a valid token is required: Authorization: Bearer TOKEN",
-                            {"WWW-Authenticate": 'Bearer realm="gslb"'})
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), self._token.encode()):
+            raise HttpError(
+                401,
+                "a valid token is required: Authorization: Bearer TOKEN",
+                {"WWW-Authenticate": 'Bearer realm="gslb"'},
+            )
 
     def _target(self, request: Request, *, undrain: bool) -> tuple[str, str]:
         """The (kind, name) an admin request names: a data center, or one of their VIPs."""
@@ -318,9 +348,14 @@ class WebServer:
         snapshot = self.control.snapshot
         if not ok:
             return json_response({"ok": False, "errors": self.control.last_reload_error}, 422)
-        return json_response({"ok": True, "loaded_at": snapshot.loaded_at,
-                              "zones": len(snapshot.zones.zones),
-                              "services": len(snapshot.services)})
+        return json_response(
+            {
+                "ok": True,
+                "loaded_at": snapshot.loaded_at,
+                "zones": len(snapshot.zones.zones),
+                "services": len(snapshot.services),
+            }
+        )
 
     # -- the status data ---------------------------------------------------------------
 
@@ -340,44 +375,52 @@ class WebServer:
             status = view.status(name)
             target = targets.get(name)
             stats = monitor.stats(name) if target is not None else None
-            datacenters.append({
-                "name": name,
-                "up": view.is_up(name),
-                "drained": bool(status and status.drained),
-                "reason": status.reason if status else "not probed",
-                "since": status.since if status else None,
-                "probe": f"{endpoint(target)} {target.check.kind}" if target else None,
-                "last_result": stats.last_result if stats and stats.probes else None,
-                "last_latency_ms": (round(stats.last_latency * 1000, 2)
-                                    if stats and stats.last_latency is not None else None),
-                "last_probe": stats.last_probe if stats else None,
-                "probes": stats.probes if stats else 0,
-                "probe_failures": stats.failures if stats else 0,
-                "latitude": dc.latitude, "longitude": dc.longitude,
-                "country": dc.country, "continent": dc.continent,
-                "vips": [{"address": str(vip), "drained": not view.is_up(str(vip))}
-                         for vip in dc.vips],
-                "answers_per_second": round(sum(
-                    rate for (_, d), rate in answer_rates.items() if d == name), 2),
-                **(cluster.datacenter(name) if cluster is not None and target is not None else {}),
-            })
+            datacenters.append(
+                {
+                    "name": name,
+                    "up": view.is_up(name),
+                    "drained": bool(status and status.drained),
+                    "reason": status.reason if status else "not probed",
+                    "since": status.since if status else None,
+                    "probe": f"{endpoint(target)} {target.check.kind}" if target else None,
+                    "last_result": stats.last_result if stats and stats.probes else None,
+                    "last_latency_ms": (
+                        round(stats.last_latency * 1000, 2) if stats and stats.last_latency is not None else None
+                    ),
+                    "last_probe": stats.last_probe if stats else None,
+                    "probes": stats.probes if stats else 0,
+                    "probe_failures": stats.failures if stats else 0,
+                    "latitude": dc.latitude,
+                    "longitude": dc.longitude,
+                    "country": dc.country,
+                    "continent": dc.continent,
+                    "vips": [{"address": str(vip), "drained": not view.is_up(str(vip))} for vip in dc.vips],
+                    "answers_per_second": round(sum(rate for (_, d), rate in answer_rates.items() if d == name), 2),
+                    **(cluster.datacenter(name) if cluster is not None and target is not None else {}),
+                }
+            )
         countries = self._countries(snapshot, view)
         default = snapshot.locate(None)
         services = []
         for service in snapshot.config.services.values():
             decision = choose(service, snapshot.config.datacenters, default, view, 4)
-            per_dc = {d: round(rate, 2) for (s, d), rate in answer_rates.items()
-                      if s == service.name}
-            services.append({
-                "name": service.name, "policy": service.policy,
-                "datacenters": list(service.datacenters), "answers": service.answers,
-                "ttl": service.ttl, "ttl_degraded": service.ttl_degraded,
-                "ttl_now": decision.ttl, "degraded": decision.ttl != service.ttl,
-                "all_down": service.all_down,
-                "answers_per_second": round(sum(per_dc.values()), 2),
-                "answers_per_second_by_datacenter": per_dc,
-                "map": countries.get(service.name),
-            })
+            per_dc = {d: round(rate, 2) for (s, d), rate in answer_rates.items() if s == service.name}
+            services.append(
+                {
+                    "name": service.name,
+                    "policy": service.policy,
+                    "datacenters": list(service.datacenters),
+                    "answers": service.answers,
+                    "ttl": service.ttl,
+                    "ttl_degraded": service.ttl_degraded,
+                    "ttl_now": decision.ttl,
+                    "degraded": decision.ttl != service.ttl,
+                    "all_down": service.all_down,
+                    "answers_per_second": round(sum(per_dc.values()), 2),
+                    "answers_per_second_by_datacenter": per_dc,
+                    "map": countries.get(service.name),
+                }
+            )
         total = counters.fast + counters.general
         meta = snapshot.geo.metadata
         return {
@@ -390,16 +433,21 @@ class WebServer:
             "probes": control.options.probes,
             "admin": self._token is not None,
             "snapshot": {
-                "loaded_at": snapshot.loaded_at, "zones": len(snapshot.zones.zones),
-                "records": snapshot.zones.record_count, "services": len(snapshot.services),
+                "loaded_at": snapshot.loaded_at,
+                "zones": len(snapshot.zones.zones),
+                "records": snapshot.zones.record_count,
+                "services": len(snapshot.services),
                 "geodb": f"{meta.database_type} ({meta.path.name}, built {meta.build_date})",
             },
             "reloads": {**control.reloads, "last_error": control.last_reload_error},
             "queries": {
-                "total": rates["total"], "per_second": round(rates["queries"], 2),
-                "fast": counters.fast, "general": counters.general,
+                "total": rates["total"],
+                "per_second": round(rates["queries"], 2),
+                "fast": counters.fast,
+                "general": counters.general,
                 "cache_hit_ratio": round(counters.fast / total, 4) if total else None,
-                "truncated": counters.truncated, "dropped": counters.dropped,
+                "truncated": counters.truncated,
+                "dropped": counters.dropped,
             },
             "drained": sorted(monitor.drained),
             "cluster": cluster.status() if cluster is not None else None,
@@ -416,10 +464,8 @@ class WebServer:
         span = last.at - first.at
         if span < 0.5:  # just started: no rate yet
             return {"total": last.queries, "queries": 0.0, "answers": {}}
-        answers = {key: (count - first.answers.get(key, 0)) / span
-                   for key, count in last.answers.items()}
-        return {"total": last.queries, "queries": (last.queries - first.queries) / span,
-                "answers": answers}
+        answers = {key: (count - first.answers.get(key, 0)) / span for key, count in last.answers.items()}
+        return {"total": last.queries, "queries": (last.queries - first.queries) / span, "answers": answers}
 
     def _countries(self, snapshot: Snapshot, view: HealthView) -> dict[str, Any]:
         """Per service, the data center a client in each country is sent to now.
@@ -433,8 +479,12 @@ class WebServer:
             return self._map
         datacenters = snapshot.config.datacenters
         places = [
-            (code, Location(country=code, continent=c.continent, latitude=c.latitude,
-                            longitude=c.longitude, source="database"))
+            (
+                code,
+                Location(
+                    country=code, continent=c.continent, latitude=c.latitude, longitude=c.longitude, source="database"
+                ),
+            )
             for code, c in country_centroids().items()
         ]
         out: dict[str, Any] = {}
@@ -521,7 +571,8 @@ def _status_page() -> bytes:
         grid.append(f"M0,{y:g}H{width}")
     paths = "\n".join(
         f'<path data-cc="{c["cc"]}" d="{c["d"]}"><title>{html.escape(c["name"])}</title></path>'
-        for c in world["countries"])
+        for c in world["countries"]
+    )
     svg = (
         f'<svg id="map" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="World map: where each region is sent" '

@@ -10,7 +10,7 @@ from operator import itemgetter
 from typing import Final, Protocol
 
 from gslb.config import DataCenter, GeoRule, Service
-from gslb.geo import EARTH_RADIUS_KM, Location
+from gslb.geo.database import EARTH_RADIUS_KM, Location
 
 __all__ = [
     "SERVFAIL",
@@ -33,7 +33,7 @@ _NOWHERE: Final = Location()
 
 
 class HealthSource(Protocol):
-    """What choose() needs of a health view (gslb.health.HealthView fits).
+    """What choose() needs of a health view (gslb.health.monitor.HealthView fits).
 
     ``is_up`` is asked of data center names and of VIPs (as text): a VIP an operator
     drained is down. A view may also have ``drains``: False promises that nothing is
@@ -136,15 +136,12 @@ class Explanation:
 
     def _reason(self) -> str:
         service, chosen, family = self.service, self.chosen, _family_name(self.family)
-        downs = "; ".join(
-            f"{m} down: {self._down(m)}" for m in service.datacenters if not self.up[m]
-        )
+        downs = "; ".join(f"{m} down: {self._down(m)}" for m in service.datacenters if not self.up[m])
         if self.all_down and service.all_down != "open":
             mode = service.all_down
             if mode == "fallback":
                 text = "fallback " + (
-                    ", ".join(service.fallback_addresses(self.family))
-                    or f"(no {family} address: NODATA)"
+                    ", ".join(service.fallback_addresses(self.family)) or f"(no {family} address: NODATA)"
                 )
             else:
                 text = "SERVFAIL" if mode == "servfail" else "NODATA"
@@ -161,9 +158,8 @@ class Explanation:
             label = f"geo rule {rule.text}" if rule is not None else "geo default"
             if self.fell_through:
                 listed = rule.order if rule is not None else service.default
-                text = (
-                    f"{label}: {', '.join(listed)} down; nearest healthy of the rest: "
-                    + ", ".join(self._km(n) for n in chosen)
+                text = f"{label}: {', '.join(listed)} down; nearest healthy of the rest: " + ", ".join(
+                    self._km(n) for n in chosen
                 )
             else:
                 text = f"{label}: " + ", ".join(chosen)
@@ -171,12 +167,8 @@ class Explanation:
             text = "failover: " + ", ".join(chosen)
         else:
             weights = self.datacenters
-            total = sum(
-                weights[m].weight for m in service.datacenters if self.up[m] or self.all_down
-            )
-            text = "weighted draw: " + ", ".join(
-                f"{n} (weight {weights[n].weight:g} of {total:g})" for n in chosen
-            )
+            total = sum(weights[m].weight for m in service.datacenters if self.up[m] or self.all_down)
+            text = "weighted draw: " + ", ".join(f"{n} (weight {weights[n].weight:g} of {total:g})" for n in chosen)
         if downs:
             text += "; " + downs
         if self.all_down:
@@ -252,7 +244,7 @@ def _nearest(
     lat, lon = location.latitude, location.longitude
     if lat is None or lon is None:
         return list(names)
-    # gslb.geo.distance_km(), with each data center's trigonometry precomputed (a test
+    # gslb.geo.database.distance_km(), with each data center's trigonometry precomputed (a test
     # holds the two together).
     phi1 = _radians(lat)
     cos1, lam1 = _cos(phi1), _radians(lon)
@@ -283,9 +275,7 @@ def _first_up(ranked: Sequence[str], up: Mapping[str, bool], k: int) -> list[str
     return chosen
 
 
-def _draw(
-    names: Sequence[str], datacenters: Mapping[str, DataCenter], k: int, rng: random.Random | None
-) -> list[str]:
+def _draw(names: Sequence[str], datacenters: Mapping[str, DataCenter], k: int, rng: random.Random | None) -> list[str]:
     """``k`` of ``names`` drawn by weight without replacement (all of them, shuffled, if fewer)."""
     pool = list(names)
     weights = [datacenters[name].weight for name in pool]
@@ -311,7 +301,7 @@ class Ranking:
 
     ``primary`` is the order the policy prefers; ``rest`` (geo maps only) the other members,
     nearest first, which take over only when every data center of ``primary`` is down.
-    This is what the compiled tables store per address range (gslb.ranks).
+    This is what the compiled tables store per address range (gslb.steering.ranks).
     """
 
     primary: tuple[str, ...]
@@ -406,9 +396,7 @@ def pick(
 
     if all_down and service.all_down != "open":
         mode = service.all_down
-        explanation = Explanation(
-            service, datacenters, where, health, family, up, (), (), True
-        )
+        explanation = Explanation(service, datacenters, where, health, family, up, (), (), True)
         return Decision(
             service.fallback_addresses(family) if mode == "fallback" else (),
             SERVFAIL if mode == "servfail" else 0,
@@ -455,9 +443,7 @@ def pick(
     if vips is not None:
         # A data center with every VIP drained is chosen only when all are down
         # (all_down = "open"): answer its VIPs then rather than nothing.
-        addresses = tuple(
-            a for name in chosen for a in vips[name] or datacenters[name].addresses(family)
-        )
+        addresses = tuple(a for name in chosen for a in vips[name] or datacenters[name].addresses(family))
     elif len(chosen) == 1:
         addresses = datacenters[chosen[0]].addresses(family)
     else:

@@ -19,7 +19,7 @@ from time import monotonic
 
 from gslb.config import RrlSettings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.rrl")
 
 ANSWER, NXDOMAIN_KIND, ERROR, REFERRAL = 0, 1, 2, 3
 KINDS = ("answer", "nxdomain", "error", "referral")
@@ -32,8 +32,21 @@ _EXEMPT = -1
 class RateLimiter:
     """The buckets of one process; `check(source, kind)` says ALLOW, DROP or SLIP."""
 
-    __slots__ = ("bases", "buckets", "capacity", "exempt", "log_only", "logged", "rate", "settings", "shift4",
-                 "shift6", "slip", "slips", "would_limit")
+    __slots__ = (
+        "bases",
+        "buckets",
+        "capacity",
+        "exempt",
+        "log_only",
+        "logged",
+        "rate",
+        "settings",
+        "shift4",
+        "shift6",
+        "slip",
+        "slips",
+        "would_limit",
+    )
 
     def __init__(self, settings: RrlSettings, processes: int = 1):
         self.settings = settings
@@ -74,9 +87,13 @@ class RateLimiter:
     def _limited(self, source: str, now: float) -> int:
         self.would_limit += 1
         if now - self.logged >= LOG_INTERVAL:
-            log.warning("rate limit%s: %d replies over %d/s to one network and kind since the last report "
-                        "(latest client %s)", " (log only)" if self.log_only else "", self.would_limit,
-                        self.settings.rate, source)
+            log.warning(
+                "rate limit%s: %d replies over %d/s to one network and kind since the last report (latest client %s)",
+                " (log only)" if self.log_only else "",
+                self.would_limit,
+                self.settings.rate,
+                source,
+            )
             self.logged = now
             self.would_limit = 0
         if self.log_only:

@@ -1,6 +1,6 @@
 """Prometheus metrics on the app's own registry, read from the query counters at scrape time.
 
-The query path only bumps plain counters (gslb.answer.Counters); everything here runs when
+The query path only bumps plain counters (gslb.dns.answer.Counters); everything here runs when
 Prometheus scrapes, in the process that serves HTTP, so metrics cost DNS nothing.
 """
 
@@ -24,9 +24,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gslb import __version__
-from gslb.answer import LATENCY_BOUNDS, LATENCY_SAMPLE_MASK
-from gslb.health import ProbeResult, Target
-from gslb.policy import choose
+from gslb.dns.answer import LATENCY_BOUNDS, LATENCY_SAMPLE_MASK
+from gslb.health.monitor import ProbeResult, Target
+from gslb.steering.policy import choose
 
 if TYPE_CHECKING:
     from gslb.app import Control
@@ -37,7 +37,7 @@ PROBE_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 
 @functools.lru_cache(maxsize=512)
 def qtype_name(qtype: int) -> str:
-    """"A", "AAAA", "TYPE65280"; "none" for a reply without a question (header-only FORMERR)."""
+    """ "A", "AAAA", "TYPE65280"; "none" for a reply without a question (header-only FORMERR)."""
     if qtype == 0:
         return "none"
     return dns.rdatatype.to_text(qtype)  # type: ignore[arg-type]
@@ -121,8 +121,10 @@ class _Collector(Collector):
 def _queries(control: Control) -> Iterator[Metric]:
     counters = control.counters()
     queries = CounterMetricFamily(
-        "gslb_dns_queries", "DNS replies sent, by transport, query type and response code.",
-        labels=["transport", "qtype", "rcode"])
+        "gslb_dns_queries",
+        "DNS replies sent, by transport, query type and response code.",
+        labels=["transport", "qtype", "rcode"],
+    )
     refused = formerr = 0
     for (tcp, qtype, rcode), count in sorted(counters.by_key.items()):
         queries.add_metric(["tcp" if tcp else "udp", qtype_name(qtype), rcode_name(rcode)], count)
@@ -132,14 +134,16 @@ def _queries(control: Control) -> Iterator[Metric]:
             formerr += count
     yield queries
     answers = CounterMetricFamily(
-        "gslb_dns_answers", "Service answers, by service and the (first) data center answered.",
-        labels=["service", "datacenter"])
+        "gslb_dns_answers",
+        "Service answers, by service and the (first) data center answered.",
+        labels=["service", "datacenter"],
+    )
     for (service, datacenter), count in sorted(counters.by_answer.items()):
         answers.add_metric([service, datacenter or "none"], count)
     yield answers
     path = CounterMetricFamily(
-        "gslb_dns_path", "Queries by answer path: fast (cached reply parts) or general.",
-        labels=["path"])
+        "gslb_dns_path", "Queries by answer path: fast (cached reply parts) or general.", labels=["path"]
+    )
     path.add_metric(["fast"], counters.fast)
     path.add_metric(["general"], counters.general)
     yield path
@@ -147,52 +151,62 @@ def _queries(control: Control) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "gslb_dns_cache_hit_ratio",
         "Share of all queries since start answered on the fast path from cached reply parts.",
-        value=counters.fast / total if total else 0.0)
-    yield CounterMetricFamily("gslb_dns_refused", "REFUSED replies (outside our zones, "
-                              "zone transfers, other classes).", value=refused)
-    yield CounterMetricFamily("gslb_dns_formerr", "FORMERR replies to malformed queries.",
-                              value=formerr)
-    yield CounterMetricFamily("gslb_dns_truncated",
-                              "UDP replies truncated (TC) because they did not fit.",
-                              value=counters.truncated)
-    yield CounterMetricFamily("gslb_dns_dropped",
-                              "Queries dropped unanswered (short header, QR set).",
-                              value=counters.dropped)
-    yield CounterMetricFamily("gslb_dns_rrl_limited",
-                              "UDP replies over the [rrl] rate limit: dropped or slipped (in log_only mode: "
-                              "those that would have been).", value=counters.rrl_limited)
-    yield CounterMetricFamily("gslb_dns_rrl_slipped",
-                              "Rate-limited replies sent as a minimal truncated (TC) or BADCOOKIE reply.",
-                              value=counters.rrl_slipped)
-    yield CounterMetricFamily("gslb_dns_errors",
-                              "Queries answered SERVFAIL after an unexpected error (logged).",
-                              value=counters.servfail)
+        value=counters.fast / total if total else 0.0,
+    )
+    yield CounterMetricFamily(
+        "gslb_dns_refused", "REFUSED replies (outside our zones, zone transfers, other classes).", value=refused
+    )
+    yield CounterMetricFamily("gslb_dns_formerr", "FORMERR replies to malformed queries.", value=formerr)
+    yield CounterMetricFamily(
+        "gslb_dns_truncated", "UDP replies truncated (TC) because they did not fit.", value=counters.truncated
+    )
+    yield CounterMetricFamily(
+        "gslb_dns_dropped", "Queries dropped unanswered (short header, QR set).", value=counters.dropped
+    )
+    yield CounterMetricFamily(
+        "gslb_dns_rrl_limited",
+        "UDP replies over the [rrl] rate limit: dropped or slipped (in log_only mode: those that would have been).",
+        value=counters.rrl_limited,
+    )
+    yield CounterMetricFamily(
+        "gslb_dns_rrl_slipped",
+        "Rate-limited replies sent as a minimal truncated (TC) or BADCOOKIE reply.",
+        value=counters.rrl_slipped,
+    )
+    yield CounterMetricFamily(
+        "gslb_dns_errors", "Queries answered SERVFAIL after an unexpected error (logged).", value=counters.servfail
+    )
     yield HistogramMetricFamily(
         "gslb_dns_query_duration_seconds",
-        f"Time to answer one query, from bytes in to bytes out; one query in "
-        f"{LATENCY_SAMPLE_MASK + 1} is timed.",
+        f"Time to answer one query, from bytes in to bytes out; one query in {LATENCY_SAMPLE_MASK + 1} is timed.",
         buckets=_cumulative(LATENCY_BOUNDS, counters.latency_buckets),
-        sum_value=counters.latency_sum)
+        sum_value=counters.latency_sum,
+    )
 
 
 def _health(control: Control, metrics: Metrics) -> Iterator[Metric]:
     view = control.monitor.view
     now = time.time()
     datacenters = control.snapshot.config.datacenters
-    up = GaugeMetricFamily("gslb_datacenter_up",
-                           "1 while the data center is healthy, 0 while down or drained.",
-                           labels=["datacenter"])
-    drained = GaugeMetricFamily("gslb_datacenter_drained",
-                                "1 while an operator has drained the data center.",
-                                labels=["datacenter"])
-    since = GaugeMetricFamily("gslb_datacenter_state_since_timestamp_seconds",
-                              "When the data center's health state last changed (Unix time).",
-                              labels=["datacenter"])
-    age = GaugeMetricFamily("gslb_datacenter_state_age_seconds",
-                            "Seconds since the data center's health state last changed.",
-                            labels=["datacenter"])
-    vips = GaugeMetricFamily("gslb_vip_drained", "1 while an operator has drained the VIP.",
-                             labels=["datacenter", "vip"])
+    up = GaugeMetricFamily(
+        "gslb_datacenter_up", "1 while the data center is healthy, 0 while down or drained.", labels=["datacenter"]
+    )
+    drained = GaugeMetricFamily(
+        "gslb_datacenter_drained", "1 while an operator has drained the data center.", labels=["datacenter"]
+    )
+    since = GaugeMetricFamily(
+        "gslb_datacenter_state_since_timestamp_seconds",
+        "When the data center's health state last changed (Unix time).",
+        labels=["datacenter"],
+    )
+    age = GaugeMetricFamily(
+        "gslb_datacenter_state_age_seconds",
+        "Seconds since the data center's health state last changed.",
+        labels=["datacenter"],
+    )
+    vips = GaugeMetricFamily(
+        "gslb_vip_drained", "1 while an operator has drained the VIP.", labels=["datacenter", "vip"]
+    )
     for name, datacenter in datacenters.items():
         status = view.status(name)
         up.add_metric([name], 1.0 if view.is_up(name) else 0.0)
@@ -203,21 +217,24 @@ def _health(control: Control, metrics: Metrics) -> Iterator[Metric]:
         for vip in datacenter.vips:
             vips.add_metric([name, str(vip)], 0.0 if view.is_up(str(vip)) else 1.0)
     yield from (up, drained, since, age, vips)
-    ttl = GaugeMetricFamily("gslb_service_ttl_seconds",
-                            "The TTL answered now: ttl, or ttl_degraded while a member is down.",
-                            labels=["service"])
+    ttl = GaugeMetricFamily(
+        "gslb_service_ttl_seconds",
+        "The TTL answered now: ttl, or ttl_degraded while a member is down.",
+        labels=["service"],
+    )
     default = control.snapshot.locate(None)
     for service in control.snapshot.config.services.values():
         ttl.add_metric([service.name], choose(service, datacenters, default, view, 4).ttl)
     yield ttl
-    probes = CounterMetricFamily("gslb_probes", "Health probes, by data center and result.",
-                                 labels=["datacenter", "result"])
+    probes = CounterMetricFamily(
+        "gslb_probes", "Health probes, by data center and result.", labels=["datacenter", "result"]
+    )
     for (name, result), count in sorted(metrics.probes.items()):
         probes.add_metric([name, result], count)
     yield probes
-    latency = HistogramMetricFamily("gslb_probe_duration_seconds",
-                                    "Time one health probe took, by data center.",
-                                    labels=["datacenter"])
+    latency = HistogramMetricFamily(
+        "gslb_probe_duration_seconds", "Time one health probe took, by data center.", labels=["datacenter"]
+    )
     for name, histogram in sorted(metrics.probe_latency.items()):
         latency.add_metric([name], _cumulative(PROBE_BOUNDS, histogram.buckets), histogram.sum)
     yield latency
@@ -228,18 +245,26 @@ def _cluster(control: Control) -> Iterator[Metric]:
     cluster = control.cluster
     if cluster is None:
         return
-    yield GaugeMetricFamily("gslb_cluster_etcd_up",
-                            "1 while etcd is reachable and the vote is shared; 0: this instance's own view.",
-                            value=1.0 if cluster.etcd_up else 0.0)
-    yield GaugeMetricFamily("gslb_cluster_live_instances",
-                            "Instances whose etcd lease is alive, this one included (1 without etcd).",
-                            value=1 + len(cluster.peers))
-    observations = GaugeMetricFamily("gslb_cluster_observations",
-                                     "Live instances that observe the data center up or down (counted in the vote).",
-                                     labels=["datacenter", "state"])
-    down = GaugeMetricFamily("gslb_cluster_down_by_vote",
-                             "1 while more than down_quorum of the live instances see the data center down.",
-                             labels=["datacenter"])
+    yield GaugeMetricFamily(
+        "gslb_cluster_etcd_up",
+        "1 while etcd is reachable and the vote is shared; 0: this instance's own view.",
+        value=1.0 if cluster.etcd_up else 0.0,
+    )
+    yield GaugeMetricFamily(
+        "gslb_cluster_live_instances",
+        "Instances whose etcd lease is alive, this one included (1 without etcd).",
+        value=1 + len(cluster.peers),
+    )
+    observations = GaugeMetricFamily(
+        "gslb_cluster_observations",
+        "Live instances that observe the data center up or down (counted in the vote).",
+        labels=["datacenter", "state"],
+    )
+    down = GaugeMetricFamily(
+        "gslb_cluster_down_by_vote",
+        "1 while more than down_quorum of the live instances see the data center down.",
+        labels=["datacenter"],
+    )
     for name, vote in sorted(cluster.votes.items()):
         observations.add_metric([name, "up"], len(vote.up))
         observations.add_metric([name, "down"], len(vote.down))
@@ -249,19 +274,19 @@ def _cluster(control: Control) -> Iterator[Metric]:
 
 
 def _process(control: Control) -> Iterator[Metric]:
-    reloads = CounterMetricFamily("gslb_reloads", "Reloads of zones and config, by result.",
-                                  labels=["result"])
+    reloads = CounterMetricFamily("gslb_reloads", "Reloads of zones and config, by result.", labels=["result"])
     for result, count in sorted(control.reloads.items()):
         reloads.add_metric([result], count)
     yield reloads
-    yield GaugeMetricFamily("gslb_snapshot_loaded_timestamp_seconds",
-                            "When the zones and config now served were loaded (Unix time).",
-                            value=control.snapshot.loaded_at)
-    yield GaugeMetricFamily("gslb_start_time_seconds", "When this server started (Unix time).",
-                            value=control.started)
-    yield GaugeMetricFamily("gslb_workers", "Processes answering DNS queries.",
-                            value=max(control.options.workers, 1))  # 0: the one process itself
-    info = GaugeMetricFamily("gslb_build_info", "Always 1; the version as a label.",
-                             labels=["version"])
+    yield GaugeMetricFamily(
+        "gslb_snapshot_loaded_timestamp_seconds",
+        "When the zones and config now served were loaded (Unix time).",
+        value=control.snapshot.loaded_at,
+    )
+    yield GaugeMetricFamily("gslb_start_time_seconds", "When this server started (Unix time).", value=control.started)
+    yield GaugeMetricFamily(
+        "gslb_workers", "Processes answering DNS queries.", value=max(control.options.workers, 1)
+    )  # 0: the one process itself
+    info = GaugeMetricFamily("gslb_build_info", "Always 1; the version as a label.", labels=["version"])
     info.add_metric([__version__], 1.0)
     yield info

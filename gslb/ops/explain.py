@@ -13,13 +13,13 @@ import geoip2.database
 import geoip2.errors
 import geoip2.models
 
-from gslb.answer import where
-from gslb.geo import IPAddress
-from gslb.health import HealthView
-from gslb.policy import pick
+from gslb.dns.answer import where
+from gslb.dns.wire import ClientSubnet
+from gslb.dns.zones import ServiceAnswer
+from gslb.geo.database import IPAddress
+from gslb.health.monitor import HealthView
 from gslb.snapshot import Snapshot
-from gslb.wire import ClientSubnet
-from gslb.zones import ServiceAnswer
+from gslb.steering.policy import pick
 
 
 def database_record(path: Path, address: IPAddress) -> dict[str, Any] | None:
@@ -44,13 +44,18 @@ def database_record(path: Path, address: IPAddress) -> dict[str, Any] | None:
         "continent": found.continent.code,
     }
     if isinstance(found, geoip2.models.City):
-        out.update(city=found.city.name, subdivision=found.subdivisions.most_specific.iso_code,
-                   accuracy_radius_km=found.location.accuracy_radius, time_zone=found.location.time_zone)
+        out.update(
+            city=found.city.name,
+            subdivision=found.subdivisions.most_specific.iso_code,
+            accuracy_radius_km=found.location.accuracy_radius,
+            time_zone=found.location.time_zone,
+        )
     return out
 
 
-def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
-                  subnet: str | None, health: HealthView | None = None) -> dict[str, Any]:
+def explain_query(
+    snapshot: Snapshot, name: str, qtype: str, client: str | None, subnet: str | None, health: HealthView | None = None
+) -> dict[str, Any]:
     """Everything an operator needs to see why `name` answers what it does for a client.
 
     `health` is the live view when a server asks; the CLI reads the last saved verdicts.
@@ -63,8 +68,11 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
         network = ipaddress.ip_network(subnet, strict=False)
         location = snapshot.locate_network(network) if network.prefixlen else snapshot.locate(None)
         how = f"EDNS Client Subnet {network}"
-        ecs = ClientSubnet(1 if network.version == 4 else 2, network.prefixlen,
-                           network.network_address.packed[: (network.prefixlen + 7) // 8])
+        ecs = ClientSubnet(
+            1 if network.version == 4 else 2,
+            network.prefixlen,
+            network.network_address.packed[: (network.prefixlen + 7) // 8],
+        )
         looked_up: IPAddress | None = network.network_address if network.prefixlen else None
     elif client is not None and snapshot.no_ecs == "resolver":
         looked_up = ipaddress.ip_address(client)
@@ -79,9 +87,12 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
         "qtype": qtype,
         "located_by": how,
         "location": {
-            "country": location.country, "continent": location.continent,
-            "subdivision": location.subdivision, "city": location.city,
-            "latitude": location.latitude, "longitude": location.longitude,
+            "country": location.country,
+            "continent": location.continent,
+            "subdivision": location.subdivision,
+            "city": location.city,
+            "latitude": location.latitude,
+            "longitude": location.longitude,
             "network": str(location.network) if location.network else None,
             "source": location.source,
         },
@@ -92,9 +103,13 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
     if service is None:
         out["kind"] = "static"
         out["rcode"] = dns.rcode.to_text(dns.rcode.Rcode(resolution.rcode))
-        out["answer"] = [f"{owner} {rds.ttl} {dns.rdatatype.to_text(rds.rdtype)} {rd}"
-                         for item in resolution.answer if not isinstance(item, ServiceAnswer)
-                         for owner, rds in [item] for rd in rds]
+        out["answer"] = [
+            f"{owner} {rds.ttl} {dns.rdatatype.to_text(rds.rdtype)} {rd}"
+            for item in resolution.answer
+            if not isinstance(item, ServiceAnswer)
+            for owner, rds in [item]
+            for rd in rds
+        ]
         out["ecs_scope"] = 0
         out["why"] = "static zone data: the same answer for every client (ECS scope 0)"
         return out
@@ -104,14 +119,25 @@ def explain_query(snapshot: Snapshot, name: str, qtype: str, client: str | None,
     # health applied to it, and the scope of the range.
     ranks = snapshot.ranks[service.service]
     rank, scope = where(ranks, ecs, client, snapshot.no_ecs == "resolver")
-    decision = pick(svc, snapshot.config.datacenters, ranks.rankings[rank], health,
-                    4 if service.qtype == dns.rdatatype.A else 6, location)
+    decision = pick(
+        svc,
+        snapshot.config.datacenters,
+        ranks.rankings[rank],
+        health,
+        4 if service.qtype == dns.rdatatype.A else 6,
+        location,
+    )
     out["kind"] = "service"
-    out["service"] = {"name": svc.name, "policy": svc.policy, "answers": svc.answers,
-                      "all_down": svc.all_down}
+    out["service"] = {"name": svc.name, "policy": svc.policy, "answers": svc.answers, "all_down": svc.all_down}
     out["candidates"] = [
-        {"name": c.name, "up": c.up, "distance_km": None if c.distance_km is None else round(c.distance_km),
-         "rank": c.rank, "weight": c.weight, "note": c.note}
+        {
+            "name": c.name,
+            "up": c.up,
+            "distance_km": None if c.distance_km is None else round(c.distance_km),
+            "rank": c.rank,
+            "weight": c.weight,
+            "note": c.note,
+        }
         for c in decision.candidates
     ]
     out["answer"] = list(decision.addresses)

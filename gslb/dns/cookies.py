@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.cookies")
 
 OPTION_COOKIE = 10
 BADCOOKIE = 23  # RFC 7873 §8: an extended RCODE (header 7, OPT extended RCODE 1)
@@ -115,7 +115,7 @@ class Cookies:
         self.secrets = secrets
         self.tc_size = tc_size
         # (source, option data) -> (reply option, valid, until): the answer while clock() < until.
-        # The compiled UDP loop (gslb/_fastudp.c) answers from it too, and fills it on a miss with
+        # The compiled UDP loop (gslb/dns/_fastudp.c) answers from it too, and fills it on a miss with
         # what _work_out gives (its own SipHash), the source as recvfrom gives it and int(clock())
         # read once a batch: keep this shape, and _work_out and the constants above in step with it.
         self.cache: dict[tuple[str, bytes], tuple[bytes, bool, int]] = {}
@@ -180,8 +180,10 @@ def shared(secrets: tuple[bytes, ...] | None, tc_size: int) -> Cookies:
     found = _SHARED.get(key)
     if found is None:
         if secrets == (PROCESS_SECRET,):
-            log.warning("DNS cookies: no [cookies] secret_file, using a random secret: server cookies "
-                        "do not validate across instances or restarts")
+            log.warning(
+                "DNS cookies: no [cookies] secret_file, using a random secret: server cookies "
+                "do not validate across instances or restarts"
+            )
         _SHARED.clear()  # only the latest settings are in use
         found = _SHARED[key] = Cookies(secrets, tc_size)
     return found

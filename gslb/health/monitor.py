@@ -31,7 +31,7 @@ import httpx
 from gslb.config import Check as Check
 from gslb.config import Target as Target
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.health")
 
 BODY_LIMIT = 4096  # bytes of a response body searched for Check.body_contains
 MAX_REDIRECTS = 5
@@ -120,7 +120,10 @@ class ProbeResult:
 
 
 async def probe(
-    target: Target, client: httpx.AsyncClient | None, *, fast_path: bool = True,
+    target: Target,
+    client: httpx.AsyncClient | None,
+    *,
+    fast_path: bool = True,
     source: str | None = None,
 ) -> ProbeResult:
     """Probe `target` once, never raising for network trouble.
@@ -179,9 +182,7 @@ async def _probe_tcp(target: Target, local: tuple[str, int] | None = None) -> st
 def _judge(check: Check, status: int, body: bytes | None) -> str:
     if status not in check.expect_status:
         return f"status {status}"
-    if check.body_contains is not None and (
-        body is None or check.body_contains.encode() not in body[:BODY_LIMIT]
-    ):
+    if check.body_contains is not None and (body is None or check.body_contains.encode() not in body[:BODY_LIMIT]):
         return "body mismatch"
     return "ok"
 
@@ -403,9 +404,7 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
-def new_client(
-    check: Check, *, max_connections: int = 100, source: str | None = None
-) -> httpx.AsyncClient:
+def new_client(check: Check, *, max_connections: int = 100, source: str | None = None) -> httpx.AsyncClient:
     """An HTTP client for every check sharing `check`'s TLS settings (verify_tls, ca_file).
 
     Every request gets a fresh connection, closed after the response (no keep-alive), as a
@@ -440,9 +439,7 @@ class _FreshConnectionTransport(httpx.AsyncBaseTransport):
     not CancelledError). A pool brings nothing when connections are never reused.
     """
 
-    def __init__(
-        self, ssl_context: ssl.SSLContext, max_connections: int, source: str | None = None
-    ) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext, max_connections: int, source: str | None = None) -> None:
         self._ssl_context = ssl_context
         self._source = source
         self._slots = asyncio.Semaphore(max_connections)
@@ -452,9 +449,7 @@ class _FreshConnectionTransport(httpx.AsyncBaseTransport):
         url = request.url
         core_request = httpcore.Request(
             method=request.method,
-            url=httpcore.URL(
-                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-            ),
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
             headers=request.headers.raw,
             content=request.stream,
             extensions=request.extensions,
@@ -481,9 +476,7 @@ class _FreshConnectionTransport(httpx.AsyncBaseTransport):
         )
 
 
-async def _close_connection(
-    connection: httpcore.AsyncHTTPConnection, slots: asyncio.Semaphore
-) -> None:
+async def _close_connection(connection: httpcore.AsyncHTTPConnection, slots: asyncio.Semaphore) -> None:
     try:
         await connection.aclose()
     finally:
@@ -641,9 +634,7 @@ async def _probe_httpx(target: Target, client: httpx.AsyncClient) -> str:
     method = check.method
     for _ in range(MAX_REDIRECTS + 1):
         headers, extensions = _naming(url, target)
-        request = client.build_request(
-            method, url, headers=headers, extensions=extensions, timeout=check.timeout
-        )
+        request = client.build_request(method, url, headers=headers, extensions=extensions, timeout=check.timeout)
         response = await client.send(request, stream=True)
         try:
             if check.follow_redirects and response.has_redirect_location:
@@ -781,7 +772,7 @@ class HealthMonitor:
     without calling on_change; `stats(name)` reads them fresh. `on_probe(target, result,
     lateness)` is called after every probe, e.g. for metrics.
 
-    Several instances (gslb.cluster): `observations` are this instance's own verdicts, drains
+    Several instances (gslb.cluster.votes): `observations` are this instance's own verdicts, drains
     aside; `on_observe()` is called whenever one changes (and when the targets do).
     `set_verdicts()` hands in the cluster's vote, which the view then shows instead of them.
     `probe_source` is the local address probes are sent from (--probe-source).
@@ -920,9 +911,7 @@ class HealthMonitor:
         added = [t.name for t in new if old.get(t.name) is not entries[t.name]]
         removed = [name for name in old if name not in entries]
         if added or removed:
-            log.info(
-                "health targets updated: %d new or changed, %d removed", len(added), len(removed)
-            )
+            log.info("health targets updated: %d new or changed, %d removed", len(added), len(removed))
             self._changed()
             self._observed()
 
@@ -982,9 +971,7 @@ class HealthMonitor:
     # -- probing ------------------------------------------------------------------------
 
     def _start(self, entry: _Entry) -> None:
-        entry.task = asyncio.get_running_loop().create_task(
-            self._probe_loop(entry), name=f"health {entry.target.name}"
-        )
+        entry.task = asyncio.get_running_loop().create_task(self._probe_loop(entry), name=f"health {entry.target.name}")
 
     async def _stop_all(self) -> None:
         tasks = [e.task for e in self._entries.values() if e.task is not None]
@@ -1032,9 +1019,7 @@ class HealthMonitor:
         key = _client_key(check)
         client = self._clients.get(key)
         if client is None:
-            client = new_client(
-                check, max_connections=self._max_concurrent, source=self._probe_source
-            )
+            client = new_client(check, max_connections=self._max_concurrent, source=self._probe_source)
             self._clients[key] = client
         return client
 
@@ -1204,9 +1189,7 @@ class HealthMonitor:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring health state file %s: %s", path, exc)
             return {}, {}
-        log.info(
-            "restored %d health verdicts and %d drains from %s", len(saved), len(drained), path
-        )
+        log.info("restored %d health verdicts and %d drains from %s", len(saved), len(drained), path)
         return saved, drained
 
 

@@ -12,9 +12,10 @@ import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
 
-from gslb import inputs, masterfile
-from gslb.masterfile import Problem
-from gslb.wire import (
+from gslb import inputs
+from gslb.dns import masterfile
+from gslb.dns.masterfile import Problem
+from gslb.dns.wire import (
     NOERROR,
     NXDOMAIN,
     REFUSED,
@@ -27,7 +28,7 @@ from gslb.wire import (
     TYPE_SOA,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.zones")
 
 Name = dns.name.Name
 Rdataset = dns.rdataset.Rdataset
@@ -83,8 +84,7 @@ class Zone:
     compare fast, and ancestors are suffixes; `names` keeps each owner as the file spells it.
     """
 
-    def __init__(self, origin: Name, path: str, nodes: dict[bytes, dict[int, Rdataset]],
-                 names: dict[bytes, Name]):
+    def __init__(self, origin: Name, path: str, nodes: dict[bytes, dict[int, Rdataset]], names: dict[bytes, Name]):
         self.origin = origin
         self.origin_wire = wire_of(origin)
         self.path = path
@@ -218,9 +218,7 @@ def load_zone(path: Path, origin: Name | None = None) -> tuple[Zone | None, list
             others = set(types) - CNAME_NEIGHBOURS
             if others:
                 kinds = ", ".join(sorted(dns.rdatatype.to_text(dns.rdatatype.RdataType(t)) for t in others))
-                problems.append(
-                    Problem(*line_of(name, TYPE_CNAME), f"{name} has a CNAME and other data ({kinds})")
-                )
+                problems.append(Problem(*line_of(name, TYPE_CNAME), f"{name} has a CNAME and other data ({kinds})"))
             if len(types[TYPE_CNAME]) > 1:
                 problems.append(Problem(*line_of(name, TYPE_CNAME), f"{name} has more than one CNAME"))
             if key == origin_wire:

@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 
 import maxminddb
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.geo")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -93,9 +93,7 @@ def country_centroids() -> Mapping[str, CountryCentroid]:
         with CENTROIDS_FILE.open(encoding="utf-8", newline="") as table:
             rows = list(csv.DictReader(line for line in table if not line.startswith("#")))
         return {
-            row["iso_code"]: CountryCentroid(
-                row["continent"] or None, float(row["latitude"]), float(row["longitude"])
-            )
+            row["iso_code"]: CountryCentroid(row["continent"] or None, float(row["latitude"]), float(row["longitude"]))
             for row in rows
         }
     except (OSError, KeyError, ValueError, TypeError) as error:
@@ -184,8 +182,7 @@ SPECIAL_NETWORKS: Final[tuple[IPNetwork, ...]] = tuple(
 )
 
 _SPECIAL_BY_VERSION: Final = {
-    version: tuple(network for network in SPECIAL_NETWORKS if network.version == version)
-    for version in (4, 6)
+    version: tuple(network for network in SPECIAL_NETWORKS if network.version == version) for version in (4, 6)
 }
 
 _MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -196,6 +193,7 @@ MAPPED_MASK: Final = int(_MAPPED.netmask)
 def mapped_network(network: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
     """An IPv4 block in IPv4-mapped IPv6 form (::ffff:a.b.c.d/96+n), for a client seen over IPv6."""
     return ipaddress.IPv6Network((MAPPED_BASE | int(network.network_address), 96 + network.prefixlen))
+
 
 _Kind = Literal["override", "special", "database"]
 
@@ -230,8 +228,14 @@ def _record_fields(record: Mapping[str, Any]) -> _Fields | None:
     )
 
 
-def place_fields(country: str | None, continent: str | None, subdivision: str | None,
-                 latitude: float | None, longitude: float | None, city: str | None) -> _Fields | None:
+def place_fields(
+    country: str | None,
+    continent: str | None,
+    subdivision: str | None,
+    latitude: float | None,
+    longitude: float | None,
+    city: str | None,
+) -> _Fields | None:
     """What a record's fields place (as found in it), completed from the country centroids.
 
     None when the record says nothing about where the client is (registered_country only).
@@ -358,10 +362,7 @@ class GeoDatabase:
             network = _unmap_network(network)
             self._overrides[network] = _complete(dataclasses.replace(location, source="override"))
         specials = () if special_in_database else SPECIAL_NETWORKS
-        self._rules = {
-            version: _RuleSet(version, self._overrides, specials, self.default)
-            for version in (4, 6)
-        }
+        self._rules = {version: _RuleSet(version, self._overrides, specials, self.default) for version in (4, 6)}
 
         # Cache level 1: exact address (int) -> Location, one dict per version.
         self._hits4: dict[int, Location] = {}
@@ -466,9 +467,7 @@ class GeoDatabase:
         network = _network(address.version, value >> (bits - prefix) << (bits - prefix), prefix)
         if fields is not None:
             country, continent, subdivision, latitude, longitude, city = fields
-            return Location(
-                country, continent, subdivision, latitude, longitude, network, "database", city
-            )
+            return Location(country, continent, subdivision, latitude, longitude, network, "database", city)
         return _with_network(location, network)
 
     def _database(self, address: IPAddress) -> tuple[_Fields | None, int]:

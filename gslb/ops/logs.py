@@ -17,20 +17,22 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-from gslb.wire import Drop, FormError, parse_query
+from gslb.dns.wire import Drop, FormError, parse_query
 
 if TYPE_CHECKING:
-    from gslb.answer import Answerer
+    from gslb.dns.answer import Answerer
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.logs")
 query_log = logging.getLogger("gslb.query")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("text", "json")
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
-_RECORD_ATTRIBUTES = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None))
-) | {"message", "asctime", "taskName"}
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -76,8 +78,7 @@ class QueryLog:
     client, ecs, qname, qtype, transport, rcode, answer, datacenter and reason.
     """
 
-    def __init__(self, answerer: Answerer, rate: float,
-                 uniform: Callable[[], float] = random.random) -> None:
+    def __init__(self, answerer: Answerer, rate: float, uniform: Callable[[], float] = random.random) -> None:
         if not 0 < rate <= 1:
             raise ValueError("the query log rate must be above 0 and at most 1")
         self.answerer = answerer
@@ -94,8 +95,15 @@ class QueryLog:
 
     def _log(self, wire: bytes, source: str | None, tcp: bool, reply: bytes | None) -> None:
         fields: dict[str, Any] = {
-            "client": source, "transport": "tcp" if tcp else "udp", "ecs": None, "qname": None,
-            "qtype": None, "rcode": "dropped", "answer": [], "datacenter": None, "reason": None,
+            "client": source,
+            "transport": "tcp" if tcp else "udp",
+            "ecs": None,
+            "qname": None,
+            "qtype": None,
+            "rcode": "dropped",
+            "answer": [],
+            "datacenter": None,
+            "reason": None,
         }
         if reply is not None:
             fields.update(_reply_fields(reply))
@@ -117,20 +125,20 @@ class QueryLog:
         self._emit(fields)
 
     def _explain(self, fields: dict[str, Any], source: str | None) -> None:
-        from gslb.explain import explain_query  # imports the policy; only when logging
+        from gslb.ops.explain import explain_query  # imports the policy; only when logging
 
         state = self.answerer.state
         client = source.split("%")[0] if source else None
         try:
-            result = explain_query(state.snapshot, fields["qname"], fields["qtype"], client,
-                                   fields["ecs"], health=state.health)
+            result = explain_query(
+                state.snapshot, fields["qname"], fields["qtype"], client, fields["ecs"], health=state.health
+            )
         except (ValueError, dns.exception.DNSException):
             return
         fields["reason"] = result["why"]
         if result["kind"] == "service":
             # The data centers the answer came from (a weighted draw may differ from a new one).
-            by_vip = {str(vip): dc.name for dc in state.snapshot.config.datacenters.values()
-                      for vip in dc.vips}
+            by_vip = {str(vip): dc.name for dc in state.snapshot.config.datacenters.values() for vip in dc.vips}
             sent = [by_vip[a] for a in fields["answer"] if a in by_vip]
             fields["datacenter"] = ",".join(dict.fromkeys(sent)) or None
             if fields["datacenter"] is None and result["datacenters"]:
@@ -140,9 +148,15 @@ class QueryLog:
         answer = " ".join(fields["answer"]) or "-"
         query_log.info(
             "query %s ecs=%s %s %s %s %s %s dc=%s: %s",
-            fields["client"] or "-", fields["ecs"] or "-", fields["qname"] or "-",
-            fields["qtype"] or "-", fields["transport"], fields["rcode"], answer,
-            fields["datacenter"] or "-", fields["reason"] or "-",
+            fields["client"] or "-",
+            fields["ecs"] or "-",
+            fields["qname"] or "-",
+            fields["qtype"] or "-",
+            fields["transport"],
+            fields["rcode"],
+            answer,
+            fields["datacenter"] or "-",
+            fields["reason"] or "-",
             extra=fields,
         )
 

@@ -1,10 +1,10 @@
 """Each service's geo policy compiled: address ranges -> a ranking of data centers, merged.
 
-A ranking (gslb.policy.Ranking) is the order of preference before health. It is worked out
-once per distinct location of the compiled geo table (gslb.geotable), vectorized where the
+A ranking (gslb.steering.policy.Ranking) is the order of preference before health. It is worked out
+once per distinct location of the compiled geo table (gslb.geo.table), vectorized where the
 policy is a distance sort, and then per block; neighbouring blocks with the same ranking are
 merged into one range. A query is one bisect; health is applied to the ranking afterwards
-(gslb.policy.pick), so a health change re-picks from a handful of rankings and locates
+(gslb.steering.policy.pick), so a health change re-picks from a handful of rankings and locates
 nothing again. The merge is also the widest correct ECS scope (RFC 7871 §7.2.1): the largest
 aligned network around the client's address inside its range gets one ranking throughout.
 """
@@ -21,12 +21,11 @@ import numpy as np
 import numpy.typing as npt
 
 from gslb.config import DataCenter, GeoRule, Service
-from gslb.geo import EARTH_RADIUS_KM, MAPPED_BASE, MAPPED_MASK, Location
-from gslb.geotable import Blocks, GeoTable
-from gslb.policy import Ranking, rank
+from gslb.geo.database import EARTH_RADIUS_KM, MAPPED_BASE, MAPPED_MASK, Location
+from gslb.geo.table import Blocks, GeoTable
+from gslb.steering.policy import Ranking, rank
 
 __all__ = ["RankTable", "compile_service"]
-
 
 
 class RankTable:
@@ -36,12 +35,26 @@ class RankTable:
     the pure-Python fast path bisects them and the compiled loop reads their buffers.
     """
 
-    __slots__ = ("_bounds4", "default_rank", "rankings", "ranks4", "ranks6", "single", "starts4", "starts6",
-                 "starts6_hi", "starts6_lo")
+    __slots__ = (
+        "_bounds4",
+        "default_rank",
+        "rankings",
+        "ranks4",
+        "ranks6",
+        "single",
+        "starts4",
+        "starts6",
+        "starts6_hi",
+        "starts6_lo",
+    )
 
-    def __init__(self, rankings: list[Ranking], default_rank: int,
-                 v4: tuple[Sequence[int], Sequence[int]] = ((0,), (0,)),
-                 v6: tuple[Sequence[int], Sequence[int]] = ((0,), (0,))) -> None:
+    def __init__(
+        self,
+        rankings: list[Ranking],
+        default_rank: int,
+        v4: tuple[Sequence[int], Sequence[int]] = ((0,), (0,)),
+        v6: tuple[Sequence[int], Sequence[int]] = ((0,), (0,)),
+    ) -> None:
         self.rankings = rankings
         self.default_rank = default_rank
         self.single = len(rankings) == 1
@@ -89,7 +102,7 @@ def aligned(value: int, lo: int, hi: int, bits: int) -> int:
 def _distances(locations: Sequence[Location], datacenters: Sequence[DataCenter]) -> npt.NDArray[np.float64]:
     """Great-circle km from every location (rows) to every data center (columns); inf where unknown.
 
-    The same haversine as gslb.policy's, vectorized.
+    The same haversine as gslb.steering.policy's, vectorized.
     """
     lat = np.array([math.nan if loc.latitude is None else loc.latitude for loc in locations])
     lon = np.array([math.nan if loc.longitude is None else loc.longitude for loc in locations])
@@ -108,8 +121,9 @@ def _distances(locations: Sequence[Location], datacenters: Sequence[DataCenter])
     return out
 
 
-def _nearest_orders(names: Sequence[str], datacenters: Mapping[str, DataCenter], locations: Sequence[Location],
-                    bias: bool) -> tuple[list[tuple[str, ...]], npt.NDArray[np.int64]]:
+def _nearest_orders(
+    names: Sequence[str], datacenters: Mapping[str, DataCenter], locations: Sequence[Location], bias: bool
+) -> tuple[list[tuple[str, ...]], npt.NDArray[np.int64]]:
     """The distinct orders of `names` nearest first over all locations, and each location's order.
 
     Without client coordinates the given order is kept (every key is inf, and the sort is stable).
@@ -125,8 +139,9 @@ def _nearest_orders(names: Sequence[str], datacenters: Mapping[str, DataCenter],
     return [tuple(names[j] for j in row) for row in rows.tolist()], np.asarray(inverse, np.int64).reshape(-1)
 
 
-def _location_rankings(service: Service, datacenters: Mapping[str, DataCenter],
-                       locations: Sequence[Location]) -> tuple[list[Ranking], npt.NDArray[np.int64]]:
+def _location_rankings(
+    service: Service, datacenters: Mapping[str, DataCenter], locations: Sequence[Location]
+) -> tuple[list[Ranking], npt.NDArray[np.int64]]:
     """The distinct rankings over all locations, and each location's index into them."""
     members = service.datacenters
     if service.policy == "nearest":
@@ -161,8 +176,9 @@ def _location_rankings(service: Service, datacenters: Mapping[str, DataCenter],
     return rankings, loc_rank
 
 
-def compile_service(service: Service, datacenters: Mapping[str, DataCenter], table: GeoTable,
-                    default: Location) -> RankTable:
+def compile_service(
+    service: Service, datacenters: Mapping[str, DataCenter], table: GeoTable, default: Location
+) -> RankTable:
     """The ranking table of one service over the compiled geo table."""
     if service.policy in ("failover", "weighted") or (
         service.policy == "geo" and not service.map and set(service.default) >= set(service.datacenters)
@@ -192,8 +208,14 @@ def compile_service(service: Service, datacenters: Mapping[str, DataCenter], tab
     return RankTable(ordered, default_rank, families[0], families[1])
 
 
-def _apply_cidr_rules(service: Service, datacenters: Mapping[str, DataCenter], table: GeoTable, blocks: Blocks,
-                      block_rank: npt.NDArray[np.int64], index: dict[Ranking, int]) -> None:
+def _apply_cidr_rules(
+    service: Service,
+    datacenters: Mapping[str, DataCenter],
+    table: GeoTable,
+    blocks: Blocks,
+    block_rank: npt.NDArray[np.int64],
+    index: dict[Ranking, int],
+) -> None:
     """Blocks inside a `cidr:` rule take its order; the most specific rule wins (laid last)."""
     rules = [r for r in service.map if r.kind == "cidr"]
     if service.policy != "geo" or not rules:

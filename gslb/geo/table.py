@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gslb.geo import (
+from gslb.geo.database import (
     SPECIAL_NETWORKS,
     GeoDatabase,
     GeoError,
@@ -43,12 +43,12 @@ from gslb.geo import (
     place_fields,
 )
 
-try:  # the record decoder in C (gslb/_mmdbfields.c); optional, like the compiled UDP loop
-    from gslb import _mmdbfields
+try:  # the record decoder in C (gslb/geo/_mmdbfields.c); optional, like the compiled UDP loop
+    from gslb.geo import _mmdbfields
 except ImportError:  # pragma: no cover - without a C compiler
     _mmdbfields = None  # type: ignore[assignment]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gslb.geotable")
 
 U64 = npt.NDArray[np.uint64]
 CACHE_VERSION = 2
@@ -97,8 +97,7 @@ class Blocks:
             return ipaddress.IPv4Network((int(self.lo[i]), int(self.prefix[i])))
         return ipaddress.IPv6Network((self.start(i), int(self.prefix[i])))
 
-    def splice(self, i: int, j: int, starts: Sequence[int], prefixes: Sequence[int],
-               locs: Sequence[int]) -> None:
+    def splice(self, i: int, j: int, starts: Sequence[int], prefixes: Sequence[int], locs: Sequence[int]) -> None:
         """Replace blocks i..j-1 by the given ones."""
         if self.version == 6:
             hi = np.array([s >> 64 for s in starts], np.uint64)
@@ -134,8 +133,7 @@ class Blocks:
             prefixes.append(prefix)
             locs.append(bloc if loc is None else loc)
             order = sorted(range(len(starts)), key=starts.__getitem__)
-            self.splice(i, i + 1, [starts[k] for k in order], [prefixes[k] for k in order],
-                        [locs[k] for k in order])
+            self.splice(i, i + 1, [starts[k] for k in order], [prefixes[k] for k in order], [locs[k] for k in order])
         elif loc is not None:
             j = self.find(end) + 1
             self.splice(i, j, [start], [prefix], [loc])
@@ -190,8 +188,9 @@ def _nodes(buf: bytes, node_count: int, record_size: int) -> tuple[npt.NDArray[n
     return left.astype(np.int64), right.astype(np.int64)
 
 
-def _walk(left: npt.NDArray[np.int64], right: npt.NDArray[np.int64], node_count: int, root: int,
-          bits: int, stop: int | None) -> tuple[U64, U64, npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+def _walk(
+    left: npt.NDArray[np.int64], right: npt.NDArray[np.int64], node_count: int, root: int, bits: int, stop: int | None
+) -> tuple[U64, U64, npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     """Every leaf below `root`, breadth first: start (hi, lo), prefix, record (node_count + offset)."""
     nodes = np.array([root], np.int64)
     hi = np.zeros(1, np.uint64)
@@ -314,13 +313,21 @@ def _compile_database(path: Path) -> tuple[dict[str, np.ndarray], list[Any]]:
     if v4root < node_count:
         families[4] = _walk(left, right, node_count, v4root, 32, None)
     else:  # the whole IPv4 space is one record (or none)
-        families[4] = (np.zeros(1, np.uint64), np.zeros(1, np.uint64), np.zeros(1, np.uint8),
-                       np.array([v4root], np.int64))
+        families[4] = (
+            np.zeros(1, np.uint64),
+            np.zeros(1, np.uint64),
+            np.zeros(1, np.uint8),
+            np.array([v4root], np.int64),
+        )
     if ip_version == 6:
         families[6] = _walk(left, right, node_count, 0, 128, v4root if v4root < node_count else None)
     else:
-        families[6] = (np.zeros(1, np.uint64), np.zeros(1, np.uint64), np.zeros(1, np.uint8),
-                       np.array([node_count + _EMPTY], np.int64))
+        families[6] = (
+            np.zeros(1, np.uint64),
+            np.zeros(1, np.uint64),
+            np.zeros(1, np.uint8),
+            np.array([node_count + _EMPTY], np.int64),
+        )
     records = np.unique(np.concatenate([families[4][3], families[6][3]]))
     data_start = tree_size + 16
     # Record values point into the data section at record - node_count - 16; empty and
@@ -348,7 +355,7 @@ def _compile_database(path: Path) -> tuple[dict[str, np.ndarray], list[Any]]:
 
 
 def _decode(path: Path, buf: bytes, data_start: int, positions: npt.NDArray[np.int64]) -> Iterator[Any]:
-    """Each record's place fields (gslb.geo.place_fields), in C when the extension is built."""
+    """Each record's place fields (gslb.geo.database.place_fields), in C when the extension is built."""
     if _mmdbfields is not None:
         for raw in _mmdbfields.fields(buf, data_start, np.ascontiguousarray(positions, np.int64)):
             yield None if raw is None else place_fields(*raw)
@@ -387,8 +394,13 @@ def _compile(path: Path, specials: bool) -> tuple[dict[str, np.ndarray], list[An
 
 def _blocks(arrays: dict[str, np.ndarray]) -> dict[int, Blocks]:
     return {
-        version: Blocks(version, arrays.get(f"v{version}_hi", np.zeros(0, np.uint64)), arrays[f"v{version}_lo"],
-                        arrays[f"v{version}_prefix"], arrays[f"v{version}_loc"].astype(np.int32))
+        version: Blocks(
+            version,
+            arrays.get(f"v{version}_hi", np.zeros(0, np.uint64)),
+            arrays[f"v{version}_lo"],
+            arrays[f"v{version}_prefix"],
+            arrays[f"v{version}_loc"].astype(np.int32),
+        )
         for version in (4, 6)
     }
 
@@ -416,14 +428,16 @@ def _cached(path: Path, cache_dir: Path | None, specials: bool) -> tuple[dict[st
         arrays, fields = _compile(path, specials)
         return arrays, fields, False
     child = subprocess.run(
-        [sys.executable, "-m", "gslb.geotable", str(path), str(target), "1" if specials else "0"],
-        capture_output=True, text=True, check=False,
+        [sys.executable, "-m", "gslb.geo.table", str(path), str(target), "1" if specials else "0"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     found = _load(target) if child.returncode == 0 else None
     if found is None:
         why = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
-        if why.startswith("gslb.geo.GeoError: "):
-            raise GeoError(why.removeprefix("gslb.geo.GeoError: "))
+        if why.startswith("gslb.geo.database.GeoError: "):
+            raise GeoError(why.removeprefix("gslb.geo.database.GeoError: "))
         log.warning("%s: compiling in a child process failed (%s); compiling here", path, why)
         arrays, fields = _compile(path, specials)
         _store(target, arrays, fields)
@@ -462,7 +476,7 @@ def _store(target: Path, arrays: dict[str, np.ndarray], fields: list[Any]) -> No
 
 
 def _main(argv: list[str]) -> int:
-    """python -m gslb.geotable DATABASE TARGET SPECIALS: compile one database into the cache."""
+    """python -m gslb.geo.table DATABASE TARGET SPECIALS: compile one database into the cache."""
     path, target, specials = Path(argv[0]), Path(argv[1]), argv[2] == "1"
     arrays, fields = _compile(path, specials)
     _store(target, arrays, fields)
@@ -482,10 +496,18 @@ def compile_table(geo: GeoDatabase, cuts: Iterable[IPNetwork] = (), cache_dir: P
     keep = shared.setdefault
     for found in fields[1:]:
         country, continent, subdivision, latitude, longitude, city = found
-        locations.append(Location(
-            country and keep(country, country), continent and keep(continent, continent),
-            subdivision and keep(subdivision, subdivision), latitude, longitude, None, "database",
-            city and keep(city, city)))
+        locations.append(
+            Location(
+                country and keep(country, country),
+                continent and keep(continent, continent),
+                subdivision and keep(subdivision, subdivision),
+                latitude,
+                longitude,
+                None,
+                "database",
+                city and keep(city, city),
+            )
+        )
     families = _blocks(arrays)
     # Overrides over the special blocks, least specific first, so the more specific one is
     # laid last and wins; cuts only split.

@@ -1,0 +1,1 @@
+"""Several instances: observations and votes shared through etcd."""

@@ -1,0 +1,1 @@
+"""Health: probes, the anti-flap fold, the health view and the state file."""

@@ -1,0 +1,1 @@
+"""The operator's surface: status page and API, metrics, logs, explanations."""
