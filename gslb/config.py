@@ -132,7 +132,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from gslb import inputs
-from gslb.geo.database import IPAddress, IPNetwork, Location
+from gslb.geo.places import IPAddress, IPNetwork, Location
 
 __all__ = [
     "ALL_DOWN_MODES",

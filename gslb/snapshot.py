@@ -19,7 +19,8 @@ from gslb import config as configuration
 from gslb import inputs
 from gslb.config import Config, ConfigError, Service
 from gslb.dns.zones import ZoneError, ZoneIndex, ZoneSet, cut_above, load_zones, static_addresses
-from gslb.geo.database import GeoDatabase, GeoError, IPAddress, IPNetwork, Location, mapped_network
+from gslb.geo.database import GeoDatabase
+from gslb.geo.places import GeoError, IPAddress, IPNetwork, Location, mapped_network
 from gslb.geo.table import GeoTable, compile_table
 from gslb.inputs import Inputs
 from gslb.steering.ranks import RankTable, compile_service

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
 
 import stream
 
-from gslb.geo.database import SPECIAL_NETWORKS
+from gslb.geo.places import SPECIAL_NETWORKS
 
 N = 20_000
 

@@ -11,7 +11,7 @@ import pytest
 
 from gslb import config
 from gslb.config import ConfigError, DataCenter, GeoRule, Problem
-from gslb.geo.database import Location
+from gslb.geo.places import Location
 from gslb.health.monitor import Check, Target
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,10 +25,10 @@ from mmdb_fixtures import (
 )
 
 from gslb.geo import database as geo
-from gslb.geo.database import (
+from gslb.geo.database import GeoDatabase
+from gslb.geo.places import (
     DEFAULT_DATABASE,
     SPECIAL_NETWORKS,
-    GeoDatabase,
     GeoError,
     IPAddress,
     IPNetwork,

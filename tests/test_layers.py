@@ -44,7 +44,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),
     # geo/: places, the database reader, the compiled table
     ("geo.table",),
-    ("geo.database",),
+    ("geo.database",),  # the MMDB reader
+    ("geo.places",),  # the location type, distances, special-purpose blocks
     ("inputs",),
 ]
 PURE = {
@@ -53,6 +54,7 @@ PURE = {
     "config",
     "geo.table",
     "geo.database",
+    "geo.places",
     "inputs",
     "dns.zones",
     "dns.masterfile",

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gslb.app import _add, counts
 from gslb.config import load
 from gslb.dns.answer import LATENCY_BOUNDS, Counters
-from gslb.geo.database import Location
+from gslb.geo.places import Location
 from gslb.health.monitor import HealthView, Status
 from gslb.steering.policy import choose
 from tests.conftest import EXAMPLE_ZONES, ROOT, Server, need

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gslb import config
-from gslb.geo.database import Location, distance_km
+from gslb.geo.places import Location, distance_km
 from gslb.health.monitor import HealthView, Status
 from gslb.steering.policy import SERVFAIL, Candidate, Decision, choose
 

@@ -32,16 +32,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gslb.geo.database import (
-    SPECIAL_NETWORKS,
-    GeoDatabase,
-    GeoError,
-    IPNetwork,
-    Location,
-    _record_fields,
-    _unmap_network,
-    place_fields,
-)
+from gslb.geo.database import GeoDatabase, _record_fields, place_fields
+from gslb.geo.places import SPECIAL_NETWORKS, GeoError, IPNetwork, Location, unmapped_network
 
 try:  # the record decoder in C (gslb/geo/_mmdbfields.c); optional, like the compiled UDP loop
     from gslb.geo import _mmdbfields
@@ -515,7 +507,7 @@ def compile_table(geo: GeoDatabase, cuts: Iterable[IPNetwork] = (), cache_dir: P
     for network, location in sorted(geo.overrides.items(), key=lambda item: item[0].prefixlen):
         locations.append(location)
         layers.append((network, len(locations) - 1))
-    layers += [(_unmap_network(network), None) for network in cuts]
+    layers += [(unmapped_network(network), None) for network in cuts]
     for network, loc in layers:
         families[network.version].overlay(int(network.network_address), network.prefixlen, loc)
     table = GeoTable(families[4], families[6], locations, cached=cached)

@@ -10,7 +10,7 @@ from operator import itemgetter
 from typing import Final, Protocol
 
 from gslb.config import DataCenter, GeoRule, Service
-from gslb.geo.database import EARTH_RADIUS_KM, Location
+from gslb.geo.places import EARTH_RADIUS_KM, Location
 
 __all__ = [
     "SERVFAIL",

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gslb.config import DataCenter, GeoRule, Service
-from gslb.geo.database import EARTH_RADIUS_KM, MAPPED_BASE, MAPPED_MASK, Location
+from gslb.geo.places import EARTH_RADIUS_KM, MAPPED_BASE, MAPPED_MASK, Location
 from gslb.geo.table import Blocks, GeoTable
 from gslb.steering.policy import Ranking, rank
 

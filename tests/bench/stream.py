@@ -46,7 +46,7 @@ REPO = HERE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from gslb.geo.database import SPECIAL_NETWORKS  # noqa: E402
+from gslb.geo.places import SPECIAL_NETWORKS  # noqa: E402
 
 ZONE = "example.com"
 SERVICE = f"www.{ZONE}"
