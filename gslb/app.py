@@ -27,7 +27,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from gslb.cluster.votes import Cluster, default_instance
+from gslb.cluster.member import Cluster
+from gslb.cluster.votes import default_instance
 from gslb.dns.answer import Answerer, Counters
 from gslb.dns.cookies import shared as shared_cookies
 from gslb.dns.server import (
@@ -254,7 +255,7 @@ class Control:
             self._watcher = None
             watcher.close()
 
-    # -- several instances (gslb.cluster.votes)
+    # -- several instances (gslb.cluster)
 
     def _start_cluster(self) -> None:
         config = self.snapshot.config.cluster

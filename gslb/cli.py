@@ -350,14 +350,15 @@ def _explain(args: argparse.Namespace) -> int:
 def _cluster_view(config: ClusterConfig, saved: HealthView) -> tuple[HealthView, dict[str, Any]]:
     """With [cluster]: health as the live instances vote it now, read from etcd; the state
     file's verdicts when etcd cannot be reached."""
-    from gslb.cluster import votes as cluster
+    from gslb.cluster import member
     from gslb.cluster.etcd import EtcdError
+    from gslb.cluster.votes import shared_view
 
     try:
-        endpoint, records, drains = asyncio.run(cluster.read(config))
+        endpoint, records, drains = asyncio.run(member.read(config))
     except EtcdError as exc:
         return saved, {"name": config.name, "etcd": False, "error": str(exc)}
-    view, votes = cluster.shared_view(config, records, drains, saved)
+    view, votes = shared_view(config, records, drains, saved)
     return view, {
         "name": config.name,
         "etcd": True,

@@ -26,8 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("ops.metrics",),
     ("ops.logs", "ops.explain"),
     # cluster/: several instances, observations and votes through etcd
-    ("cluster.votes",),
-    ("cluster.etcd",),
+    ("cluster.member",),  # the session: lease, records written and watched
+    ("cluster.votes", "cluster.etcd"),  # the records and the vote; the etcd client
     # health/: probes, anti-flap fold, health view, state file
     ("health.monitor",),
     ("snapshot",),  # zones + config + compiled tables, built whole
