@@ -462,9 +462,9 @@ def test_cold_start_is_up_then_down_after_fall_then_up_after_rise(
             await runner
         await monitor.close()
 
-    with caplog.at_level(logging.INFO, logger="gslb.health.monitor"):
+    with caplog.at_level(logging.INFO, logger="gslb.health"):
         run_async(go)
-    messages = [r.getMessage() for r in caplog.records if r.name == "gslb.health.monitor"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "gslb.health"]
     assert messages == [
         f"eu (127.0.0.1:{server.port} http) DOWN: status 503 (2 consecutive failures)",
         f"eu (127.0.0.1:{server.port} http) UP: ok (3 consecutive successes)",
