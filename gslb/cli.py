@@ -18,7 +18,7 @@ from typing import Any
 
 from gslb import __version__
 from gslb.cluster.votes import check_instance
-from gslb.config import ClusterConfig
+from gslb.config.model import ClusterConfig
 from gslb.dns.server import DEFAULT_PORT, TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, UDP_LOOPS, ListenAddress, udp_loop
 from gslb.health.monitor import HealthView
 from gslb.ops import logs

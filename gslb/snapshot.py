@@ -15,9 +15,9 @@ from pathlib import Path
 import dns.name
 import dns.rdatatype
 
-from gslb import config as configuration
 from gslb import inputs
-from gslb.config import Config, ConfigError, Service
+from gslb.config import load as configuration
+from gslb.config.model import Config, ConfigError, Service
 from gslb.dns.zones import ZoneError, ZoneIndex, ZoneSet, cut_above, load_zones, static_addresses
 from gslb.geo.database import GeoDatabase
 from gslb.geo.places import GeoError, IPAddress, IPNetwork, Location, mapped_network

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gslb import config
-from gslb.config import ConfigError, DataCenter, GeoRule, Problem
+from gslb.config import load as config
+from gslb.config.locate import Locator
+from gslb.config.model import Check, ConfigError, DataCenter, GeoRule, Problem, Target
 from gslb.geo.places import Location
-from gslb.health.monitor import Check, Target
+from gslb.steering import rules
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "zones" / "gslb.toml"
@@ -109,9 +110,9 @@ def test_example_geo_map_precedence() -> None:
         "continent:NA",
     ]
     hawaii = Location(country="US", continent="NA", subdivision="HI")
-    rule = app.rule_for(hawaii)
+    rule = rules.rule_for(app, hawaii)
     assert rule is not None and rule.order == ("ap", "us")
-    assert app.rule_for(Location(country="BR", continent="SA")) is None
+    assert rules.rule_for(app, Location(country="BR", continent="SA")) is None
 
 
 # --------------------------------------------------------------------------- mistakes
@@ -1209,7 +1210,7 @@ def test_datacenter_families() -> None:
     assert dc.vips_v6 == (ipaddress.IPv6Address("2001:db8::1"),)
     assert dc.addresses(4) == ("127.0.1.1", "127.0.1.2")
     assert dc.addresses(6) == ("2001:db8::1",)
-    assert not dc.has_coordinates and dc.radians is None
+    assert not dc.has_coordinates and rules.radians(dc) is None
 
 
 def test_override_order_and_subdivision(tmp_path: Path) -> None:
@@ -1275,10 +1276,10 @@ def at(network: str) -> Location:
 )
 def test_geo_rule_matches(rule: tuple[str, str], location: Location, matches: bool) -> None:
     geo_rule = GeoRule(rule[0], rule[1], ("x",))
-    assert geo_rule.matches(location) is matches
+    assert rules.matches(geo_rule, location) is matches
     # The service's index agrees with the rule itself.
     service = config.Service("s.example.", ("x",), policy="geo", map=(geo_rule,))
-    assert (service.rule_for(location) is geo_rule) is matches
+    assert (rules.rule_for(service, location) is geo_rule) is matches
 
 
 def test_problem_text() -> None:
@@ -1322,7 +1323,7 @@ def test_locator_is_not_fooled_by_strings_and_comments() -> None:
         '''
     )
     tomllib.loads(text)  # valid TOML
-    find = config._Locator(text).find
+    find = Locator(text).find
     svc = ("services", "a.example.")
     assert find(svc) == 7
     assert find((*svc, "datacenters", 0)) == 9
@@ -1349,7 +1350,7 @@ def test_locator_multiline_string_escapes_and_quotes() -> None:
         "d = 1\n"
     )
     assert tomllib.loads(text)["b"] == 'ends in quotes""'
-    find = config._Locator(text).find
+    find = Locator(text).find
     assert (find(("a",)), find(("b",)), find(("c",)), find(("t", "d"))) == (1, 3, 4, 6)
     assert find(("not",)) == 1  # inside a string: no such table
 

@@ -14,7 +14,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from gslb.config import ConfigError, loads
+from gslb.config.load import loads
+from gslb.config.model import ConfigError
 from gslb.dns import cookies as cookie_module
 from gslb.dns.answer import Answerer
 from gslb.dns.cookies import Cookies, siphash24

@@ -41,7 +41,11 @@ LAYERS: list[tuple[str, ...]] = [
     # steering/: where each client goes
     ("steering.ranks",),
     ("steering.policy",),
-    ("config",),
+    ("steering.rules",),  # the geo map rule for a location, a data center's angles
+    # config/: the configuration file as plain data
+    ("config.load",),  # TOML -> the model, every problem gathered at its line
+    ("config.locate",),  # key path -> line
+    ("config.model",),  # the frozen dataclasses, Problem and ConfigError
     # geo/: places, the database reader, the compiled table
     ("geo.table",),
     ("geo.database",),  # the MMDB reader
@@ -51,7 +55,10 @@ LAYERS: list[tuple[str, ...]] = [
 PURE = {
     "steering.ranks",
     "steering.policy",
-    "config",
+    "steering.rules",
+    "config.load",
+    "config.locate",
+    "config.model",
     "geo.table",
     "geo.database",
     "geo.places",

@@ -27,7 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gslb.app import _add, counts
-from gslb.config import load
+from gslb.config.load import load
 from gslb.dns.answer import LATENCY_BOUNDS, Counters
 from gslb.geo.places import Location
 from gslb.health.monitor import HealthView, Status

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gslb import config
+from gslb.config import load as config
 from gslb.geo.places import Location, distance_km
 from gslb.health.monitor import HealthView, Status
 from gslb.steering.policy import SERVFAIL, Candidate, Decision, choose

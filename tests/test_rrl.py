@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gslb.config import ConfigError, RrlSettings, loads
+from gslb.config.load import loads
+from gslb.config.model import ConfigError, RrlSettings
 from gslb.dns import cookies as cookie_module
 from gslb.dns import rrl
 from gslb.dns.answer import Answerer

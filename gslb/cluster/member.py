@@ -19,7 +19,7 @@ from typing import Any
 
 from gslb.cluster.etcd import Etcd, EtcdError, Event, KeyValue
 from gslb.cluster.votes import Observation, Record, Vote, tally, verdict
-from gslb.config import ClusterConfig
+from gslb.config.model import ClusterConfig
 from gslb.health.monitor import HealthMonitor, Status
 
 log = logging.getLogger("gslb.cluster")

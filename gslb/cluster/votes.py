@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from gslb.config import ClusterConfig
+from gslb.config.model import ClusterConfig
 from gslb.health.monitor import DRAINED, NO_PROBE_YET, HealthView, Status
 
 log = logging.getLogger("gslb.cluster")

@@ -26,7 +26,7 @@ import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
 
-from gslb.config import Service
+from gslb.config.model import Service
 from gslb.dns.cookies import BADCOOKIE, Cookies, length_ok, shared
 from gslb.dns.rrl import ALLOW, SLIP, RateLimiter, kind_of
 from gslb.dns.wire import (

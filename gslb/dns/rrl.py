@@ -17,7 +17,7 @@ import ipaddress
 import logging
 from time import monotonic
 
-from gslb.config import RrlSettings
+from gslb.config.model import RrlSettings
 
 log = logging.getLogger("gslb.rrl")
 

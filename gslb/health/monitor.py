@@ -28,8 +28,8 @@ import httpx
 
 # The model of what to probe lives with the rest of the configuration (plain data, no I/O);
 # re-exported here, where the prober that runs it is.
-from gslb.config import Check as Check
-from gslb.config import Target as Target
+from gslb.config.model import Check as Check
+from gslb.config.model import Target as Target
 
 log = logging.getLogger("gslb.health")
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Final, Protocol
 
-from gslb.config import DataCenter, GeoRule, Service
+from gslb.config.model import DataCenter, GeoRule, Service
 from gslb.geo.places import EARTH_RADIUS_KM, Location
+from gslb.steering.rules import radians, rule_for
 
 __all__ = [
     "SERVFAIL",
@@ -251,7 +252,7 @@ def _nearest(
     keyed: list[tuple[float, str]] = []
     for name in names:
         dc = datacenters[name]
-        r = dc.radians
+        r = radians(dc)
         if r is None:
             keyed.append((math.inf, name))
             continue
@@ -317,7 +318,7 @@ def rank(service: Service, datacenters: Mapping[str, DataCenter], location: Loca
     if policy == "nearest":
         return Ranking(tuple(_nearest(members, datacenters, location, distances, bias=True)))
     if policy == "geo":
-        rule = service.rule_for(location)
+        rule = rule_for(service, location)
         primary = rule.order if rule is not None else service.default
         rest = _nearest([m for m in members if m not in primary], datacenters, location, distances, bias=False)
         return Ranking(tuple(primary), tuple(rest), rule)

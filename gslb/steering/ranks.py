@@ -20,10 +20,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from gslb.config import DataCenter, GeoRule, Service
+from gslb.config.model import DataCenter, GeoRule, Service
 from gslb.geo.places import EARTH_RADIUS_KM, MAPPED_BASE, MAPPED_MASK, Location
 from gslb.geo.table import Blocks, GeoTable
 from gslb.steering.policy import Ranking, rank
+from gslb.steering.rules import GeoIndex, radians
 
 __all__ = ["RankTable", "compile_service"]
 
@@ -110,7 +111,7 @@ def _distances(locations: Sequence[Location], datacenters: Sequence[DataCenter])
     cos1, lam1 = np.cos(phi1), np.radians(lon)
     out = np.full((len(locations), len(datacenters)), np.inf)
     for j, dc in enumerate(datacenters):
-        r = dc.radians
+        r = radians(dc)
         if r is None:
             continue
         a = np.sin((r[0] - phi1) * 0.5)
@@ -153,11 +154,12 @@ def _location_rankings(
     rule_index: dict[tuple[str | None, str | None, str | None], int] = {}
     by_rule: dict[int, int] = {}  # id(rule) -> index into rules
     place_rule = np.empty(len(locations), np.int64)
+    geo_index = GeoIndex(service.map)
     for k, loc in enumerate(locations):
         place = (loc.country, loc.subdivision, loc.continent)
         found = rule_index.get(place)
         if found is None:
-            rule = service.rule_for(loc)
+            rule = geo_index.find(loc)
             found = by_rule.get(id(rule))
             if found is None:
                 found = by_rule[id(rule)] = len(rules)

@@ -1,711 +1,49 @@
-"""The gslb configuration file (TOML): data centers, health checks, services and geo settings.
-
-Loaded by :func:`load` into frozen dataclasses.  Every problem in the file is gathered and
-reported at once as ``file:line: key.path: message`` in one :class:`ConfigError`.
-
-File format
-===========
-
-One TOML file (``zones/gslb.toml`` by default) with four tables, all optional::
-
-    [geo]
-    no_ecs = "resolver"   # clients whose resolver sends no EDNS Client Subnet are located by
-                          # the resolver's address ("resolver", the default), or all placed at
-                          # geo.default ("default")
-    private = "default"   # private, loopback and documentation addresses go to geo.default;
-                          # "database" looks them up in the GeoIP database instead (an
-                          # internal MMDB that places your own networks)
-    default = { country = "US", continent = "NA", latitude = 39.04, longitude = -77.49 }
-                          # where clients go that the database cannot place (private addresses,
-                          # unknown networks); without it such clients have no coordinates and
-                          # "nearest" answers in member order
-
-    [[geo.override]]      # CIDR overrides win over the GeoIP database; the most specific wins
-    network = "192.0.2.0/24"
-    country = "JP"
-    continent = "AS"
-    latitude = 35.68
-    longitude = 139.69
-    # also: subdivision = "13" (ISO 3166-2 without the country), city = "Tokyo"
-
-    [checks.web]          # a named health check; data centers refer to it by name
-    kind = "http"         # "http" | "https" | "tcp"                                   (required)
-    port = 8080           # 1-65535; default 80 for http, 443 for https, required for tcp
-    path = "/health"      # http(s) only; must start with "/"; default "/"
-    method = "GET"        # http(s) only; "GET" or "HEAD"
-    expect_status = [200] # http(s) only; statuses that count as up; default [200]
-    body_contains = "ok"  # http(s) only; the body must contain this text (not with HEAD)
-    host = "www.example.com"   # http(s) only; Host header (and TLS server name for https)
-    verify_tls = true     # http(s) only; verify the server certificate (default true)
-    ca_file = "ca.pem"    # http(s) only; CA bundle, relative to this file; must exist
-    follow_redirects = false   # http(s) only
-    interval = 1.0        # seconds between probes (> 0)
-    timeout = 0.8         # seconds a probe may take (> 0 and < interval: an error otherwise)
-    fall = 2              # consecutive failures that mark an up data center down (>= 1)
-    rise = 3              # consecutive successes that mark a down data center up (>= 1)
-    jitter = 0.1          # spread probe start times by up to this fraction of interval (0-1)
-
-    [datacenters.us]      # names: letters, digits, "_", "-", "." (starting with a letter/digit)
-    vips = ["127.0.1.1", "2001:db8:1::1"]   # the addresses answered (IPv4 and/or IPv6; required)
-    latitude = 39.04      # -90..90; latitude and longitude come together; needed by
-    longitude = -77.49    # "nearest" (-180..180)
-    country = "US"        # ISO 3166-1 alpha-2 (informational)
-    continent = "NA"      # AF AN AS EU NA OC SA (informational)
-    weight = 1.0          # share for the "weighted" policy (> 0; default 1)
-    bias_km = 0.0         # "nearest": added to the distance (negative = prefer; default 0)
-    check = "web"         # a name in [checks]; without a check the data center is always up
-    probe = "127.0.1.1"   # the address probed, when it differs from the VIP (NAT, internal
-                          # address); default the first IPv4 VIP, else the first IPv6 VIP
-
-    [services."www.example.com."]   # the owner name, quoted; stored lower-case and absolute
-    datacenters = ["us", "eu", "ap"]   # members (required, no duplicates)
-    policy = "nearest"    # "nearest" (default) | "geo" | "failover" | "weighted"
-    answers = 1           # how many data centers' VIPs to answer (1..number of members)
-    ttl = 30              # answer TTL in seconds (0..2147483647; default 30)
-    ttl_degraded = 10     # TTL while any member is down (<= ttl; default min(ttl, 10))
-    all_down = "open"     # when every member is down: "open" (answer as if all were up;
-                          # the default), "fallback" (answer the fallback addresses),
-                          # "nodata" (an empty answer), "servfail"
-    fallback = ["127.0.9.1"]   # addresses for all_down = "fallback" (IPv4 and/or IPv6)
-    # policy "geo" only:
-    map = [
-      { match = "continent:EU", order = ["eu", "us"] },
-      { match = ["country:JP", "country:KR"], order = ["ap", "us"] },
-      { match = "subdivision:US-CA", order = ["us", "ap"] },
-      { match = "cidr:203.0.113.0/24", order = ["ap"] },
-    ]
-    default = ["us", "eu", "ap"]   # order for clients no rule matches (default: datacenters)
-    # policy "failover" only:
-    order = ["us", "eu"]  # first healthy wins (default: datacenters; members left out follow
-                          # in datacenters order)
-
-    [cluster]             # several instances, one verdict (gslb.cluster.votes); without it each decides alone
-    name = "example"      # required; keys in etcd live under /gslb/<name>/
-    etcd = ["http://127.0.10.1:2379"]   # required; the etcd members' client URLs
-    down_quorum = 0.5     # down when more than this share of live instances see it down (0-0.99;
-                          # 0: any one instance)
-    lease = 5             # seconds an instance's observations outlive it (2-3600, an integer)
-
-    [cookies]             # DNS Cookies (RFC 7873, RFC 9018 server cookies); on without the table
-    enabled = true        # false: COOKIE options ignored (no server cookies)
-    secret_file = "cookie.key"   # 32 hex digits a line, relative to this file; the first makes
-                          # cookies, further lines (a rotation's old or next secret) are accepted
-                          # too; without it a random secret per process start
-    large_answers_need_cookie = false   # true: UDP replies over large_answer_size to a query
-    large_answer_size = 512             # without a valid server cookie get TC (retry over TCP)
-
-    [rrl]                 # response rate limiting, per client network and kind; off without it
-    rate = 20             # replies a second per network and kind (answer, NXDOMAIN, error, referral)
-    window = 1            # seconds of replies a quiet network may send at once (burst rate * window)
-    slip = 2              # every slip-th limited reply goes out truncated (TC); 0: drop all
-    exempt = ["192.0.2.0/24"]   # networks never limited
-    log_only = false      # true: count and log what would be limited, limit nothing
-    ipv4_prefix = 24      # the network a client counts in (1-32; 1-128 for ipv6_prefix = 56)
-
-Policies (see gslb.steering.policy): "nearest" ranks members by great-circle distance from the client
-plus bias_km; "geo" takes the order of the most specific matching map rule (precedence: cidr,
-longest prefix first, then subdivision, country, continent; file order does not matter);
-"failover" walks the order; "weighted" draws members at random in proportion to weight.
-Each answers the VIPs of the first ``answers`` healthy data centers.
-
-A ``cidr:`` rule matches a client whose geo network (the GeoIP database record's prefix, or a
-[[geo.override]] network) lies inside the rule's CIDR; to steer a network finer than the
-database knows it, add a [[geo.override]] for it.
-
-Probe targets are not restricted here (production probes public addresses); ``gslb check``
-lists them from :attr:`Config.probe_addresses`.
-"""
+"""Reading the configuration: TOML text -> the model (gslb.config.model), every problem gathered at its line."""
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import ipaddress
-import json
 import math
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from gslb import inputs
+from gslb.config.locate import Locator, render_key, syntax_error
+from gslb.config.model import (
+    ALL_DOWN_MODES,
+    CHECK_KINDS,
+    CONTINENTS,
+    HTTP_METHODS,
+    LOAD_METRICS,
+    MAX_SECRETS,
+    MAX_TTL,
+    NO_ECS_MODES,
+    POLICIES,
+    PRIVATE_MODES,
+    RULE_KINDS,
+    Check,
+    ClusterConfig,
+    Config,
+    ConfigError,
+    CookieSettings,
+    DataCenter,
+    DnssecSettings,
+    GeoRule,
+    KeyPath,
+    LoadSource,
+    Problem,
+    RrlSettings,
+    Service,
+    normalize_name,
+)
 from gslb.geo.places import IPAddress, IPNetwork, Location
 
-__all__ = [
-    "ALL_DOWN_MODES",
-    "CONTINENTS",
-    "NO_ECS_MODES",
-    "POLICIES",
-    "Check",
-    "ClusterConfig",
-    "Config",
-    "ConfigError",
-    "CookieSettings",
-    "DataCenter",
-    "DnssecSettings",
-    "GeoRule",
-    "LoadSource",
-    "Problem",
-    "RrlSettings",
-    "Service",
-    "Target",
-    "empty",
-    "load",
-    "loads",
-    "normalize_name",
-    "render_key",
-]
-
-POLICIES: Final = ("nearest", "geo", "failover", "weighted")
-ALL_DOWN_MODES: Final = ("open", "fallback", "nodata", "servfail")
-NO_ECS_MODES: Final = ("resolver", "default")
-PRIVATE_MODES: Final = ("default", "database")
-CONTINENTS: Final = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
-RULE_KINDS: Final = ("cidr", "subdivision", "country", "continent")  # precedence order
-CHECK_KINDS: Final = ("http", "https", "tcp")
-# What each kind of load source offers; the first is the default metric.
-LOAD_METRICS: Final = {
-    "nginx": ("requests_per_second", "active_connections"),  # stub_status
-    "haproxy": ("rate", "scur"),  # the stats CSV's row of one frontend or backend
-    "json": ("current",),  # {"current": N, "target": N, "max": N}
-}
-HTTP_METHODS: Final = ("GET", "HEAD")
-MAX_TTL: Final = 2**31 - 1  # RFC 2181 §8
-
-KeyPath = tuple[str | int, ...]
-
-
-# --------------------------------------------------------------------------- problems
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a configuration file, located by line and key path."""
-
-    path: Path | None
-    line: int  # 1-based; 0 when the file as a whole is at fault (unreadable)
-    key: str  # "services.\"www.example.com.\".policy"; "" when no key applies
-    message: str
-
-    def __str__(self) -> str:
-        where = str(self.path) if self.path is not None else "<config>"
-        if self.line:
-            where = f"{where}:{self.line}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; ``problems`` lists every reason, in file order."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = sorted(problems, key=lambda p: p.line)
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-
-# --------------------------------------------------------------------------- model
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """How to judge one target (a [checks] table); the prober in gslb.health.monitor runs it."""
-
-    kind: str = "http"  # "http" | "https" | "tcp"
-    port: int = 80
-    path: str = "/"
-    method: str = "GET"
-    expect_status: tuple[int, ...] = (200,)
-    body_contains: str | None = None  # searched in the first BODY_LIMIT bytes
-    host: str | None = None  # Host header and TLS SNI override
-    verify_tls: bool = True
-    ca_file: str | None = None
-    follow_redirects: bool = False
-    interval: float = 1.0
-    timeout: float = 0.8
-    fall: int = 2  # consecutive failures to mark down
-    rise: int = 3  # consecutive successes to mark up
-    jitter: float = 0.1  # fraction of interval, random per round
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    name: str  # the data center's name; health is keyed by it
-    address: str  # the address probed (IPv4/IPv6 literal)
-    check: Check
-
-
-@dataclass(frozen=True, slots=True)
-class LoadSource:
-    """datacenters.NAME.load: where the second tier reports the data center's load."""
-
-    kind: str  # nginx | haproxy | json (LOAD_METRICS)
-    url: str
-    metric: str  # one of LOAD_METRICS[kind]
-    target: float | None  # spill above this; None only for json, whose document must then say
-    max: float | None  # never more than this while another member has room; None: 1.5 x target
-    interval: float = 5.0  # seconds between polls, at least the TTL of every service it serves
-    timeout: float = 1.0  # seconds a poll may take
-    proxy: str | None = None  # haproxy: the frontend's or backend's name (pxname)
-    row: str = "BACKEND"  # haproxy: FRONTEND or BACKEND (the svname of the row read)
-
-
-@dataclass(frozen=True, slots=True)
-class DataCenter:
-    """A site with its VIPs, where it is, and how its health is judged."""
-
-    name: str
-    vips: tuple[IPAddress, ...]
-    latitude: float | None = None
-    longitude: float | None = None
-    country: str | None = None
-    continent: str | None = None
-    weight: float = 1.0
-    bias_km: float = 0.0
-    check: Check | None = None
-    probe: str | None = None  # the address probed; None without a check
-    load: LoadSource | None = None  # the second tier's load; None: steered by geo and health only
-    # (latitude, cos latitude, longitude) in radians, for the policy's distance sums.
-    radians: tuple[float, float, float] | None = field(init=False, repr=False, compare=False)
-    _v4: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    _v6: tuple[str, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # Computed once here because the policy runs on the DNS hot path.
-        radians = None
-        if self.latitude is not None and self.longitude is not None:
-            phi = math.radians(self.latitude)
-            radians = (phi, math.cos(phi), math.radians(self.longitude))
-        object.__setattr__(self, "radians", radians)
-        object.__setattr__(self, "_v4", tuple(str(a) for a in self.vips if a.version == 4))
-        object.__setattr__(self, "_v6", tuple(str(a) for a in self.vips if a.version == 6))
-
-    @property
-    def vips_v4(self) -> tuple[ipaddress.IPv4Address, ...]:
-        return tuple(a for a in self.vips if isinstance(a, ipaddress.IPv4Address))
-
-    @property
-    def vips_v6(self) -> tuple[ipaddress.IPv6Address, ...]:
-        return tuple(a for a in self.vips if isinstance(a, ipaddress.IPv6Address))
-
-    @property
-    def has_coordinates(self) -> bool:
-        return self.latitude is not None and self.longitude is not None
-
-    def addresses(self, family: int) -> tuple[str, ...]:
-        """The VIPs of one address family (4 or 6) as text."""
-        return self._v4 if family == 4 else self._v6
-
-    def target(self) -> Target | None:
-        """What the prober watches for this data center; None when it has no check."""
-        if self.check is None or self.probe is None:
-            return None
-        return Target(self.name, self.probe, self.check)
-
-
-@dataclass(frozen=True, slots=True)
-class GeoRule:
-    """One line of a geo map: clients matching ``kind:value`` prefer ``order``."""
-
-    kind: str  # "cidr" | "subdivision" | "country" | "continent"
-    value: str  # "203.0.113.0/24" | "US-CA" | "JP" | "EU" (normalised)
-    order: tuple[str, ...]
-    line: int = 0
-    _network: IPNetwork | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        net = ipaddress.ip_network(self.value) if self.kind == "cidr" else None
-        object.__setattr__(self, "_network", net)
-
-    @property
-    def text(self) -> str:
-        return f"{self.kind}:{self.value}"
-
-    def matches(self, location: Location) -> bool:
-        kind = self.kind
-        if kind == "continent":
-            return location.continent == self.value
-        if kind == "country":
-            return location.country == self.value
-        if kind == "subdivision":
-            country, _, subdivision = self.value.partition("-")
-            return location.country == country and location.subdivision == subdivision
-        net, rule = location.network, self._network
-        return (
-            net is not None
-            and rule is not None
-            and net.version == rule.version
-            and net.prefixlen >= rule.prefixlen
-            and int(net.network_address) & int(rule.netmask) == int(rule.network_address)
-        )
-
-
-class _GeoIndex:
-    """The rules of one geo map arranged for O(prefixes) lookup."""
-
-    __slots__ = ("cidr", "continent", "country", "subdivision")
-
-    def __init__(self, rules: Iterable[GeoRule]) -> None:
-        self.cidr: list[tuple[int, int, int, int, GeoRule]] = []
-        self.subdivision: dict[tuple[str, str], GeoRule] = {}
-        self.country: dict[str, GeoRule] = {}
-        self.continent: dict[str, GeoRule] = {}
-        for rule in rules:
-            if rule.kind == "cidr":
-                net = ipaddress.ip_network(rule.value)
-                self.cidr.append((net.version, net.prefixlen, int(net.netmask), int(net.network_address), rule))
-            elif rule.kind == "subdivision":
-                country, _, subdivision = rule.value.partition("-")
-                self.subdivision.setdefault((country, subdivision), rule)
-            elif rule.kind == "country":
-                self.country.setdefault(rule.value, rule)
-            else:
-                self.continent.setdefault(rule.value, rule)
-        # Longest prefix first, so the first hit is the most specific.
-        self.cidr.sort(key=lambda c: -c[1])
-
-    def find(self, location: Location) -> GeoRule | None:
-        net = location.network
-        if net is not None and self.cidr:
-            version, prefixlen, address = net.version, net.prefixlen, int(net.network_address)
-            for rv, rlen, mask, raddr, rule in self.cidr:
-                if rv == version and prefixlen >= rlen and address & mask == raddr:
-                    return rule
-        country = location.country
-        if country is not None:
-            if self.subdivision and location.subdivision is not None:
-                found = self.subdivision.get((country, location.subdivision))
-                if found is not None:
-                    return found
-            found = self.country.get(country)
-            if found is not None:
-                return found
-        if location.continent is not None:
-            return self.continent.get(location.continent)
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Service:
-    """A name answered by policy instead of by a zone file."""
-
-    name: str  # lower-case, absolute ("www.example.com.")
-    datacenters: tuple[str, ...]
-    policy: str = "nearest"
-    answers: int = 1
-    ttl: int = 30
-    ttl_degraded: int = 10
-    all_down: str = "open"
-    fallback: tuple[IPAddress, ...] = ()
-    map: tuple[GeoRule, ...] = ()  # geo: in precedence order (cidr longest first, ...)
-    default: tuple[str, ...] = ()  # geo: order when no rule matches (default: datacenters)
-    order: tuple[str, ...] = ()  # failover: the full order (default: datacenters)
-    line: int = 0  # the line of the service's table header, for file:line messages
-    path: Path | None = None  # the configuration file it came from
-    _index: _GeoIndex = field(init=False, repr=False, compare=False)
-    _fallback_v4: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    _fallback_v6: tuple[str, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_index", _GeoIndex(self.map))
-        object.__setattr__(self, "_fallback_v4", tuple(str(a) for a in self.fallback if a.version == 4))
-        object.__setattr__(self, "_fallback_v6", tuple(str(a) for a in self.fallback if a.version == 6))
-
-    def rule_for(self, location: Location) -> GeoRule | None:
-        """The geo map rule that applies to ``location`` (most specific), or None."""
-        return self._index.find(location)
-
-    def fallback_addresses(self, family: int) -> tuple[str, ...]:
-        return self._fallback_v4 if family == 4 else self._fallback_v6
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterConfig:
-    """[cluster]: the instances sharing health observations and drains through etcd (gslb.cluster.votes)."""
-
-    name: str  # keys live under /gslb/<name>/
-    etcd: tuple[str, ...]  # client URLs of the etcd members, http://host:port
-    down_quorum: float = 0.5  # down when more than this share of live instances see it down
-    lease: int = 5  # seconds an instance's observations outlive it
-
-
-@dataclass(frozen=True, slots=True)
-class CookieSettings:
-    """[cookies]: answer DNS Cookies (RFC 7873) with RFC 9018 server cookies."""
-
-    secrets: tuple[bytes, ...] | None = field(default=None, repr=False)  # None: random per process
-    secret_file: str | None = None
-    large_answer_size: int = 0  # > 0: larger UDP replies need a valid server cookie, else TC
-
-
-@dataclass(frozen=True, slots=True)
-class RrlSettings:
-    """[rrl]: response rate limiting per client network and kind of reply (UDP only)."""
-
-    rate: int = 20  # replies a second per (network, kind)
-    window: float = 1.0  # seconds of credit: a bucket holds rate * window replies
-    slip: int = 2  # every slip-th limited reply is sent truncated; 0: none
-    exempt: tuple[IPNetwork, ...] = ()
-    log_only: bool = False
-    ipv4_prefix: int = 24
-    ipv6_prefix: int = 56
-
-
-@dataclass(frozen=True, slots=True)
-class DnssecSettings:
-    """[dnssec]: how signatures are made; a zone is signed exactly when it has keys (<zones>/keys/)."""
-
-    validity: int = 14 * 86400  # seconds a signature is valid from its inception
-    inception_offset: int = 3600  # seconds an inception is back-dated, for clients' clock skew
-    refresh: int = 7 * 86400  # re-sign in the background when less than this is left
-    max_presigned: int = 4096  # address sets per service signed at build; beyond: on first use
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Everything the configuration file says, validated."""
-
-    path: Path | None
-    datacenters: Mapping[str, DataCenter]
-    services: Mapping[str, Service]  # keyed by the lower-case absolute name
-    checks: Mapping[str, Check]
-    # Most specific first (IPv4 before IPv6), so a linear scan finds the longest prefix.
-    overrides: tuple[tuple[IPNetwork, Location], ...] = ()
-    no_ecs: str = "resolver"
-    # Look private, loopback and documentation addresses up in the database (an internal
-    # MMDB that maps your own networks) instead of sending them to the default.
-    private_in_database: bool = False
-    default_location: Location = field(default_factory=Location)
-    cookies: CookieSettings | None = field(default_factory=CookieSettings)  # None: COOKIE options ignored
-    rrl: RrlSettings | None = None  # [rrl]; None: no rate limiting
-    cluster: ClusterConfig | None = None  # [cluster]; None: this instance decides alone
-    dnssec: DnssecSettings = field(default_factory=DnssecSettings)  # [dnssec]
-
-    def targets(self) -> tuple[Target, ...]:
-        """What the prober must watch: one target per data center with a check."""
-        return tuple(t for dc in self.datacenters.values() if (t := dc.target()) is not None)
-
-    @property
-    def probe_addresses(self) -> tuple[str, ...]:
-        """Every address the prober will contact, once each, in data center order."""
-        return tuple(dict.fromkeys(t.address for t in self.targets()))
-
-
-def empty(path: Path | None = None) -> Config:
-    """The configuration used when there is no configuration file: no services at all."""
-    return Config(
-        path=path,
-        datacenters=MappingProxyType({}),
-        services=MappingProxyType({}),
-        checks=MappingProxyType({}),
-    )
-
-
-# --------------------------------------------------------------------------- key locator
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
-
-
-def render_key(path: KeyPath) -> str:
-    """``("services", "www.example.com.", "map", 0)`` → ``services."www.example.com.".map[0]``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = part if _BARE_KEY.fullmatch(part) else json.dumps(part, ensure_ascii=False)
-            out = f"{out}.{text}" if out else text
-    return out
-
-
-class _Locator:
-    """Maps key paths to the line that defines them, by scanning (already valid) TOML text.
-
-    tomllib reports no positions, so this reads the text once more, tracking table headers,
-    dotted keys, arrays (also across lines) and inline tables.  It records the line of every
-    key, array element and table header; a missing key falls back to its table's header.
-    """
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-        self.line = 1
-        self.lines: dict[KeyPath, int] = {}
-        self.aot: dict[KeyPath, int] = {}  # array-of-tables path → index of its last element
-        # Best effort only: the text parsed, so a failure here is a locator bug; lines fall back.
-        with contextlib.suppress(IndexError, ValueError, tomllib.TOMLDecodeError):
-            self._document()
-
-    def find(self, path: KeyPath) -> int:
-        for n in range(len(path), 0, -1):
-            line = self.lines.get(path[:n])
-            if line is not None:
-                return line
-        return 1
-
-    # -- scanning helpers
-
-    def _peek(self, n: int = 1) -> str:
-        return self.text[self.pos : self.pos + n]
-
-    def _advance(self, n: int) -> None:
-        self.line += self.text.count("\n", self.pos, self.pos + n)
-        self.pos += n
-
-    def _skip(self, newlines: bool) -> None:
-        """Skip blanks, and with ``newlines`` also line ends and comments."""
-        text = self.text
-        while self.pos < len(text):
-            c = text[self.pos]
-            if c in " \t":
-                self.pos += 1
-            elif newlines and c in "\r\n":
-                self._advance(1)
-            elif newlines and c == "#":
-                end = text.find("\n", self.pos)
-                self.pos = len(text) if end < 0 else end
-            else:
-                return
-
-    def _record(self, path: KeyPath, line: int) -> None:
-        self.lines.setdefault(path, line)
-
-    def _document(self) -> None:
-        table: KeyPath = ()
-        while True:
-            self._skip(newlines=True)
-            if self.pos >= len(self.text):
-                return
-            if self._peek(2) == "[[":
-                self._advance(2)
-                key = self._key()
-                self._skip(newlines=False)
-                self._advance(2)  # "]]"
-                parent = self._resolve(key[:-1])
-                array = (*parent, key[-1])
-                for n in range(1, len(array)):
-                    self._record(array[:n], self.line)
-                self._record(array, self.line)
-                index = self.aot.get(array, -1) + 1
-                self.aot[array] = index
-                table = (*array, index)
-                self._record(table, self.line)
-            elif self._peek() == "[":
-                self._advance(1)
-                key = self._key()
-                self._skip(newlines=False)
-                self._advance(1)  # "]"
-                table = self._resolve(key)
-                for n in range(1, len(table)):  # implicit parent tables start here too
-                    self._record(table[:n], self.line)
-                # A header defines the table here even if a dotted key mentioned it first.
-                self.lines[table] = self.line
-            else:
-                self._pair(table)
-
-    def _resolve(self, key: tuple[str, ...]) -> KeyPath:
-        """A header's key with the current element index after each array of tables."""
-        out: KeyPath = ()
-        for part in key:
-            out = (*out, part)
-            if out in self.aot:
-                out = (*out, self.aot[out])
-        return out
-
-    def _key(self) -> tuple[str, ...]:
-        parts: list[str] = []
-        while True:
-            self._skip(newlines=False)
-            c = self._peek()
-            if c in "\"'":
-                start = self.pos
-                self._string()
-                parts.append(tomllib.loads("k = " + self.text[start : self.pos])["k"])
-            else:
-                m = _BARE_KEY.match(self.text, self.pos)
-                if m is None:
-                    raise ValueError("no key")
-                parts.append(m.group())
-                self.pos = m.end()
-            self._skip(newlines=False)
-            if self._peek() != ".":
-                return tuple(parts)
-            self._advance(1)
-
-    def _pair(self, table: KeyPath) -> None:
-        line = self.line
-        key = self._key()
-        for n in range(1, len(key) + 1):
-            self._record((*table, *key[:n]), line)
-        self._skip(newlines=False)
-        self._advance(1)  # "="
-        self._skip(newlines=False)
-        self._value((*table, *key))
-
-    def _value(self, path: KeyPath) -> None:
-        c = self._peek()
-        if c in "\"'":
-            self._string()
-        elif c == "[":
-            self._advance(1)
-            index = 0
-            while True:
-                self._skip(newlines=True)
-                if self._peek() == "]":
-                    self._advance(1)
-                    return
-                self._record((*path, index), self.line)
-                self._value((*path, index))
-                index += 1
-                self._skip(newlines=True)
-                if self._peek() == ",":
-                    self._advance(1)
-        elif c == "{":
-            self._advance(1)
-            while True:
-                self._skip(newlines=False)
-                if self._peek() == "}":
-                    self._advance(1)
-                    return
-                self._pair(path)
-                self._skip(newlines=False)
-                if self._peek() == ",":
-                    self._advance(1)
-        else:
-            # Numbers, booleans, dates (which may hold a space): up to the next delimiter.
-            m = re.compile(r"[^,\]}#\r\n]*").match(self.text, self.pos)
-            if m is None or m.end() == self.pos:
-                raise ValueError("no value")
-            self.pos = m.end()
-
-    def _string(self) -> None:
-        text = self.text
-        for quote in ('"""', "'''"):
-            if text.startswith(quote, self.pos):
-                i = self.pos + 3
-                while True:
-                    if quote == '"""' and text[i] == "\\":
-                        i += 2
-                        continue
-                    if text.startswith(quote, i):
-                        # Up to two quotes may end the content right before the delimiter.
-                        while text.startswith(quote[0], i + 3):
-                            i += 1
-                        self._advance(i + 3 - self.pos)
-                        return
-                    i += 1
-        quote = text[self.pos]
-        i = self.pos + 1
-        while text[i] != quote:
-            i += 2 if quote == '"' and text[i] == "\\" else 1
-        self.pos = i + 1
-
-
-# --------------------------------------------------------------------------- loading
-
+__all__ = ["empty", "load", "loads"]
 
 _MISSING: Final = object()
 _DC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -736,13 +74,22 @@ _RULE_KEYS: Final = ("match", "order")
 _COOKIE_KEYS: Final = ("enabled", "secret_file", "large_answers_need_cookie", "large_answer_size")
 _RRL_KEYS: Final = ("enabled", "rate", "window", "slip", "exempt", "log_only", "ipv4_prefix", "ipv6_prefix")
 _SECRET: Final = re.compile(r"[0-9A-Fa-f]{32}")
-MAX_SECRETS: Final = 3
 _CLUSTER_KEYS: Final = ("name", "etcd", "down_quorum", "lease")
 _ETCD_URL: Final = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?")
 _EXPECT_STATUS: Final[tuple[int, ...]] = (200,)
 _NO_ADDRESSES: Final[tuple[IPAddress, ...]] = ()
 
 T = TypeVar("T")
+
+
+def empty(path: Path | None = None) -> Config:
+    """The configuration used when there is no configuration file: no services at all."""
+    return Config(
+        path=path,
+        datacenters=MappingProxyType({}),
+        services=MappingProxyType({}),
+        checks=MappingProxyType({}),
+    )
 
 
 def load(path: Path) -> Config:
@@ -765,29 +112,13 @@ def loads(text: str, path: Path | None = None) -> Config:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        message, line = str(e), 1
-        m = _TOML_POSITION.search(message)
-        if m is not None:
-            line = int(m.group(1))
-            message = f"{message[: m.start()]} (column {m.group(2)})"
-        elif message.endswith("(at end of document)"):
-            line = text.count("\n") + 1
-            message = message.removesuffix(" (at end of document)") + " (at end of file)"
-        raise ConfigError([Problem(path, line, "", f"invalid TOML: {message}")]) from None
+        line, message = syntax_error(e, text)
+        raise ConfigError([Problem(path, line, "", message)]) from None
     loader = _Loader(text, path)
     config = loader.config(document)
     if loader.problems:
         raise ConfigError(loader.problems)
     return config
-
-
-def normalize_name(name: str) -> str:
-    """A DNS name as services are keyed: lower-case (ASCII only, RFC 4343) and absolute."""
-    name = name.translate(_LOWER)
-    return name if name.endswith(".") else name + "."
-
-
-_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _is_number(value: object) -> bool:
@@ -816,7 +147,7 @@ class _Loader:
 
     def __init__(self, text: str, path: Path | None) -> None:
         self.path = path
-        self.locator = _Locator(text)
+        self.locator = Locator(text)
         self.problems: list[Problem] = []
 
     # -- reporting
