@@ -42,7 +42,8 @@ from gslb.dns.server import (
     raise_open_files_limit,
     udp_socket,
 )
-from gslb.health.monitor import HealthMonitor, HealthView
+from gslb.health.monitor import HealthMonitor
+from gslb.health.view import HealthView
 from gslb.inputs import Inputs
 from gslb.ops.logs import QueryLog
 from gslb.ops.metrics import Metrics

@@ -20,7 +20,8 @@ from gslb import __version__
 from gslb.cluster.votes import check_instance
 from gslb.config.model import ClusterConfig
 from gslb.dns.server import DEFAULT_PORT, TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, UDP_LOOPS, ListenAddress, udp_loop
-from gslb.health.monitor import HealthView
+from gslb.health.state import saved_view
+from gslb.health.view import HealthView
 from gslb.ops import logs
 from gslb.ops.explain import explain_query
 from gslb.ops.web import DEFAULT_HTTP, read_token
@@ -325,11 +326,9 @@ def _explain(args: argparse.Namespace) -> int:
     snapshot = _load(args)
     if snapshot is None:
         return 1
-    from gslb.health.monitor import HealthMonitor
-
     state_file = Path(args.state_file) if args.state_file else snapshot.sources.zones / STATE_FILE
     # The last verdicts the server saved (nothing is probed here; no file: all up).
-    health = HealthMonitor(snapshot.config.targets(), state_file=state_file).view
+    health = saved_view(snapshot.config.targets(), state_file)
     shared: dict[str, Any] | None = None
     if snapshot.config.cluster is not None:
         health, shared = _cluster_view(snapshot.config.cluster, health)

@@ -27,8 +27,9 @@ import pytest
 from gslb.cluster.etcd import prefix_end
 from gslb.cluster.votes import Observation, Record, check_instance, default_instance, tally, verdict
 from gslb.config.load import loads
-from gslb.config.model import ClusterConfig, ConfigError
-from gslb.health.monitor import Check, ProbeResult, Target, needs_client, new_client, probe, probe_source
+from gslb.config.model import Check, ClusterConfig, ConfigError, Target
+from gslb.health.probe import ProbeResult, needs_client, probe
+from gslb.health.transport import new_client, probe_source
 from tests.conftest import EXAMPLE_ZONES, Server
 from tests.probe_targets import Certificate, HttpTarget, free_port, make_certificate, run_async
 

@@ -17,7 +17,7 @@ import pytest
 from gslb.dns.answer import Answerer
 from gslb.geo.database import GeoDatabase
 from gslb.geo.places import is_special
-from gslb.health.monitor import HealthView, Status
+from gslb.health.view import HealthView, Status
 from gslb.ops.explain import explain_query
 from gslb.snapshot import Snapshot, Sources, build
 from tests.conftest import EXAMPLE_ZONES

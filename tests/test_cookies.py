@@ -19,7 +19,7 @@ from gslb.config.model import ConfigError
 from gslb.dns import cookies as cookie_module
 from gslb.dns.answer import Answerer
 from gslb.dns.cookies import Cookies, siphash24
-from gslb.health.monitor import HealthView
+from gslb.health.view import HealthView
 from gslb.snapshot import Snapshot, Sources, build
 from tests.conftest import EXAMPLE_ZONES, Server, need
 

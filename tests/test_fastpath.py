@@ -16,7 +16,7 @@ import pytest
 
 from gslb.dns import cookies as cookie_module
 from gslb.dns.answer import Answerer
-from gslb.health.monitor import HealthView, Status
+from gslb.health.view import HealthView, Status
 from gslb.snapshot import Snapshot, Sources, build
 from tests.conftest import EXAMPLE_ZONES
 from tests.mmdb_fixtures import build_test_mmdb

@@ -33,7 +33,7 @@ from gslb.dns import cookies as cookie_module
 from gslb.dns.answer import Answerer
 from gslb.dns.cookies import Cookies
 from gslb.dns.server import ListenAddress, UdpServer, udp_socket
-from gslb.health.monitor import HealthView
+from gslb.health.view import HealthView
 from gslb.snapshot import Snapshot, Sources, build
 from tests import test_fastpath as fastpath
 from tests.conftest import EXAMPLE_ZONES, ROOT, Server
@@ -605,7 +605,7 @@ ASAN_SCRIPT = textwrap.dedent("""
     sys.modules["gslb.dns._fastudp"] = fast
     from pathlib import Path
     from gslb.dns.answer import Answerer
-    from gslb.health.monitor import HealthView
+    from gslb.health.view import HealthView
     from gslb.snapshot import Sources, build
     from tests.conftest import EXAMPLE_ZONES
     from tests.mmdb_fixtures import build_test_mmdb

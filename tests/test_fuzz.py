@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gslb.dns.answer import Answerer
-from gslb.health.monitor import HealthView
+from gslb.health.view import HealthView
 from gslb.snapshot import Snapshot, Sources, build
 from tests.conftest import EXAMPLE_ZONES, Server
 

@@ -15,21 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gslb.health.monitor import (
-    BODY_LIMIT,
-    Check,
-    FlapState,
-    HealthMonitor,
-    HealthView,
-    ProbeResult,
-    Status,
-    Target,
-    _ProtocolError,
-    _Response,
-    fold,
-    new_client,
-    probe,
-)
+from gslb.config.model import Check, Target
+from gslb.health.monitor import HealthMonitor
+from gslb.health.probe import BODY_LIMIT, ProbeResult, _ProtocolError, _Response, probe
+from gslb.health.transport import new_client
+from gslb.health.view import FlapState, HealthView, Status, fold
 from tests.probe_targets import (
     Behaviour,
     Certificate,

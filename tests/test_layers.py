@@ -29,7 +29,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("cluster.member",),  # the session: lease, records written and watched
     ("cluster.votes", "cluster.etcd"),  # the records and the vote; the etcd client
     # health/: probes, anti-flap fold, health view, state file
-    ("health.monitor",),
+    ("health.monitor",),  # the scheduler: every target probed on time, folded, the view published
+    ("health.probe",),  # one probe of one target (lean plain HTTP, httpx, TCP) and its reason
+    ("health.transport", "health.state"),  # httpx on a connection per request; the state file
+    ("health.view",),  # Status, HealthView and the anti-flap fold: plain data
     ("snapshot",),  # zones + config + compiled tables, built whole
     # dns/: the DNS core; I/O only frames packets, the answerer is bytes -> bytes
     ("dns.server",),
@@ -63,6 +66,8 @@ PURE = {
     "geo.database",
     "geo.places",
     "inputs",
+    "health.view",
+    "health.state",
     "dns.zones",
     "dns.masterfile",
     "dns.wire",
@@ -155,8 +160,8 @@ def test_the_policy_loads_without_the_prober() -> None:
     # What `python -X importtime -c "import gslb.steering.ranks"` shows: no httpx, asyncio or ssl.
     code = (
         "import sys, gslb.steering.policy, gslb.steering.ranks, gslb.snapshot; "
-        "print(' '.join(sorted(m for m in ('httpx', 'httpcore', 'asyncio', 'ssl', 'gslb.health.monitor') "
-        "if m in sys.modules)))"
+        "print(' '.join(sorted(m for m in ('httpx', 'httpcore', 'asyncio', 'ssl', 'gslb.health.monitor', "
+        "'gslb.health.probe') if m in sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr

@@ -30,7 +30,7 @@ from gslb.app import _add, counts
 from gslb.config.load import load
 from gslb.dns.answer import LATENCY_BOUNDS, Counters
 from gslb.geo.places import Location
-from gslb.health.monitor import HealthView, Status
+from gslb.health.view import HealthView, Status
 from gslb.steering.policy import choose
 from tests.conftest import EXAMPLE_ZONES, ROOT, Server, need
 

@@ -11,7 +11,7 @@ import pytest
 
 from gslb.config import load as config
 from gslb.geo.places import Location, distance_km
-from gslb.health.monitor import HealthView, Status
+from gslb.health.view import HealthView, Status
 from gslb.steering.policy import SERVFAIL, Candidate, Decision, choose
 
 CONFIG = config.loads(

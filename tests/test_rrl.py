@@ -27,7 +27,7 @@ from gslb.dns import rrl
 from gslb.dns.answer import Answerer
 from gslb.dns.cookies import Cookies
 from gslb.dns.rrl import ALLOW, ANSWER, DROP, ERROR, NXDOMAIN_KIND, REFERRAL, SLIP, RateLimiter, kind_of
-from gslb.health.monitor import HealthView
+from gslb.health.view import HealthView
 from gslb.snapshot import Snapshot, Sources, build
 from tests.conftest import EXAMPLE_ZONES, Server
 

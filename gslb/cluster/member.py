@@ -20,7 +20,8 @@ from typing import Any
 from gslb.cluster.etcd import Etcd, EtcdError, Event, KeyValue
 from gslb.cluster.votes import Observation, Record, Vote, tally, verdict
 from gslb.config.model import ClusterConfig
-from gslb.health.monitor import HealthMonitor, Status
+from gslb.health.monitor import HealthMonitor
+from gslb.health.view import Status
 
 log = logging.getLogger("gslb.cluster")
 

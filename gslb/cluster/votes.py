@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gslb.config.model import ClusterConfig
-from gslb.health.monitor import DRAINED, NO_PROBE_YET, HealthView, Status
+from gslb.health.view import DRAINED, NO_PROBE_YET, HealthView, Status
 
 log = logging.getLogger("gslb.cluster")
 

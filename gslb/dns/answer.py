@@ -63,7 +63,7 @@ from gslb.steering.policy import Decision, pick
 from gslb.steering.ranks import RankTable
 
 if TYPE_CHECKING:
-    from gslb.health.monitor import HealthView
+    from gslb.health.view import HealthView
     from gslb.snapshot import Snapshot
 
 log = logging.getLogger("gslb.answer")

@@ -17,7 +17,7 @@ from gslb.dns.answer import where
 from gslb.dns.wire import ClientSubnet
 from gslb.dns.zones import ServiceAnswer
 from gslb.geo.places import IPAddress
-from gslb.health.monitor import HealthView
+from gslb.health.view import HealthView
 from gslb.snapshot import Snapshot
 from gslb.steering.policy import pick
 

@@ -24,8 +24,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gslb import __version__
+from gslb.config.model import Target
 from gslb.dns.answer import LATENCY_BOUNDS, LATENCY_SAMPLE_MASK
-from gslb.health.monitor import ProbeResult, Target
+from gslb.health.probe import ProbeResult
 from gslb.steering.policy import choose
 
 if TYPE_CHECKING:

@@ -28,7 +28,8 @@ import dns.exception
 from gslb import __version__
 from gslb.dns.server import ListenAddress
 from gslb.geo.places import Location, country_centroids
-from gslb.health.monitor import HealthView, endpoint
+from gslb.health.probe import endpoint
+from gslb.health.view import HealthView
 from gslb.ops.explain import explain_query
 from gslb.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gslb.steering.policy import choose

@@ -25,7 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gslb.health.monitor import Check, HealthMonitor, HealthView, ProbeResult, Target
+from gslb.config.model import Check, Target
+from gslb.health.monitor import HealthMonitor
+from gslb.health.probe import ProbeResult
+from gslb.health.view import HealthView
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
 
