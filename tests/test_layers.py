@@ -47,7 +47,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("steering.rules",),  # the geo map rule for a location, a data center's angles
     # config/: the configuration file as plain data
     ("config.load",),  # TOML -> the model, every problem gathered at its line
-    ("config.locate",),  # key path -> line
+    ("config.schema",),  # what each table may hold: key -> converter
+    ("config.locate", "config.values"),  # key path -> line; what a value may be, with its messages
     ("config.model",),  # the frozen dataclasses, Problem and ConfigError
     # geo/: places, the database reader, the compiled table
     ("geo.table",),
@@ -60,7 +61,9 @@ PURE = {
     "steering.policy",
     "steering.rules",
     "config.load",
+    "config.schema",
     "config.locate",
+    "config.values",
     "config.model",
     "geo.table",
     "geo.database",
