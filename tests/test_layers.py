@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dns.answer",),
     ("dns.cookies", "dns.rrl", "dns.zones"),
     ("dns.masterfile",),
+    ("dns.mastertext",),  # lines, tokens, entries, $GENERATE templates
     ("dns.wire",),
     # The pure core below: plain data and functions of it, no sockets, no event loop.
     # steering/: where each client goes
@@ -73,6 +74,7 @@ PURE = {
     "health.state",
     "dns.zones",
     "dns.masterfile",
+    "dns.mastertext",
     "dns.wire",
 }
 # (socket is allowed: the zone reader packs addresses with inet_pton, which does no I/O.)

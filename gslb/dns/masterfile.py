@@ -8,7 +8,8 @@ with dnspython's public pieces doing what they do well: names with escapes or ID
 The common data (A, AAAA, TXT, CNAME, NS, PTR, MX without escapes) is built here directly, as
 light objects that encode as dnspython's do: a 100k-record zone reads in about a second.
 dnspython's defaulting rules are followed (RFC 2308 `$TTL`, else the last TTL, else the
-SOA's MINIMUM); a test holds this reader to dnspython's records, file by file.
+SOA's MINIMUM); a test holds this reader to dnspython's records, file by file.  The text
+itself (lines, tokens, entries, $GENERATE templates) is gslb.dns.mastertext's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import dns.rdtypes.ANY.SOA
 import dns.ttl
 
 from gslb import inputs
+from gslb.dns.mastertext import entries, file_lines, ident, line_tokens, substitute, syntax_error
 
 Name = dns.name.Name
 IN = dns.rdataclass.IN
@@ -39,16 +41,8 @@ MAX_PROBLEMS_PER_FILE = 100  # listed; the rest of a garbage file is counted, no
 MAX_INCLUDE_DEPTH = 20
 MAX_GENERATED = 1_000_000  # records from one $GENERATE: a typo in a range must not exhaust memory
 
-# A line's tokens where it has quotes or escapes: a quoted string, a parenthesis, a comment,
-# or a word (a backslash escapes the next character in both).  Anything else left between
-# them is an unterminated quote or a trailing backslash.
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[()]|;.*|(?:[^\s;()"\\]|\\.)+')
-_PARENS = re.compile(r"[()]|[^\s()]+")
 _NUMBER = re.compile(r"\d+$")
 _IPV4 = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
-# A $GENERATE substitution: an escape (kept), "$$" (a "$"), or "$" with an optional {modifier}.
-_SUBSTITUTION = re.compile(r"\\.|\$(\$|\{[^}]*\}?)?")
-_MODIFIER = re.compile(r"\{([+-]?\d+)(?:,(\d+)(?:,([doxXnN]))?)?\}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +133,6 @@ class NameRdata:
         return hash(self._key)
 
 
-def _syntax(message: str | None = None) -> dns.exception.SyntaxError:
-    """dnspython's syntax error (its own wording, "Text input is malformed", without a message)."""
-    if message is None:
-        return dns.exception.SyntaxError()  # type: ignore[no-untyped-call]
-    return dns.exception.SyntaxError(message)  # type: ignore[no-untyped-call]
-
-
 class _Unusual(Exception):
     """Data a maker leaves to dnspython's parser (which then also words any error)."""
 
@@ -193,86 +180,6 @@ class _State:
     default_from_soa: bool = False
 
 
-def _lines(data: bytes) -> tuple[list[str], list[int]]:
-    """The file's lines, and the numbers of those that are not UTF-8 (blanked)."""
-    try:
-        return data.decode().split("\n"), []
-    except UnicodeDecodeError:
-        pass
-    lines, bad = [], []
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            lines.append(raw.decode())
-        except UnicodeDecodeError:
-            lines.append("")
-            bad.append(number)
-    return lines, bad
-
-
-def _tokens(line: str) -> list[str]:
-    """One line's tokens, comments dropped; quoted strings keep their quotes and escapes."""
-    if '"' not in line and "\\" not in line:
-        if ";" in line:
-            line = line[: line.index(";")]
-        return _PARENS.findall(line) if "(" in line or ")" in line else line.split()
-    tokens = []
-    end = 0
-    for match in _TOKEN.finditer(line):
-        if line[end : match.start()].strip():
-            break
-        end = match.end()
-        if match.group()[0] != ";":
-            tokens.append(match.group())
-    rest = line[end:].strip()
-    if rest:
-        if rest[0] == '"':
-            raise _syntax("newline in quoted string")
-        raise dns.exception.UnexpectedEnd  # a backslash at the end of the line
-    return tokens
-
-
-def _entries(lines: list[str]) -> Iterator[tuple[int, bool, list[str] | dns.exception.DNSException]]:
-    """(first line, owner omitted, tokens or the error) for each entry: a line, or lines in parentheses."""
-    pending: list[str] = []
-    start = 0
-    blank = False
-    depth = 0
-    error: dns.exception.DNSException | None = None
-    within = False  # an entry has begun
-    for number, line in enumerate(lines, 1):
-        try:
-            tokens = _tokens(line)
-        except dns.exception.DNSException as exc:
-            tokens = []
-            error = error or exc
-            if not within:
-                within, start = True, number
-        if not within:
-            if not tokens:
-                continue
-            within, start, blank = True, number, line[:1] in (" ", "\t")
-        if "(" in tokens or ")" in tokens:
-            for token in tokens:
-                if token == "(":
-                    depth += 1
-                elif token != ")":
-                    pending.append(token)
-                elif depth:
-                    depth -= 1
-                else:
-                    error = error or _syntax("unbalanced parentheses")
-        else:
-            pending.extend(tokens)
-        if depth == 0:
-            if error is not None:
-                yield start, False, error
-            elif pending:
-                yield start, blank, pending
-            pending, error, within = [], None, False
-    if within:
-        yield start, False, error or _syntax("unbalanced parentheses")
-
-
 class _Reader:
     def __init__(self, zone_origin: Name, base: Path):
         self.zone_origin = zone_origin
@@ -299,10 +206,10 @@ class _Reader:
             self.unlisted += 1
 
     def read_file(self, file: str, data: bytes, chain: list[str]) -> None:
-        lines, not_utf8 = _lines(data)
+        lines, not_utf8 = file_lines(data)
         for number in not_utf8:
             self.problem(file, number, "not valid UTF-8")
-        for line, blank, entry in _entries(lines):
+        for line, blank, entry in entries(lines):
             try:
                 if isinstance(entry, dns.exception.DNSException):
                     raise entry
@@ -328,7 +235,7 @@ class _Reader:
 
     def _located(self, text: str) -> tuple[Name, bool]:
         if text[0] == '"':
-            raise _syntax("expecting an identifier")
+            raise syntax_error("expecting an identifier")
         if text == "@":
             return self.state.origin, self.origin_inside
         name = _name(text, self.state.origin)
@@ -356,7 +263,7 @@ class _Reader:
             self._classes[text] = rdclass
         rdclass = self._classes[text]
         if rdclass is not None and rdclass != IN:
-            raise _syntax("RR class is not zone's class")
+            raise syntax_error("RR class is not zone's class")
         return rdclass
 
     def _type(self, text: str) -> dns.rdatatype.RdataType:
@@ -365,7 +272,7 @@ class _Reader:
             try:
                 rdtype = self._types[text] = dns.rdatatype.from_text(text)
             except Exception:
-                raise _syntax(f"unknown rdatatype '{text}'") from None
+                raise syntax_error(f"unknown rdatatype '{text}'") from None
         return rdtype
 
     def _implicit_ttl(self) -> int | None:
@@ -377,13 +284,13 @@ class _Reader:
 
     def _ttl_class(self, tokens: list[str], pos: int) -> tuple[int | None, int]:
         """[TTL] [class] in either order from tokens[pos]: the TTL given (or None) and where the type is."""
-        ttl = self._ttl(_ident(tokens, pos))
+        ttl = self._ttl(ident(tokens, pos))
         if ttl is not None:
             pos += 1
-        if self._class(_ident(tokens, pos)) is not None:
+        if self._class(ident(tokens, pos)) is not None:
             pos += 1
             if ttl is None:
-                ttl = self._ttl(_ident(tokens, pos))
+                ttl = self._ttl(ident(tokens, pos))
                 if ttl is not None:
                     pos += 1
         if ttl is not None:
@@ -400,14 +307,14 @@ class _Reader:
             raise _Outside
         given, pos = self._ttl_class(tokens, 0 if blank else 1)
         ttl = given if given is not None else self._implicit_ttl()
-        rdtype = self._type(_ident(tokens, pos))
+        rdtype = self._type(ident(tokens, pos))
         rdata = self.rdata(rdtype, tokens[pos + 1 :])
         if self.state.default_ttl is None and isinstance(rdata, dns.rdtypes.ANY.SOA.SOA):
             # Without $TTL, the SOA's MINIMUM is the default (the pre-RFC 2308 rule dnspython keeps).
             self.state.default_ttl, self.state.default_from_soa = rdata.minimum, True
             ttl = ttl if ttl is not None else self._implicit_ttl()
         if ttl is None:
-            raise _syntax("Missing default TTL value")
+            raise syntax_error("Missing default TTL value")
         self.records.append(Record(name, ttl, rdata, file, line))
 
     def rdata(self, rdtype: dns.rdatatype.RdataType, args: list[str]) -> dns.rdata.Rdata | WireRdata | NameRdata:
@@ -422,29 +329,29 @@ class _Reader:
         except dns.exception.SyntaxError:
             raise
         except Exception as exc:  # any failure of a type's parser is a syntax error of the line
-            raise _syntax(f"caught exception {type(exc)}: {exc}") from None
+            raise syntax_error(f"caught exception {type(exc)}: {exc}") from None
 
     def directive(self, tokens: list[str], file: str, line: int, chain: list[str]) -> None:
         word, args = tokens[0].upper(), tokens[1:]
         if word == "$ORIGIN":
             if len(args) != 1:
-                raise _syntax("$ORIGIN takes one name")
+                raise syntax_error("$ORIGIN takes one name")
             self._use(replace(self.state, origin=self._located(args[0])[0]))
         elif word == "$TTL":
             if len(args) != 1 or args[0][0] == '"':
-                raise _syntax("bad $TTL")
+                raise syntax_error("bad $TTL")
             self.state.default_ttl, self.state.default_from_soa = dns.ttl.from_text(args[0]), False
         elif word == "$INCLUDE":
             self.include(args, file, line, chain)
         elif word == "$GENERATE":
             self.generate(args, file, line)
         else:
-            raise _syntax(f"zone file directive '{word}' is not allowed")
+            raise syntax_error(f"zone file directive '{word}' is not allowed")
 
     def include(self, args: list[str], file: str, line: int, chain: list[str]) -> None:
         """`$INCLUDE file [origin]`: the file read in place, with the state restored after it."""
         if not 1 <= len(args) <= 2:
-            raise _syntax("$INCLUDE takes a file name and an optional origin")
+            raise syntax_error("$INCLUDE takes a file name and an optional origin")
         name = args[0][1:-1] if args[0][0] == '"' else args[0]
         origin = self._located(args[1])[0] if len(args) == 2 else self.state.origin
         path = Path(name) if os.path.isabs(name) else self.base / name
@@ -469,33 +376,26 @@ class _Reader:
     def generate(self, args: list[str], file: str, line: int) -> None:
         """`$GENERATE range lhs [ttl] [class] type rhs`, as BIND reads it."""
         try:
-            start, stop, step = dns.grange.from_text(_ident(args, 0))
+            start, stop, step = dns.grange.from_text(ident(args, 0))
         except Exception:
-            raise _syntax("bad $GENERATE range") from None
+            raise syntax_error("bad $GENERATE range") from None
         if (stop - start) // step >= MAX_GENERATED:
-            raise _syntax(f"$GENERATE range of more than {MAX_GENERATED} records")
-        lhs = _ident(args, 1)
+            raise syntax_error(f"$GENERATE range of more than {MAX_GENERATED} records")
+        lhs = ident(args, 1)
         given, pos = self._ttl_class(args, 2)
         ttl = given if given is not None else self._implicit_ttl()
         if ttl is None:
-            raise _syntax("Missing default TTL value")
-        rdtype = self._type(_ident(args, pos))
+            raise syntax_error("Missing default TTL value")
+        rdtype = self._type(ident(args, pos))
         if len(args) != pos + 2:
-            raise _syntax("$GENERATE takes one rhs (quote it if it has spaces)")
+            raise syntax_error("$GENERATE takes one rhs (quote it if it has spaces)")
         rhs = args[pos + 1][1:-1] if args[pos + 1][0] == '"' else args[pos + 1]
         for counter in range(start, stop + 1, step):
-            self.last = name, inside = self._located(_substitute(lhs, counter))
+            self.last = name, inside = self._located(substitute(lhs, counter))
             if not inside:
                 raise _Outside
-            rdata = self.rdata(rdtype, _tokens(_substitute(rhs, counter)))
+            rdata = self.rdata(rdtype, line_tokens(substitute(rhs, counter)))
             self.records.append(Record(name, ttl, rdata, file, line))
-
-
-def _ident(tokens: list[str], pos: int) -> str:
-    """tokens[pos], which must be there and not a quoted string."""
-    if pos >= len(tokens) or tokens[pos][0] == '"':
-        raise _syntax()
-    return tokens[pos]
 
 
 def _name(text: str, origin: Name) -> Name:
@@ -509,46 +409,6 @@ def _name(text: str, origin: Name) -> Name:
     if "" in labels:
         return dns.name.from_text(text, origin)  # raises EmptyLabel, as dnspython words it
     return Name([label.encode() for label in labels] + list(tail))
-
-
-def _substitute(template: str, counter: int) -> str:
-    """A $GENERATE template with each `$` or `${offset[,width[,base]]}` replaced; `$$` is a `$`."""
-    if "$" not in template:
-        return template
-
-    def one(match: re.Match[str]) -> str:
-        text, modifier = match.group(), match.group(1)
-        if text[0] == "\\":
-            return text  # an escape stays for the name or rdata parser
-        if modifier == "$":
-            return "$"
-        offset, width, base = 0, 0, "d"
-        if modifier:
-            parts = _MODIFIER.match(modifier)
-            if parts is None:
-                raise _syntax("invalid $GENERATE modifier")
-            offset, width, base = int(parts[1]), int(parts[2] or 0), parts[3] or "d"
-            if width > 127:  # BIND's limit on one substitution
-                raise _syntax("$GENERATE width is too large")
-        value = counter + offset
-        if base in "nN":
-            return _nibbles(value, width, base)
-        return format(value, base).zfill(width)
-
-    return _SUBSTITUTION.sub(one, template)
-
-
-def _nibbles(value: int, width: int, base: str) -> str:
-    """Hex nibbles, least significant first, dot-separated, zero nibbles added to `width` characters."""
-    if value < 0:
-        raise _syntax("negative $GENERATE value in nibble mode")
-    digits = "0123456789ABCDEF" if base == "N" else "0123456789abcdef"
-    out = digits[value & 15]
-    value >>= 4
-    while value or len(out) < width:
-        out += "." + digits[value & 15]
-        value >>= 4
-    return out
 
 
 # -- the common types, built without dnspython's parser ------------------------------------------
