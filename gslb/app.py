@@ -48,12 +48,13 @@ from gslb.inputs import Inputs
 from gslb.ops.logs import QueryLog
 from gslb.ops.metrics import Metrics
 from gslb.ops.web import WebServer
-from gslb.snapshot import Snapshot, SnapshotError, Sources, build
+from gslb.snapshot import Snapshot, SnapshotError, Sources, build, resign
 from gslb.watch import Watcher
 
 log = logging.getLogger(__name__)
 
 COUNTER_INTERVAL = 1.0  # seconds between a worker's counter reports
+RESIGN_CHECK = 3600.0  # the longest the DNSSEC re-signing timer sleeps before it looks again
 WORKER_START_TIMEOUT = 30.0
 OPEN_FILES_SPARE = 64  # open files a process needs beside its TCP connections (sockets, pipes, logs)
 
@@ -219,6 +220,30 @@ class Control:
             )
             return True
 
+    async def _resign(self) -> None:
+        """Make the DNSSEC signatures again before they expire (gslb.dns.dnssec), without reading
+        any file: the same snapshot with new signatures, installed as a reload installs one."""
+        while True:
+            signing = self.snapshot.signing
+            wait = RESIGN_CHECK if signing is None else min(RESIGN_CHECK, max(1.0, signing.due - time.time()))
+            await asyncio.sleep(wait)
+            async with self._reload_lock:
+                signing = self.snapshot.signing
+                if signing is None or time.time() < signing.due:
+                    continue  # a reload signed anew meanwhile
+                try:
+                    snapshot = await asyncio.to_thread(resign, self.snapshot)
+                except Exception:  # the old signatures keep serving; the next try is in RESIGN_CHECK
+                    log.exception("DNSSEC: signing again failed (signatures expire %s)", _utc(signing.expiration))
+                    snapshot = None
+                if snapshot is not None:
+                    await self.install(snapshot)
+                    self.snapshot = snapshot
+                    assert snapshot.signing is not None
+                    log.info("DNSSEC: serving the new signatures (valid until %s)", _utc(snapshot.signing.expiration))
+            if snapshot is None:
+                await asyncio.sleep(RESIGN_CHECK)
+
     def _inputs_replaced(self, inputs: Inputs) -> None:
         self._inputs = inputs
         if self._watcher is not None:
@@ -317,6 +342,7 @@ class Control:
             tasks.append(asyncio.create_task(self.monitor.run()))
         if self.options.watch:
             tasks.append(asyncio.create_task(self._watch()))
+        tasks.append(asyncio.create_task(self._resign(), name="dnssec re-signing"))
         tasks.extend(asyncio.create_task(make()) for make in extra or [])
         web = None
         if self.options.http is not None:
@@ -696,6 +722,10 @@ def _tcp_limits(options: Options) -> None:
             needed,
             limit,
         )
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
 def _names(paths: list[Path], most: int = 3) -> str:

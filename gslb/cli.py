@@ -16,9 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import dns.exception
+import dns.name
+
 from gslb import __version__
 from gslb.cluster.votes import check_instance
 from gslb.config.model import ClusterConfig
+from gslb.dns import keys
+from gslb.dns.keys import ALGORITHMS, DEFAULT_ALGORITHM
 from gslb.dns.server import DEFAULT_PORT, TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, UDP_LOOPS, ListenAddress, udp_loop
 from gslb.health.state import saved_view
 from gslb.health.view import HealthView
@@ -152,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate zones and config; exit 1 on any problem")
     _add_source_args(check)
 
+    key_commands = commands.add_parser("keys", help="DNSSEC keys: make a zone's key, print its DS")
+    key_verbs = key_commands.add_subparsers(dest="verb", required=True)
+    generate = key_verbs.add_parser("generate", help="make a combined signing key (CSK) for ZONE")
+    generate.add_argument("zone", help="the zone, e.g. example.com")
+    generate.add_argument("--algorithm", default=DEFAULT_ALGORITHM, type=str.lower, choices=sorted(ALGORITHMS))
+    generate.add_argument("--zones", default="zones", metavar="DIR", help="the zones directory (keys go in DIR/keys/)")
+    ds = key_verbs.add_parser("ds", help="print ZONE's DS records, for the parent zone (the registrar)")
+    ds.add_argument("zone", help="the zone, e.g. example.com")
+    ds.add_argument("--zones", default="zones", metavar="DIR", help="the zones directory (keys in DIR/keys/)")
+
     explain = commands.add_parser("explain", help="say which answer a client gets, and why")
     _add_source_args(explain)
     explain.add_argument("name", help="the name asked for, e.g. www.example.com")
@@ -174,7 +189,38 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args)
     if args.command == "explain":
         return _explain(args)
+    if args.command == "keys":
+        return _keys(args)
     return _remote(args)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    try:
+        zone = dns.name.from_text(args.zone)
+    except dns.exception.DNSException as exc:
+        print(f"{args.zone}: not a zone name: {exc}", file=sys.stderr)
+        return 2
+    directory = Path(args.zones)
+    try:
+        if args.verb == "generate":
+            if not directory.is_dir():
+                print(f"{directory}: not a directory", file=sys.stderr)
+                return 1
+            key = keys.generate(directory, zone, args.algorithm)
+            print(f"{key.path.with_suffix('.key')}: {zone} DNSKEY 257 (CSK), algorithm {key.algorithm}, tag {key.tag}")
+            print(f"{key.path}: the private key (mode 0600)")
+            print(f"give the parent zone its DS: gslb keys ds {zone} --zones {directory}")
+            return 0
+        found = keys.load(directory).get(zone, [])
+    except keys.KeyFileError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if not found:
+        print(f"no keys for {zone} in {keys.directory(directory)}", file=sys.stderr)
+        return 1
+    for key in found:
+        print(f"{zone} 3600 IN DS {key.ds().to_text()}")
+    return 0
 
 
 def _rate(text: str) -> float:
@@ -240,7 +286,35 @@ def _check(args: argparse.Namespace) -> int:
             f"{'s' if len(ranks.rankings) != 1 else ''} over {len(ranks.starts4)} IPv4 and "
             f"{len(ranks.starts6)} IPv6 ranges"
         )
+    for line in _dnssec_lines(snapshot):
+        print(line)
     return 0
+
+
+def _dnssec_lines(snapshot: Snapshot) -> list[str]:
+    """`gslb check`'s DNSSEC lines: which zones are signed, with which keys, how much ahead."""
+    signing = snapshot.signing
+    if signing is None:
+        return []  # no zone has keys: nothing signed, nothing to say
+    lines = []
+    for signer in signing.signers.values():
+        tags = ", ".join(f"{key.tag} (algorithm {key.algorithm})" for key in signer.keys)
+        lines.append(f"dnssec: {signer.zone.origin} signed, key tag{'s' if len(signer.keys) > 1 else ''} {tags}")
+    unsigned = [str(origin) for origin, zone in snapshot.zones.zones.items() if signing.signer(zone) is None]
+    if unsigned:
+        lines.append(f"dnssec: not signed (no keys): {', '.join(sorted(unsigned))}")
+    sets = sum(signing.service_sets.values())
+    lines.append(
+        f"dnssec: {signing.presigned} signatures made ahead in {signing.seconds:.3f} s, {sets} of them "
+        f"service answers; valid {snapshot.config.dnssec.validity // 86400} days, signed again after "
+        f"{(signing.expiration - signing.refresh - signing.inception) / 86400:g} days"
+    )
+    for name in signing.first_use:
+        lines.append(
+            f"dnssec: {name} has more address sets than max_presigned "
+            f"({snapshot.config.dnssec.max_presigned}): the rest are signed on first use"
+        )
+    return lines
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ import dns.rdatatype
 from gslb import inputs
 from gslb.config import load as configuration
 from gslb.config.model import Config, ConfigError, Service
+from gslb.dns import dnssec, keys
+from gslb.dns.dnssec import Signing
 from gslb.dns.zones import ZoneError, ZoneIndex, ZoneSet, cut_above, load_zones, static_addresses
 from gslb.geo.database import GeoDatabase
 from gslb.geo.places import GeoError, IPAddress, IPNetwork, Location, mapped_network
@@ -85,6 +87,7 @@ class Snapshot:
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     inputs: Inputs = field(default_factory=Inputs)  # every file read, for the reload watcher
+    signing: Signing | None = None  # the signed zones' signatures (gslb.dns.dnssec); None: nothing signed
 
     @property
     def no_ecs(self) -> str:
@@ -212,9 +215,61 @@ def _build(sources: Sources) -> Snapshot:
         name: compile_service(service, config.datacenters, table, config.default_location)
         for name, service in services.items()
     }
+    signing = _sign(sources, zones, config, services)
     return Snapshot(
-        zones, config, geo, services, sources, table, ranks, zones.index(), load_seconds=time.perf_counter() - started
+        zones,
+        config,
+        geo,
+        services,
+        sources,
+        table,
+        ranks,
+        zones.index(),
+        load_seconds=time.perf_counter() - started,
+        signing=signing,
     )
+
+
+def _sign(sources: Sources, zones: ZoneSet, config: Config, services: dict[dns.name.Name, Service]) -> Signing | None:
+    """Sign the zones that have keys under <zones>/keys/ (a key added or removed is a change to reload)."""
+    where = keys.directory(sources.zones)
+    inputs.listed(sources.zones, where.name)  # the directory made: the first key is on its way
+    inputs.listed(where, "K*")
+    try:
+        found = keys.load(sources.zones)
+    except keys.KeyFileError as exc:
+        raise SnapshotError([str(exc)]) from exc
+    inputs.read(*(key.path for zone_keys in found.values() for key in zone_keys))
+    unserved = sorted(str(zone) for zone in found if zone not in zones.zones)
+    if unserved:
+        log.warning("keys for zones not served, ignored: %s", ", ".join(unserved))
+    signing = dnssec.sign(zones, found, services, config.datacenters, config.dnssec)
+    if signing is not None:
+        log.info(
+            "DNSSEC: %d zone%s signed, %d signatures made ahead in %.3f s, valid until %s%s",
+            len(signing.signers),
+            "" if len(signing.signers) == 1 else "s",
+            signing.presigned,
+            signing.seconds,
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(signing.expiration)),
+            f"; signed on first use: {', '.join(signing.first_use)}" if signing.first_use else "",
+        )
+    return signing
+
+
+def resign(snapshot: Snapshot, now: float | None = None) -> Snapshot:
+    """The same snapshot with every signature made again (new inception and expiration), no files read."""
+    if snapshot.signing is None:
+        return snapshot
+    config = snapshot.config
+    signing = dnssec.resign(snapshot.signing, snapshot.zones, snapshot.services, config.datacenters, config.dnssec, now)
+    log.info(
+        "DNSSEC: signed again, %d signatures in %.3f s, valid until %s",
+        signing.presigned,
+        signing.seconds,
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(signing.expiration)),
+    )
+    return replace(snapshot, signing=signing)
 
 
 def _cidr_rules(services: Iterable[Service]) -> list[IPNetwork]:

@@ -18,11 +18,13 @@ import sysconfig
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,6 +32,7 @@ from hypothesis import strategies as st
 
 import gslb.dns.server as server_module
 from gslb.dns import cookies as cookie_module
+from gslb.dns import keys
 from gslb.dns.answer import Answerer
 from gslb.dns.cookies import Cookies
 from gslb.dns.server import ListenAddress, UdpServer, udp_socket
@@ -122,17 +125,25 @@ def _counts(answerer: Answerer) -> dict[str, object]:
 
 
 def test_compiled_answers_match_the_python_fast_path_and_the_general_path(off_snapshot: Snapshot) -> None:
-    snapshot = off_snapshot  # COOKIE options ignored; with cookies on: the test below
-    rng = random.Random(20261201)
+    # COOKIE options ignored; with cookies on: the test below
+    by_c, signed = _replay(off_snapshot, query, random.Random(20261201), 8000)
+    assert by_c > 8000 * 0.8 and signed == 0, (by_c, signed)  # no keys: no RRSIG, DO or not
+
+
+def _replay(
+    snapshot: Snapshot, make: Callable[[random.Random], bytes], rng: random.Random, total: int
+) -> tuple[int, int]:
+    """`total` queries of `make` through C, the Python fast path, handle() and the general path:
+    the same bytes from each that answers, the same counters. Returns (answered by C, of them signed)."""
     python = Answerer(snapshot, HealthView())  # answers through handle() alone
     compiled = Answerer(snapshot, HealthView())  # C first, Python for what C hands back: the loop's way
     reference = Answerer(snapshot, HealthView())  # asked by _fast first (which counts), then by handle()
-    total, by_c, by_python_fast = 8000, 0, 0
+    by_c = by_python_fast = signed = 0
     for step in range(total):
         if step == total // 2:  # a verdict in the middle: picks are made afresh, tables survive
             for answerer in (python, compiled, reference):
                 answerer.set_health(_health({"eu"}))
-        wire = query(rng)
+        wire = make(rng)
         source = rng.choice(SOURCES)
         fast = reference._fast(wire, source, False)
         reference.handle(wire, source, False)
@@ -145,13 +156,15 @@ def test_compiled_answers_match_the_python_fast_path_and_the_general_path(off_sn
             assert reply == fast == expected, dns.message.from_wire(wire).to_text()
             general = Answerer(snapshot, compiled.state.health)._general(wire, source, False)[0]
             assert reply == general, dns.message.from_wire(wire).to_text()
+            signed += b"\x00\x2e\x00\x01" in reply  # an RRSIG record's type and class
         else:
             reply = compiled.handle(wire, source, False)
             assert reply == expected
         by_python_fast += fast is not None
     # Same replies, same counters: ticks, the fast/general split, by_key, by_answer.
     assert _counts(compiled) == _counts(python)
-    assert by_c == by_python_fast > total * 0.8, (by_c, by_python_fast)
+    assert by_c == by_python_fast
+    return by_c, signed
 
 
 NOW = 1_700_000_000
@@ -278,6 +291,34 @@ def test_compiled_answers_cookies_as_the_python_fast_path_and_the_general_path(
     )
     if tc_size:
         assert valid_large > 500 and truncated > 1000, (valid_large, truncated)
+
+
+@pytest.fixture(scope="module")
+def signed_snapshot(tmp_path_factory: pytest.TempPathFactory, off_snapshot: Snapshot) -> Snapshot:
+    """The example zones signed (a key made with gslb.dns.keys in a copy), cookies off."""
+    directory = tmp_path_factory.mktemp("signed") / "zones"
+    shutil.copytree(EXAMPLE_ZONES, directory)
+    keys.generate(directory, dns.name.from_text("example.com."))
+    config = directory / "gslb.toml"
+    config.write_text(config.read_text() + "\n[cookies]\nenabled = false\n")
+    assert off_snapshot.geo.path is not None
+    built = build(Sources(directory, geodb=Path(off_snapshot.geo.path)))
+    assert built.signing is not None
+    return built
+
+
+def _with_do(rng: random.Random, wire: bytes) -> bytes:
+    """The query with DO set most of the time (when it has an OPT)."""
+    message = dns.message.from_wire(wire)
+    if message.edns >= 0 and rng.random() < 0.8:
+        message.use_edns(0, message.ednsflags | dns.flags.DO, message.payload, options=message.options)
+    return message.to_wire()
+
+
+def test_compiled_answers_signed_as_the_python_fast_path_and_the_general_path(signed_snapshot: Snapshot) -> None:
+    # DO on most queries: the signed variants, picked afresh from signatures made ahead after the failover
+    by_c, signed = _replay(signed_snapshot, lambda rng: _with_do(rng, query(rng)), random.Random(4035), 6000)
+    assert by_c > 6000 * 0.7 and signed > 6000 * 0.3, (by_c, signed)
 
 
 def test_compiled_counts_and_samples_latency_as_handle_does(snapshot: Snapshot) -> None:

@@ -37,7 +37,8 @@ LAYERS: list[tuple[str, ...]] = [
     # dns/: the DNS core; I/O only frames packets, the answerer is bytes -> bytes
     ("dns.server",),
     ("dns.answer",),
-    ("dns.cookies", "dns.rrl", "dns.zones"),
+    ("dns.dnssec",),  # signatures made ahead, minimal NSEC denials
+    ("dns.cookies", "dns.rrl", "dns.zones", "dns.keys"),  # keys: DNSSEC key files
     ("dns.masterfile",),
     ("dns.mastertext",),  # lines, tokens, entries, $GENERATE templates
     ("dns.wire",),

@@ -51,7 +51,7 @@ static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_picks
     *s_counters, *s_ticks, *s_by_key, *s_by_answer, *s_query_log, *s_flag_bytes, *s_head, *s_head_opt, *s_body,
     *s_scoped, *s_udp_key, *s_answer_key, *s_ranks, *s_starts4, *s_ranks4, *s_starts6_hi, *s_starts6_lo,
     *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe,
-    *s_cookies, *s_rrl, *s_tc_size, *s_cache, *s_clock, *s_secrets;
+    *s_cookies, *s_rrl, *s_tc_size, *s_cache, *s_clock, *s_secrets, *s_dnssec, *s_signed;
 
 static PyObject *EntryType;    /* gslb.dns.answer.Entry */
 static PyObject *SteeredType;  /* gslb.dns.answer.Steered: a service's question in State.static */
@@ -85,7 +85,7 @@ static int intern_names(void) {
     NAME(s_starts4, "starts4") NAME(s_ranks4, "ranks4") NAME(s_starts6_hi, "starts6_hi")
     NAME(s_starts6_lo, "starts6_lo") NAME(s_ranks6, "ranks6") NAME(s_default_rank, "default_rank")
     NAME(s_names, "names") NAME(s_cuts, "cuts") NAME(s_wildcard_parents, "wildcard_parents")
-    NAME(s_origin, "origin") NAME(s_observe, "observe")
+    NAME(s_origin, "origin") NAME(s_observe, "observe") NAME(s_dnssec, "dnssec") NAME(s_signed, "signed")
 #undef NAME
     return 0;
 }
@@ -143,13 +143,15 @@ typedef struct {
     const char *body;
     Py_ssize_t body_len;
     int scoped;               /* 1: the located scope goes in the ECS echo */
-    PyObject *udp_key, *answer_key; /* strong */
+    int signed_zone;          /* Entry.dnssec: a query with DO gets `signed` (None: Python signs it) */
+    PyObject *udp_key, *answer_key, *signed_entry; /* strong */
 } Info;
 
 static void info_release(Info *info) {
     Py_CLEAR(info->entry);
     Py_CLEAR(info->udp_key);
     Py_CLEAR(info->answer_key);
+    Py_CLEAR(info->signed_entry);
 }
 
 typedef struct {
@@ -571,14 +573,49 @@ static Info *entry_info(Ctx *c, PyObject *entry) {
     Py_DECREF(scoped);
     if (info->scoped < 0)
         return NULL;
+    /* DNSSEC: an Entry without these (of an older shape) is unsigned. */
+    PyObject *dnssec = PyObject_GetAttr(entry, s_dnssec);
+    info->signed_zone = dnssec != NULL ? PyObject_IsTrue(dnssec) : 0;
+    Py_XDECREF(dnssec);
+    if (info->signed_zone < 0)
+        return NULL;
+    PyErr_Clear();
     if (!(info->udp_key = PyObject_GetAttr(entry, s_udp_key)) ||
-        !(info->answer_key = PyObject_GetAttr(entry, s_answer_key))) {
+        !(info->answer_key = PyObject_GetAttr(entry, s_answer_key)) ||
+        (info->signed_zone && !(info->signed_entry = PyObject_GetAttr(entry, s_signed)))) {
         info_release(info);
         return NULL;
     }
     Py_INCREF(entry);
     info->entry = entry;
     return info;
+}
+
+/* The reply a query with DO gets (Entry.dnssec, Entry.signed): 0 the entry itself (an unsigned zone),
+ * 1 its signed variant in *variant (borrowed: the entry holds it), 2 none yet (Python signs it),
+ * -1 with an error set. From the batch's Info when it has the entry, else two attributes (a
+ * per-name denial is seen once a batch: its unsigned parts are never read for DO). */
+static int signed_variant(Ctx *c, PyObject *entry, PyObject **variant) {
+    Info *info = &c->infos[((uintptr_t)entry >> 4) % INFO_CACHE];
+    if (info->entry == entry) {
+        if (!info->signed_zone)
+            return 0;
+        *variant = info->signed_entry;
+    } else {
+        PyObject *flag = PyObject_GetAttr(entry, s_dnssec);
+        if (flag == NULL) {
+            PyErr_Clear(); /* an Entry of an older shape: unsigned */
+            return 0;
+        }
+        int on = PyObject_IsTrue(flag);
+        Py_DECREF(flag);
+        if (on <= 0)
+            return on;
+        if (!(*variant = PyObject_GetAttr(entry, s_signed)))
+            return -1;
+        Py_DECREF(*variant); /* the entry keeps it */
+    }
+    return (PyObject *)Py_TYPE(*variant) == EntryType ? 1 : 2;
 }
 
 static int bump(PyObject *dict, PyObject *key) {
@@ -931,6 +968,19 @@ static int answer_one(Ctx *c, const unsigned char *w, Py_ssize_t n, Source *src,
     }
     if ((PyObject *)Py_TYPE(held) != EntryType)
         goto done; /* UNCACHED, or anything else: Python */
+    if (dnssec) { /* RFC 4035 §3.1.1: the signed variant, only when the query sets DO */
+        PyObject *variant = NULL;
+        int r = signed_variant(c, held, &variant);
+        if (r < 0)
+            goto error;
+        if (r == 2)
+            goto done; /* None yet: its proof is signed for the name asked, by Python */
+        if (r == 1) {
+            Py_INCREF(variant);
+            Py_DECREF(held);
+            held = variant;
+        }
+    }
     Info *p = entry_info(c, held);
     if (p == NULL)
         goto error;

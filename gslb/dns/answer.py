@@ -17,7 +17,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import dns.name
@@ -28,6 +28,7 @@ import dns.rdatatype
 
 from gslb.config.model import Service
 from gslb.dns.cookies import BADCOOKIE, Cookies, length_ok, shared
+from gslb.dns.dnssec import address_rdataset, signed_sections
 from gslb.dns.rrl import ALLOW, SLIP, RateLimiter, kind_of
 from gslb.dns.wire import (
     AA,
@@ -58,7 +59,7 @@ from gslb.dns.wire import (
     parse_query,
     udp_limit,
 )
-from gslb.dns.zones import Resolution, wire_of
+from gslb.dns.zones import Resolution, Section, wire_of
 from gslb.steering.policy import Decision, pick
 from gslb.steering.ranks import RankTable
 
@@ -101,6 +102,11 @@ class Entry:
     tcp_key: tuple[bool, int, int] = (True, 0, 0)
     answer_key: tuple[str, str] | None = None
     rrl_kind: int = 0  # gslb.dns.rrl: answer, NXDOMAIN, error or referral
+    # DNSSEC (gslb.dns.dnssec): `dnssec` when the zone is signed; then a query with DO gets
+    # `signed`, the same reply with RRSIGs and NSEC proofs, or the general path while it is
+    # None (a denial whose proof is signed for the name asked, on the first query with DO).
+    dnssec: bool = False
+    signed: Entry | None = None
 
 
 def _entry(
@@ -112,6 +118,8 @@ def _entry(
     qtype: int,
     service: str | None = None,
     datacenters: tuple[str, ...] = (),
+    dnssec: bool = False,
+    signed: Entry | None = None,
 ) -> Entry:
     an, ns, ar = counts
     return Entry(
@@ -131,6 +139,8 @@ def _entry(
         tcp_key=(True, qtype, rcode),
         answer_key=None if service is None else (service, datacenters[0] if datacenters else ""),
         rrl_kind=kind_of(struct.pack("!HH", 0, flags) + struct.pack("!HHHH", 1, an, ns, ar)),
+        dnssec=dnssec,
+        signed=signed,
     )
 
 
@@ -430,6 +440,10 @@ class Answerer:
                 return None
             if not entry.scoped:
                 scope = 0
+        if do and entry.dnssec:  # RFC 4035 §3.1.1: RRSIGs and proofs only when the query sets DO
+            entry = entry.signed
+            if entry is None:
+                return None
         # RFC 7873 §5.2: our COOKIE option (the client's cookie and a server cookie) when on.
         cookies = st.cookies
         answer_cookie = b""
@@ -550,9 +564,20 @@ class Answerer:
             self.counters.refused += 1
             return _header_reply(query, REFUSED, aa=False, cookie=cookie), None, REFUSED
         entry, scope = self._resolve(st, query, source)
+        if entry.dnssec and edns is not None and edns.dnssec_ok:
+            entry = entry.signed or self._signed(st, query)
         cookies = st.cookies
         tc_size = cookies.tc_size if cookies is not None and not valid else 0
         return self._assemble(query, entry, scope, tcp, cookie, tc_size), entry, entry.rcode
+
+    def _signed(self, st: State, query: Query) -> Entry:
+        """The signed reply to a static question whose proof is made for its name (NXDOMAIN, a
+        wildcard): signed now, and kept in place of the unsigned entry (not the shared negative one)."""
+        resolution = st.snapshot.zones.lookup(Name((*query.labels, b"")), query.qtype)
+        entry = _encode(resolution, None, query.question, st.snapshot, online=True)
+        _remember(st.static, _question_key(query), entry)
+        assert entry.signed is not None
+        return entry.signed
 
     def _limited(self, verdict: int, reply: bytes, qend: int, opt: bytes, cookie: bytes) -> bytes:
         """A reply over the rate limit: b"" (send nothing) or, for a SLIP, a minimal one.
@@ -587,14 +612,15 @@ class Answerer:
             resolution = st.snapshot.zones.lookup(qname, query.qtype)
             answer = resolution.service
             if answer is None:
-                entry = _encode(resolution, None, query.question)
+                entry = _encode(resolution, None, query.question, st.snapshot)
                 _remember(st.static, key, entry)
                 qtype = key[-4:-2]
                 if resolution.rcode == REFUSED:
                     st.refused[qtype] = entry
                 elif resolution.rcode == NXDOMAIN and not resolution.answer and resolution.zone is not None:
                     origin = resolution.zone.origin_wire
-                    st.negative[(origin, len(key) - 4, qtype)] = entry
+                    # Shared by every name of the length: never with a proof signed for one of them.
+                    st.negative[(origin, len(key) - 4, qtype)] = replace(entry, signed=None)
                 return entry, 0
             steered = self._steered(st, resolution)
             _remember(st.static, key, steered)
@@ -606,7 +632,7 @@ class Answerer:
     def _pick(self, st: State, key: bytes, steered: Steered, rank: int, question: bytes) -> Entry:
         """Decide and encode one ranking's answer; keep it, or mark it drawn per query (weighted)."""
         decision = self.decide(st, steered, rank)
-        entry = _encode(steered.resolution, decision, question)
+        entry = _encode(steered.resolution, decision, question, st.snapshot, online=True)
         _remember(st.picks, (key, rank), entry if decision.cacheable else UNCACHED)
         return entry
 
@@ -708,17 +734,18 @@ class _Writer:
         return self.out.getvalue()[self.start :]
 
 
-def _address_rdataset(qtype: int, ttl: int, addresses: tuple[str, ...]) -> dns.rdataset.Rdataset:
-    rdtype = dns.rdatatype.RdataType(qtype)
-    rdataset = dns.rdataset.Rdataset(dns.rdataclass.IN, rdtype)
-    rdataset.update_ttl(ttl)
-    for address in addresses:
-        rdataset.add(dns.rdata.from_text(dns.rdataclass.IN, rdtype, address))
-    return rdataset
+def _encode(
+    resolution: Resolution,
+    decision: Decision | None,
+    question: bytes,
+    snapshot: Snapshot | None = None,
+    online: bool = False,
+) -> Entry:
+    """Encode a resolution (and a service's decision) into a cacheable entry.
 
-
-def _encode(resolution: Resolution, decision: Decision | None, question: bytes) -> Entry:
-    """Encode a resolution (and a service's decision) into a cacheable entry."""
+    In a signed zone of `snapshot` the entry carries its signed variant too, unless that needs a
+    signature not made yet and `online` is False (see gslb.dns.dnssec.signed_sections).
+    """
     rcode = resolution.rcode
     qtype = question[-4] << 8 | question[-3]
     if rcode == REFUSED:
@@ -729,7 +756,8 @@ def _encode(resolution: Resolution, decision: Decision | None, question: bytes) 
         labels.append(question[pos + 1 : pos + 1 + question[pos]])
         pos += question[pos] + 1
     assert resolution.question_zone is not None
-    writer = _Writer(question, Name((*labels, b"")), len(resolution.question_zone.origin))
+    qname = Name((*labels, b""))
+    depth = len(resolution.question_zone.origin)
     answer = resolution.answer
     authority = resolution.authority
     scoped = False
@@ -745,17 +773,36 @@ def _encode(resolution: Resolution, decision: Decision | None, question: bytes) 
             return _entry(QR | SERVFAIL, (0, 0, 0), b"", scoped, SERVFAIL, qtype, service_name, datacenters)
         answer = answer[:-1]
         if decision.addresses:
-            answer = [*answer, (service.owner, _address_rdataset(service.qtype, decision.ttl, decision.addresses))]
+            answer = [*answer, (service.owner, address_rdataset(service.qtype, decision.ttl, decision.addresses))]
         else:
             # NODATA for the family (e.g. AAAA where the data center has no IPv6 VIP).
             zone = resolution.zone
             assert zone is not None
             authority = [*authority, (zone.origin, zone.negative_soa)]
-    an = sum(writer.rrset(owner, rds) for owner, rds in answer)  # type: ignore[misc]
-    ns = sum(writer.rrset(owner, rds) for owner, rds in authority)
-    ar = sum(writer.rrset(owner, rds) for owner, rds in resolution.additional)
+    records: Section = answer  # type: ignore[assignment]  # the service's place is filled above
+    counts, body = _write(question, qname, depth, records, authority, resolution.additional)
     flags = QR | (AA if resolution.authoritative else 0) | rcode
-    return _entry(flags, (an, ns, ar), writer.body(), scoped, rcode, qtype, service_name, datacenters)
+    signing = snapshot.signing if snapshot is not None else None
+    if signing is None or signing.signer(resolution.question_zone) is signing.signer(resolution.zone) is None:
+        return _entry(flags, counts, body, scoped, rcode, qtype, service_name, datacenters)
+    signed: Entry | None = None
+    assert snapshot is not None
+    sections = signed_sections(signing, snapshot.zones, resolution, records, authority, qname, qtype, online)
+    if sections is not None:
+        signed_counts, signed_body = _write(question, qname, depth, *sections, resolution.additional)
+        signed = _entry(flags, signed_counts, signed_body, scoped, rcode, qtype, service_name, datacenters)
+    return _entry(flags, counts, body, scoped, rcode, qtype, service_name, datacenters, True, signed)
+
+
+def _write(
+    question: bytes, qname: Name, depth: int, answer: Section, authority: Section, additional: Section
+) -> tuple[tuple[int, int, int], bytes]:
+    """The three sections' record counts and bytes, after `question`."""
+    writer = _Writer(question, qname, depth)
+    an = sum(writer.rrset(owner, rds) for owner, rds in answer)
+    ns = sum(writer.rrset(owner, rds) for owner, rds in authority)
+    ar = sum(writer.rrset(owner, rds) for owner, rds in additional)
+    return (an, ns, ar), writer.body()
 
 
 def _truncated(query: Query, entry: Entry, limit: int, opt: bytes) -> bytes:
