@@ -1,4 +1,4 @@
-"""Tests for gslb.health.monitor: the fold as a table, probes against real loopback servers, the monitor."""
+"""Tests for gslb.health: the fold as a table, probes against real loopback servers, the monitor."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The operations endpoint: status page, JSON API, explain, /metrics and admin actions over HTTP.
 
-A small HTTP/1.1 server on asyncio streams, one request per connection (Connection: close),
-with limits on the request head and body and timeouts on reading and writing. It runs in
-the event loop of the process that probes and reloads, never on the UDP answering path;
-every handler only reads immutable snapshots and counters, so none blocks for long.
+A small HTTP/1.1 server on asyncio streams, requests parsed by h11, one request per
+connection (Connection: close), with limits on the request head and body and timeouts on
+reading and writing. It runs in the event loop of the process that probes and reloads, never
+on the UDP answering path; every handler only reads immutable snapshots and counters, so none
+blocks for long.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dns.exception
+import h11
 
 from gslb import __version__
 from gslb.dns.server import ListenAddress
@@ -507,41 +509,80 @@ def _shared(shared: bool | None) -> dict[str, bool]:
     return {} if shared is None else {"shared": shared}
 
 
+READ_SIZE = 65536  # bytes asked of the socket at once
+# h11 holds HTTP/1.1 to RFC 9112 §3.2, which wants a Host header; this endpoint is no virtual
+# host and has always answered a bare `GET / HTTP/1.1` (probes and scripts send them), so a
+# request without one is read as if it had an empty one.
+_NO_HOST = "Missing mandatory Host: header"
+
+
+def _server() -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+
+
+def _with_host(head: bytes) -> bytes:
+    line_end = head.index(b"\n", len(head) - len(head.lstrip(b"\r\n"))) + 1
+    return head[:line_end] + b"Host: \r\n" + head[line_end:]
+
+
 async def _read_request(reader: asyncio.StreamReader) -> Request:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError as exc:
-        raise HttpError(431, "request head too large") from exc
-    except asyncio.IncompleteReadError as exc:
-        raise HttpError(400, "incomplete request") from exc
-    lines = head[:-4].decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        raise HttpError(400, "malformed request line")
-    method, target, version = parts
-    if version not in ("HTTP/1.0", "HTTP/1.1"):
-        raise HttpError(505, "HTTP/1.0 or HTTP/1.1 only")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            raise HttpError(400, "malformed header line")
-        headers[name.lower()] = value.strip()
-    if "transfer-encoding" in headers:
-        raise HttpError(411, "send a Content-Length, not a chunked body")
-    length_text = headers.get("content-length", "0")
-    if not length_text.isdigit():
-        raise HttpError(400, "bad Content-Length")
-    length = int(length_text)
-    if length > BODY_LIMIT:
-        raise HttpError(413, f"request body over {BODY_LIMIT} bytes")
-    try:
-        body = await reader.readexactly(length) if length else b""
-    except asyncio.IncompleteReadError as exc:
-        raise HttpError(400, "incomplete request body") from exc
-    url = urllib.parse.urlsplit(target)
+    """One request, parsed by h11; what is wrong with it is an HttpError with the status to answer."""
+    connection = _server()
+    received: bytearray | None = bytearray()  # the bytes so far, until the head is read
+    closed = False
+    request: h11.Request | None = None
+    body = bytearray()
+    while True:
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError as exc:
+            if str(exc) == _NO_HOST and received is not None:
+                connection = _server()
+                connection.receive_data(_with_host(bytes(received)))
+                if closed:
+                    connection.receive_data(b"")
+                received = None
+                continue
+            if closed:
+                raise HttpError(400, "incomplete request" if request is None else "incomplete request body") from exc
+            if exc.error_status_hint == 431:
+                raise HttpError(431, "request head too large") from exc
+            raise HttpError(exc.error_status_hint, f"malformed request: {exc}") from exc
+        if event is h11.NEED_DATA:
+            if received is None:
+                data = await reader.read(READ_SIZE)
+            else:  # h11 bounds a head that has not ended; this, one that arrives whole
+                if len(received) > HEAD_LIMIT:
+                    raise HttpError(431, "request head too large")
+                data = await reader.read(HEAD_LIMIT + 1 - len(received))
+                received += data
+            closed = not data
+            connection.receive_data(data)
+        elif isinstance(event, h11.Request):
+            request, received = event, None
+            _check_head(event)
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            break
+        else:  # ConnectionClosed
+            raise HttpError(400, "incomplete request" if request is None else "incomplete request body")
+    assert request is not None
+    url = urllib.parse.urlsplit(request.target.decode("latin-1"))
     query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
-    return Request(method, url.path or "/", query, headers, body)
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
+    return Request(request.method.decode("ascii"), url.path or "/", query, headers, bytes(body))
+
+
+def _check_head(request: h11.Request) -> None:
+    """What this endpoint accepts beyond what h11 checks: HTTP/1.x, a small body with a length."""
+    if request.http_version not in (b"1.0", b"1.1"):
+        raise HttpError(505, "HTTP/1.0 or HTTP/1.1 only")
+    headers = dict(request.headers)
+    if b"transfer-encoding" in headers:
+        raise HttpError(411, "send a Content-Length, not a chunked body")
+    if int(headers.get(b"content-length", b"0")) > BODY_LIMIT:  # a number: h11 checked it
+        raise HttpError(413, f"request body over {BODY_LIMIT} bytes")
 
 
 def _encode(response: Response) -> bytes:
