@@ -183,10 +183,10 @@ class _Loader:
         ordered = sorted(overrides.items(), key=lambda item: (item[0].version, -item[0].prefixlen))
         return geo["no_ecs"] or "resolver", geo["private"] == "database", default, tuple(ordered)
 
-    def location(self, value: Any, key: KeyPath, schema: Schema) -> Location | None:
+    def location(self, value: Any, key: KeyPath, fields: Schema) -> Location | None:
         """The place a geo.default table (schema.LOCATION) or an [[geo.override]] (with its network) says."""
         before = self.failed
-        place = self.table(value, key, schema, {})
+        place = self.table(value, key, fields, {})
         if place is None:
             return None
         country, subdivision = place["country"], place["subdivision"]
