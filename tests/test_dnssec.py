@@ -461,6 +461,28 @@ def test_a_server_signs_again_before_expiry_without_a_reload(start_server: type[
     assert not any("reloaded" in line for line in server.lines[mark:])
 
 
+def test_a_zone_is_signed_exactly_while_it_has_keys(start_server: type[Server], tmp_path: Path) -> None:
+    """A key made beside a running server signs the zone at the reload it sees; its removal unsigns it."""
+    zones = tmp_path / "zones"
+    shutil.copytree(EXAMPLE_ZONES, zones)
+    server = start_server("--zones", str(zones), "--no-probes", "--state-file", str(tmp_path / "state.json"))
+    assert len(_query(server.port, "static.example.com.").answer) == 1
+    mark = server.mark()
+    assert _gslb("keys", "generate", "example.com", "--zones", str(zones)).returncode == 0
+    for _ in range(3):  # keys/ itself may be seen first, a reload before the files are in it
+        server.wait_log(r"reloaded \(files changed\)", timeout=30, start=mark)
+        mark = server.mark()
+        answer = _query(server.port, "static.example.com.").answer
+        if len(answer) == 2:
+            break
+    assert [r.rdtype for r in answer] == [dns.rdatatype.A, dns.rdatatype.RRSIG]
+    mark = server.mark()
+    for path in (zones / "keys").iterdir():
+        path.unlink()
+    server.wait_log(r"reloaded \(files changed\)", timeout=30, start=mark)
+    assert len(_query(server.port, "static.example.com.").answer) == 1
+
+
 # -- white lies: ranges that hold only the name denied ----------------------------------------
 
 

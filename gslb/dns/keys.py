@@ -85,12 +85,21 @@ def generate(zones: Path, zone: dns.name.Name, algorithm: str = DEFAULT_ALGORITH
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    path = where / f"{stem}.pem"
-    # O_EXCL: never overwrite a key; 0600 from the start, not chmod after a window of 0644.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    path, public = where / f"{stem}.pem", where / f"{stem}.key"
+    if path.exists() or public.exists():
+        raise KeyFileError(f"{public}: a key of this tag exists already; generate again")
+    # The public half first: a server reading keys/ meanwhile takes a key by its .pem, which
+    # appears whole (written aside, then linked in) and finds its .key there. 0600 from the
+    # start, no window of 0644; link() never overwrites.
+    public.write_text(f"{zone.to_text().lower()} 3600 IN DNSKEY {dnskey.to_text()}\n")
+    aside = where / f".{stem}.pem.new"
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
-    (where / f"{stem}.key").write_text(f"{zone.to_text().lower()} 3600 IN DNSKEY {dnskey.to_text()}\n")
+    try:
+        os.link(aside, path)
+    finally:
+        aside.unlink()
     return ZoneKey(zone, dnskey, private, path)
 
 
