@@ -384,8 +384,40 @@ def _validated(reply: bytes, dnskey: dns.rrset.RRset) -> dns.message.Message:
         for rrset in section:
             if rrset.rdtype == dns.rdatatype.RRSIG:
                 covered = next(r for r in section if r.name == rrset.name and r.rdtype == rrset.covers)
-                dns.dnssec.validate(covered, rrset, {ZONE: dnskey})
+                for rrsig in rrset:  # each key's signature, not just one of them
+                    dns.dnssec.validate_rrsig(covered, rrsig, {ZONE: dnskey})
     return message
+
+
+def test_delegations_and_two_keys(tmp_path: Path) -> None:
+    """DS at a delegation signed, its NS and glue not; with two keys (ECDSA and Ed25519, a roll
+    or an algorithm change under way) every RRset carries a signature by each."""
+    zones = _signed_copy(tmp_path / "zones")
+    keys.generate(zones, ZONE, "ed25519")
+    zone_file = zones / "example.com.zone"
+    zone_file.write_text(zone_file.read_text() + "sub IN DS 12345 13 2 " + "ab" * 32 + "\n")
+    answerer = Answerer(build(Sources(zones)), HealthView())
+    dnskey = _dnskey_rrset(answerer)
+    assert len(dnskey) == 2
+
+    def ask(name: str, rdtype: str) -> dns.message.Message:
+        wire = dns.message.make_query(name, rdtype, want_dnssec=True).to_wire()
+        return _validated(answerer.handle(wire, None) or b"", dnskey)
+
+    referral = ask("host.sub.example.com.", "A")
+    assert not referral.flags & dns.flags.AA and not referral.answer
+    signed = {(str(r.name), r.rdtype, r.covers) for r in referral.authority}
+    assert signed == {
+        ("sub.example.com.", dns.rdatatype.NS, dns.rdatatype.NONE),
+        ("sub.example.com.", dns.rdatatype.DS, dns.rdatatype.NONE),
+        ("sub.example.com.", dns.rdatatype.RRSIG, dns.rdatatype.DS),
+    }
+    assert [r.rdtype for r in referral.additional if r.rdtype != dns.rdatatype.OPT] == [dns.rdatatype.A]  # glue
+    ds = ask("sub.example.com.", "DS")
+    assert ds.flags & dns.flags.AA and [r.rdtype for r in ds.answer] == [dns.rdatatype.DS, dns.rdatatype.RRSIG]
+    for name, rdtype in (("static.example.com.", "A"), ("missing.example.com.", "A"), ("www.example.com.", "AAAA")):
+        message = ask(name, rdtype)
+        assert all(len(r) == 2 for r in (*message.answer, *message.authority) if r.rdtype == dns.rdatatype.RRSIG)
 
 
 def test_failover_moves_to_a_signature_made_ahead(snapshot: Snapshot) -> None:
