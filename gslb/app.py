@@ -144,7 +144,11 @@ class Listening:
 
 
 class Control:
-    """What one server has whatever its shape: the snapshot, probes, reloads and signals."""
+    """What one server has whatever its shape: the snapshot, probes, reloads and signals.
+
+    Metrics and the web endpoint see it through gslb.ops.view: ControlView to read, and
+    ControlCommands for the admin actions (drain, undrain, reload).
+    """
 
     def __init__(self, options: Options, snapshot: Snapshot):
         self.options = options
@@ -348,7 +352,7 @@ class Control:
         if self.options.http is not None:
             # The status page, /metrics and the admin API share this loop with probes and
             # reloads (never with UDP answering, which has threads or workers of its own).
-            web = WebServer(self, self.options.http, self.options.token)
+            web = WebServer(self, self.options.http, self.options.token, commands=self)
             if await web.start():
                 tasks.append(asyncio.create_task(web.sample()))
         log.info("serving %d zones, %d services", len(self.snapshot.zones.zones), len(self.snapshot.services))

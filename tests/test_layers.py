@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ops.web",),  # status page, JSON API, admin
     ("ops.metrics",),
     ("ops.logs", "ops.explain"),
+    ("ops.view",),  # what the surface reads of a running server, and its admin commands (protocols)
     # cluster/: several instances, observations and votes through etcd
     ("cluster.member",),  # the session: lease, records written and watched
     ("cluster.votes", "cluster.etcd"),  # the records and the vote; the etcd client
@@ -73,6 +74,7 @@ PURE = {
     "inputs",
     "health.view",
     "health.state",
+    "ops.view",
     "dns.zones",
     "dns.masterfile",
     "dns.mastertext",
@@ -131,6 +133,19 @@ def test_folders_are_layers() -> None:
         where = [index for index, row in enumerate(rows) if folder in row]
         between = [LAYERS[index] for index in range(where[0], where[-1] + 1) if rows[index] != {folder}]
         assert between == [], f"{folder}/ is not one run of layers: {between} sit inside it"
+
+
+def test_only_the_command_imports_the_app() -> None:
+    # Not even for types: the operator's surface reads the app through gslb.ops.view.
+    importers = sorted(
+        _name(path)
+        for path in PATHS
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if (isinstance(node, ast.ImportFrom) and node.module == "gslb.app")
+        or (isinstance(node, ast.ImportFrom) and node.module == "gslb" and any(a.name == "app" for a in node.names))
+        or (isinstance(node, ast.Import) and any(a.name == "gslb.app" for a in node.names))
+    )
+    assert set(importers) <= {"cli", "__main__"}, importers
 
 
 def test_packages_import_nothing_themselves() -> None:

@@ -10,7 +10,6 @@ import bisect
 import functools
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import dns.rcode
 import dns.rdatatype
@@ -27,10 +26,8 @@ from gslb import __version__
 from gslb.config.model import Target
 from gslb.dns.answer import LATENCY_BOUNDS, LATENCY_SAMPLE_MASK
 from gslb.health.probe import ProbeResult
+from gslb.ops.view import ControlView
 from gslb.steering.policy import choose
-
-if TYPE_CHECKING:
-    from gslb.app import Control
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROBE_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -85,9 +82,11 @@ def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str,
 
 
 class Metrics:
-    """The registry one server exposes at /metrics, and the probe observations behind it."""
+    """The registry one server exposes at /metrics, and the probe observations behind it.
 
-    def __init__(self, control: Control) -> None:
+    `control` is read at scrape time only (so Control may hand itself in before it is whole)."""
+
+    def __init__(self, control: ControlView) -> None:
         self.control = control
         self.probes: dict[tuple[str, str], int] = {}  # (data center, result label) -> count
         self.probe_latency: dict[str, _Histogram] = {}
@@ -119,7 +118,7 @@ class _Collector(Collector):
         yield from _process(control)
 
 
-def _queries(control: Control) -> Iterator[Metric]:
+def _queries(control: ControlView) -> Iterator[Metric]:
     counters = control.counters()
     queries = CounterMetricFamily(
         "gslb_dns_queries",
@@ -185,7 +184,7 @@ def _queries(control: Control) -> Iterator[Metric]:
     )
 
 
-def _health(control: Control, metrics: Metrics) -> Iterator[Metric]:
+def _health(control: ControlView, metrics: Metrics) -> Iterator[Metric]:
     view = control.monitor.view
     now = time.time()
     datacenters = control.snapshot.config.datacenters
@@ -241,7 +240,7 @@ def _health(control: Control, metrics: Metrics) -> Iterator[Metric]:
     yield latency
 
 
-def _cluster(control: Control) -> Iterator[Metric]:
+def _cluster(control: ControlView) -> Iterator[Metric]:
     """[cluster]: etcd reachable or not, the live instances, and how they see each data center."""
     cluster = control.cluster
     if cluster is None:
@@ -274,7 +273,7 @@ def _cluster(control: Control) -> Iterator[Metric]:
     yield down
 
 
-def _process(control: Control) -> Iterator[Metric]:
+def _process(control: ControlView) -> Iterator[Metric]:
     reloads = CounterMetricFamily("gslb_reloads", "Reloads of zones and config, by result.", labels=["result"])
     for result, count in sorted(control.reloads.items()):
         reloads.add_metric([result], count)

@@ -34,10 +34,10 @@ from gslb.health.probe import endpoint
 from gslb.health.view import HealthView
 from gslb.ops.explain import explain_query
 from gslb.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gslb.ops.view import ControlCommands, ControlView
 from gslb.steering.policy import choose
 
 if TYPE_CHECKING:
-    from gslb.app import Control
     from gslb.snapshot import Snapshot
 
 log = logging.getLogger("gslb.web")
@@ -121,10 +121,13 @@ class _Sample:
 
 
 class WebServer:
-    """Serves one Control's state over HTTP; start(), then close()."""
+    """Serves a server's state over HTTP, and its admin actions to the token; start(), then close()."""
 
-    def __init__(self, control: Control, address: ListenAddress, token: str | None) -> None:
+    def __init__(
+        self, control: ControlView, address: ListenAddress, token: str | None, *, commands: ControlCommands
+    ) -> None:
         self.control = control
+        self.commands = commands
         self.requested = address
         self.address: ListenAddress | None = None
         self._token = token
@@ -331,7 +334,7 @@ class WebServer:
         self._authorize(request)
         kind, name = self._target(request, undrain=False)
         already = name in self.control.monitor.drained
-        shared = await self.control.drain(name)
+        shared = await self.commands.drain(name)
         log.info("http: drained %s %s", kind, name)
         return json_response({"drained": name, "kind": kind, "already": already, **_shared(shared)})
 
@@ -341,13 +344,13 @@ class WebServer:
         was = name in self.control.monitor.drained
         shared = None
         if was or self.control.cluster is not None:  # with a cluster, undrain everywhere anyway
-            shared = await self.control.undrain(name)
+            shared = await self.commands.undrain(name)
             log.info("http: undrained %s %s", kind, name)
         return json_response({"undrained": name, "kind": kind, "was_drained": was, **_shared(shared)})
 
     async def _reload(self, request: Request) -> Response:
         self._authorize(request)
-        ok = await self.control.reload("HTTP API")
+        ok = await self.commands.reload("HTTP API")
         snapshot = self.control.snapshot
         if not ok:
             return json_response({"ok": False, "errors": self.control.last_reload_error}, 422)
@@ -505,7 +508,7 @@ class WebServer:
 
 
 def _shared(shared: bool | None) -> dict[str, bool]:
-    """With [cluster], whether a drain or undrain reached etcd (see Control.drain)."""
+    """With [cluster], whether a drain or undrain reached etcd (see ControlCommands)."""
     return {} if shared is None else {"shared": shared}
 
 
