@@ -26,6 +26,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gslb.dns import dnssec, keys
 from gslb.dns.answer import Answerer
@@ -35,6 +37,7 @@ from gslb.snapshot import Snapshot, Sources, build, resign
 from tests.conftest import EXAMPLE_ZONES, Server, need
 from tests.probe_targets import Behaviour, HttpTarget
 from tests.secondtier import DATACENTERS, PORT, free_addresses
+from tests.test_fuzz import SEEDS
 
 ZONE = dns.name.from_text("example.com.")
 # delv cannot send ECS: it is placed by its source address, which these overrides put on the map.
@@ -369,6 +372,29 @@ def test_a_private_key_others_can_read_is_an_error(tmp_path: Path) -> None:
     assert f"{private}: readable by others: chmod 600 it" in checked.stderr
 
 
+@pytest.mark.parametrize(
+    ("public", "error"),
+    [
+        ("", "expected `ZONE TTL IN DNSKEY ...`"),
+        ("example.com. 3600 IN TXT hello there", "expected `ZONE TTL IN DNSKEY ...`"),
+        ("example.com. 3600 IN DNSKEY 257 3 13 not-base64!", ":1: "),
+        ("example.com. 3600 IN DNSKEY 257 3 8 AwEAAQ==", ":1: "),  # RSA: not this key's algorithm
+        ("example.com. 3600 IN DNSKEY 256 3 13 " + "A" * 88, "does not match the private key"),
+    ],
+)
+def test_a_bad_key_file_is_a_clear_error(tmp_path: Path, public: str, error: str) -> None:
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    key = keys.generate(zones, ZONE)
+    key.path.with_suffix(".key").write_text(public)
+    with pytest.raises(keys.KeyFileError) as raised:
+        keys.load(zones)
+    assert str(raised.value).startswith(str(key.path.with_suffix(".key"))) and error in str(raised.value)
+    key.path.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnonsense\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(keys.KeyFileError, match="cannot read the key"):
+        keys.load(zones)
+
+
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
     zones = tmp_path_factory.mktemp("signed") / "zones"
@@ -513,6 +539,35 @@ def test_a_zone_is_signed_exactly_while_it_has_keys(start_server: type[Server], 
         path.unlink()
     server.wait_log(r"reloaded \(files changed\)", timeout=30, start=mark)
     assert len(_query(server.port, "static.example.com.").answer) == 1
+
+
+def _with_do(wire: bytes) -> bytes:
+    message = dns.message.from_wire(wire)
+    message.use_edns(0, dns.flags.DO, 1232, options=message.options)
+    return message.to_wire()
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.sampled_from([_with_do(seed) for seed in SEEDS]),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
+)
+def test_mutated_signed_queries(snapshot: Snapshot, seed: bytes, flips: list[tuple[int, int]]) -> None:
+    """Any bytes in, signed: a well-formed reply with the same ID, or nothing; never an exception.
+
+    (dnspython decodes them: dnslib, test_fuzz's second decoder, takes labels for UTF-8, and the
+    white lies' names hold 0xFF octets, as any label may, RFC 2181 §11.)"""
+    mutated = bytearray(seed)
+    for position, value in flips:
+        mutated[position % len(mutated)] = value
+    wire = bytes(mutated)
+    answerer = Answerer(snapshot, HealthView())
+    for tcp in (False, True):
+        reply = answerer.handle(wire, "127.0.0.1", tcp)
+        if reply is not None:
+            assert reply[:2] == wire[:2] and reply[2] & 0x80
+            assert tcp or len(reply) <= 1232
+            dns.message.from_wire(reply)
 
 
 # -- white lies: ranges that hold only the name denied ----------------------------------------

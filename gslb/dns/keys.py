@@ -20,6 +20,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.DNSKEY
 import dns.rdtypes.ANY.DS
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -120,7 +121,7 @@ def _read(path: Path) -> ZoneKey:
     try:
         text = public.read_text()
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{path}: cannot read the key: {exc}") from exc
     if not isinstance(private, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
         raise KeyFileError(f"{path}: not an ECDSA P-256 or Ed25519 key")
@@ -132,10 +133,10 @@ def _read(path: Path) -> ZoneKey:
     try:
         zone = dns.name.from_text(fields[0])
         dnskey = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.DNSKEY, fields[4])
-    except Exception as exc:
-        raise KeyFileError(f"{public}:1: {exc}") from exc
-    assert isinstance(dnskey, dns.rdtypes.ANY.DNSKEY.DNSKEY)
-    made = dns.dnssec.make_dnskey(private.public_key(), dnskey.algorithm, flags=dnskey.flags)
+        assert isinstance(dnskey, dns.rdtypes.ANY.DNSKEY.DNSKEY)
+        made = dns.dnssec.make_dnskey(private.public_key(), dnskey.algorithm, flags=dnskey.flags)
+    except Exception as exc:  # dnspython's many errors for a bad record, or a key of another algorithm
+        raise KeyFileError(f"{public}:1: {exc or type(exc).__name__}") from exc
     if made != dnskey:
         raise KeyFileError(f"{public}:1: the DNSKEY does not match the private key in {path.name}")
     return ZoneKey(zone, dnskey, private, path)
