@@ -648,15 +648,15 @@ ASAN_SCRIPT = textwrap.dedent("""
     from gslb.dns.answer import Answerer
     from gslb.health.view import HealthView
     from gslb.snapshot import Sources, build
-    from tests.conftest import EXAMPLE_ZONES
     from tests.mmdb_fixtures import build_test_mmdb
     from tests.test_fastpath import SOURCES, _health
-    from tests.test_fastudp import SEEDS, query
+    from tests.test_fastudp import SEEDS, _with_do, query
     build_test_mmdb(Path(sys.argv[2]))
-    snapshot = build(Sources(EXAMPLE_ZONES, geodb=Path(sys.argv[2])))
+    snapshot = build(Sources(Path(sys.argv[4]), geodb=Path(sys.argv[2])))  # the example, signed
     answerer = Answerer(snapshot, HealthView())
     rng = random.Random(99)
     seeds = [query(rng) for _ in range(300)] + SEEDS  # with cookies (on by default) of every kind
+    seeds += [_with_do(rng, query(rng)) for _ in range(300)]  # DO: the signed variants
     checked = answered = 0
     def check(wire, source):
         global checked, answered
@@ -745,8 +745,11 @@ def test_parser_under_address_sanitizer(tmp_path: Path) -> None:
         "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
         "UBSAN_OPTIONS": "print_stacktrace=1",
     }
+    zones = tmp_path / "zones"
+    shutil.copytree(EXAMPLE_ZONES, zones)
+    keys.generate(zones, dns.name.from_text("example.com."))
     run = subprocess.run(
-        [sys.executable, "-c", ASAN_SCRIPT, str(module), str(tmp_path / "t.mmdb"), "6000"],
+        [sys.executable, "-c", ASAN_SCRIPT, str(module), str(tmp_path / "t.mmdb"), "6000", str(zones)],
         capture_output=True,
         text=True,
         timeout=100,
