@@ -42,6 +42,7 @@ from gslb.dns.server import (
     raise_open_files_limit,
     udp_socket,
 )
+from gslb.health.load import LoadPoller
 from gslb.health.monitor import HealthMonitor
 from gslb.health.view import HealthView
 from gslb.inputs import Inputs
@@ -49,6 +50,7 @@ from gslb.ops.logs import QueryLog
 from gslb.ops.metrics import Metrics
 from gslb.ops.web import WebServer
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build, resign
+from gslb.steering.spill import SpillView
 from gslb.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,9 @@ class Control:
             on_probe=self.metrics.probed,
             probe_source=options.probe_source,
         )
+        self.load = LoadPoller(
+            snapshot.config, is_up=lambda name: self.monitor.view.is_up(name), on_change=self.spill_changed
+        )
         self.cluster: Cluster | None = None  # with [cluster], once serving
         self._cluster_task: asyncio.Task[None] | None = None
         self.reloads = {"ok": 0, "failed": 0}
@@ -177,6 +182,9 @@ class Control:
 
     # Overridden: where health verdicts and snapshots go.
     def health_changed(self, view: HealthView) -> None:
+        raise NotImplementedError
+
+    def spill_changed(self, view: SpillView) -> None:
         raise NotImplementedError
 
     async def install(self, snapshot: Snapshot) -> None:
@@ -209,6 +217,7 @@ class Control:
             self.snapshot = snapshot
             self._inputs_replaced(snapshot.inputs)
             self.monitor.update_targets(snapshot.config.targets())
+            self.load.update(snapshot.config)
             await self._cluster_reloaded(snapshot)
             for hook in self.on_reload:
                 hook(snapshot)
@@ -344,6 +353,8 @@ class Control:
         tasks = []
         if self.options.probes:
             tasks.append(asyncio.create_task(self.monitor.run()))
+            # Load sources beside the probes, on this loop; never a health verdict (gslb.health.load).
+            tasks.append(asyncio.create_task(self.load.run(), name="load sources"))
         if self.options.watch:
             tasks.append(asyncio.create_task(self._watch()))
         tasks.append(asyncio.create_task(self._resign(), name="dnssec re-signing"))
@@ -379,6 +390,9 @@ class App(Control):
 
     def health_changed(self, view: HealthView) -> None:
         self.answerer.set_health(view)
+
+    def spill_changed(self, view: SpillView) -> None:
+        self.answerer.set_spill(view)
 
     async def install(self, snapshot: Snapshot) -> None:
         self.answerer.set_snapshot(snapshot)
@@ -445,6 +459,9 @@ class Worker:
         if message[0] == "health":
             _, version, states = message
             self.answerer.set_health(HealthView(version, MappingProxyType(states)))
+        elif message[0] == "spill":
+            _, version, shares, full = message
+            self.answerer.set_spill(SpillView(version, MappingProxyType(shares), frozenset(full)))
 
     async def _report(self) -> None:
         while True:
@@ -476,11 +493,18 @@ class Supervisor(Control):
         self.listeners: list[Listener] = []
         self.exited_counters = Counters()
         self.health = self.monitor.view
+        self.spill = self.load.view
         self._child_exited = asyncio.Event()  # set on SIGCHLD: a dead worker is replaced at once
 
     def health_changed(self, view: HealthView) -> None:
         self.health = view
-        message = ("health", view.version, dict(view.states))
+        self._send_all(("health", view.version, dict(view.states)))
+
+    def spill_changed(self, view: SpillView) -> None:
+        self.spill = view
+        self._send_all(("spill", view.version, dict(view.shares), tuple(view.full)))
+
+    def _send_all(self, message: tuple[Any, ...]) -> None:
         for child in [*self.children, *self.retiring]:
             if child is not None:
                 with contextlib.suppress(OSError):
@@ -549,6 +573,7 @@ class Supervisor(Control):
                 signal.set_wakeup_fd(-1)
                 worker = Worker(snapshot, self.options, self.listeners, theirs)
                 worker.answerer.set_health(self.health)
+                worker.answerer.set_spill(self.spill)
                 asyncio.run(worker.run())
             except BaseException:
                 log.exception("worker %d failed", os.getpid())

@@ -31,6 +31,7 @@ from gslb.ops import logs
 from gslb.ops.explain import explain_query
 from gslb.ops.web import DEFAULT_HTTP, read_token
 from gslb.snapshot import Snapshot, SnapshotError, Sources, build
+from gslb.steering.spill import poll_interval
 
 log = logging.getLogger("gslb")
 STATE_FILE = ".gslb-state.json"  # beside the zones unless --state-file says otherwise
@@ -288,7 +289,27 @@ def _check(args: argparse.Namespace) -> int:
         )
     for line in _dnssec_lines(snapshot):
         print(line)
+    for line in _load_lines(snapshot):
+        print(line)
     return 0
+
+
+def _load_lines(snapshot: Snapshot) -> list[str]:
+    """`gslb check`'s load source lines, saying where an interval was raised to a TTL."""
+    lines = []
+    for name, datacenter in snapshot.config.datacenters.items():
+        source = datacenter.load
+        if source is not None:
+            interval, ttl = poll_interval(snapshot.config, name)
+            raised = (
+                f" (raised from {source.interval:g} s to the TTL {ttl} of its services)"
+                if interval > source.interval
+                else ""
+            )
+            lines.append(
+                f"load: {name} polls {source.kind} {source.url} ({source.metric}) every {interval:g} s{raised}"
+            )
+    return lines
 
 
 def _dnssec_lines(snapshot: Snapshot) -> list[str]:
@@ -491,6 +512,8 @@ def render_explain(result: dict[str, Any]) -> str:
             lines.append(f"    {name:<10} seen down by {seen}{'  -> DOWN' if vote['down_by_vote'] else ''}")
     lines.append(f"  ECS scope    /{result['ecs_scope']}")
     lines.append(f"  why          {result['why']}")
+    if result.get("spill"):
+        lines.append(f"  spill        {result['spill']['why']}")
     return "\n".join(lines)
 
 

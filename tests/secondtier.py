@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import http.server
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 DATACENTERS = {"us": "127.0.1.1", "eu": "127.0.2.1", "ap": "127.0.3.1"}
@@ -54,8 +56,17 @@ http {{
         location = /health {{ return 200 "ok {name} {token}\\n"; }}
         location / {{ proxy_pass http://backends; }}
     }}
-}}
+{status}}}
 """
+# The load source (gslb.health.load): nginx's stub_status on a port of its own, so that a test
+# can take it away and leave the balancer serving.
+STATUS_SERVER = """\
+    server {{
+        listen {vip}:{port};
+        location = /stub_status {{ stub_status; }}
+    }}
+"""
+_STUB_REQUESTS = re.compile(r"server accepts handled requests\s+\d+\s+\d+\s+(\d+)")
 
 
 class Backend:
@@ -87,29 +98,67 @@ class Backend:
 class Balancer:
     """One data center's nginx, on its VIP, proxying to two backends."""
 
-    def __init__(self, name: str, directory: Path, vip: str | None = None, port: int = PORT, token: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        vip: str | None = None,
+        port: int = PORT,
+        token: str | None = None,
+        status_port: int | None = None,
+    ):
         self.name = name
         self.vip = vip or DATACENTERS[name]
         self.port = port
+        self.status_port = status_port  # stub_status at http://VIP:status_port/stub_status; None: none
         self.token = token or secrets.token_hex(8)
         self.directory = directory / name
         self.directory.mkdir(parents=True, exist_ok=True)
         # Each says which backend answered, and the run's token.
         self.backends = [Backend(f"backend {name}-{i} {self.token}\n") for i in (1, 2)]
-        conf = NGINX_CONF.format(
-            dir=self.directory,
-            vip=self.vip,
-            port=port,
-            name=name,
-            token=self.token,
-            backend1=self.backends[0].port,
-            backend2=self.backends[1].port,
-        )
         self.conf = self.directory / "nginx.conf"
-        self.conf.write_text(conf)
+        self._write_conf(status_port is not None)
         self.error_log = self.directory / "error.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.hang: socket.socket | None = None
+
+    def _write_conf(self, status: bool) -> None:
+        self.conf.write_text(
+            NGINX_CONF.format(
+                dir=self.directory,
+                vip=self.vip,
+                port=self.port,
+                name=self.name,
+                token=self.token,
+                backend1=self.backends[0].port,
+                backend2=self.backends[1].port,
+                status=STATUS_SERVER.format(vip=self.vip, port=self.status_port) if status else "",
+            )
+        )
+
+    @property
+    def status_url(self) -> str:
+        return f"http://{self.vip}:{self.status_port}/stub_status"
+
+    def requests(self) -> int:
+        """nginx's request counter, read from its stub_status (each read counts one more)."""
+        assert self.status_port is not None
+        body = _get(self.vip, self.status_port, "/stub_status", timeout=2)
+        found = _STUB_REQUESTS.search(body or "")
+        if found is None:
+            raise SecondTierError(f"{self.status_url} answered {body!r}, not a stub_status page")
+        return int(found.group(1))
+
+    def stop_status(self) -> None:
+        """Take the stub_status server away (nginx reloads its configuration); the VIP keeps serving."""
+        assert self.proc is not None and self.status_port is not None
+        self._write_conf(False)
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + START_TIMEOUT
+        while _listening(self.vip, self.status_port):
+            if time.monotonic() > deadline:
+                raise SecondTierError(f"nginx for {self.name} still serves {self.status_url}: {self._errors()}")
+            time.sleep(0.02)
 
     @property
     def health_body(self) -> str:
@@ -228,6 +277,37 @@ def free_addresses(count: int, rng: random.Random | None = None) -> tuple[list[s
         if all(_bindable(address, port) for address in addresses):
             return addresses, port
     raise SecondTierError("no loopback addresses with a free port found")
+
+
+def free_port(addresses: list[str]) -> int:
+    """Another TCP port free on every one of `addresses` (from free_addresses)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((addresses[0], 0))
+            port = int(probe.getsockname()[1])
+        if all(_bindable(address, port) for address in addresses[1:]):
+            return port
+    raise SecondTierError(f"no port free on all of {', '.join(addresses)}")
+
+
+@contextlib.contextmanager
+def running(directory: Path, status: bool = False) -> Iterator[dict[str, Balancer]]:
+    """nginx for us, eu and ap on loopback addresses and a port chosen for this run, started;
+    with `status`, each with stub_status on a second port of its own."""
+    addresses, port = free_addresses(len(DATACENTERS))
+    status_port = free_port(addresses) if status else None
+    token = secrets.token_hex(8)
+    started = {
+        name: Balancer(name, directory, vip=vip, port=port, token=token, status_port=status_port)
+        for name, vip in zip(DATACENTERS, addresses, strict=True)
+    }
+    try:
+        for balancer in started.values():
+            balancer.start()
+        yield started
+    finally:
+        for balancer in started.values():
+            balancer.close()
 
 
 def _bindable(host: str, port: int) -> bool:

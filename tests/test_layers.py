@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cluster.votes", "cluster.etcd"),  # the records and the vote; the etcd client
     # health/: probes, anti-flap fold, health view, state file
     ("health.monitor",),  # the scheduler: every target probed on time, folded, the view published
+    ("health.load",),  # load sources polled beside the probes, feeding the spill controller
     ("health.probe",),  # one probe of one target (lean plain HTTP, httpx, TCP) and its reason
     ("health.transport", "health.state"),  # httpx on a connection per request; the state file
     ("health.view",),  # Status, HealthView and the anti-flap fold: plain data
@@ -46,7 +47,7 @@ LAYERS: list[tuple[str, ...]] = [
     # The pure core below: plain data and functions of it, no sockets, no event loop.
     # steering/: where each client goes
     ("steering.ranks",),
-    ("steering.policy",),
+    ("steering.policy", "steering.spill"),  # spill: damped shares from load, the client hash
     ("steering.rules",),  # the geo map rule for a location, a data center's angles
     # config/: the configuration file as plain data
     ("config.load",),  # TOML -> the model, every problem gathered at its line
@@ -62,6 +63,7 @@ LAYERS: list[tuple[str, ...]] = [
 PURE = {
     "steering.ranks",
     "steering.policy",
+    "steering.spill",
     "steering.rules",
     "config.load",
     "config.schema",

@@ -60,8 +60,9 @@ from gslb.dns.wire import (
     udp_limit,
 )
 from gslb.dns.zones import Resolution, Section, wire_of
-from gslb.steering.policy import Decision, pick
+from gslb.steering.policy import Decision, pick, spilled
 from gslb.steering.ranks import RankTable
+from gslb.steering.spill import NO_SPILL, SpillView, client_hash, client_network
 
 if TYPE_CHECKING:
     from gslb.health.view import HealthView
@@ -189,6 +190,27 @@ class Steered:
         self.family = 4 if answer.qtype == TYPE_A else 6
 
 
+class Split:
+    """A ranking whose first choice spills a share of its clients (gslb.steering.spill).
+
+    Which answer a client gets is decided per query by the hash of its network, and its ECS
+    scope narrows to that network. Not an Entry: the compiled loop hands such queries to Python.
+    """
+
+    __slots__ = ("share", "spill", "stay")
+
+    def __init__(self, stay: Entry, spill: Entry, share: float):
+        self.stay = stay
+        self.spill = spill
+        self.share = share
+
+    def choose(self, version: int, address: int, prefix: int | None) -> tuple[Entry, int]:
+        """The entry for a client at `address` (an ECS source of `prefix` bits, or a resolver's
+        address when None), and the prefix length of the network hashed."""
+        bits, network = client_network(version, address, prefix)
+        return (self.spill if client_hash(version, network, bits) < self.share else self.stay), bits
+
+
 class State:
     """What one snapshot and one health view answer, with caches that live exactly as long.
 
@@ -207,6 +229,7 @@ class State:
         "refused",
         "rrl",
         "snapshot",
+        "spill",
         "static",
     )
     static: dict[bytes, Any]  # question key -> Entry | Steered | UNCACHED
@@ -214,9 +237,14 @@ class State:
     # name of that length, since answers compress only against the zone's own suffix.
     negative: dict[tuple[bytes, int, bytes], Entry]
     refused: dict[bytes, Entry]  # names outside every zone, by QTYPE
+    spill: SpillView
 
-    def __init__(self, snapshot: Snapshot, health: HealthView, previous: State | None = None):
+    def __init__(
+        self, snapshot: Snapshot, health: HealthView, previous: State | None = None, spill: SpillView | None = None
+    ):
         self.snapshot = snapshot
+        # The spill shares in force: who of a loaded data center's clients go to their next choice.
+        self.spill = spill if spill is not None else previous.spill if previous is not None else NO_SPILL
         self.by_resolver = snapshot.no_ecs == "resolver"
         self.health = health
         self.index = snapshot.index
@@ -259,12 +287,17 @@ class Answerer:
     # -- what the rest of the program changes -------------------------------------------------
 
     def set_snapshot(self, snapshot: Snapshot) -> None:
-        self.state = self._prepare(self._limits(State(snapshot, self.state.health), self.state))
+        self.state = self._prepare(self._limits(State(snapshot, self.state.health, spill=self.state.spill), self.state))
 
     def set_health(self, health: HealthView) -> None:
         # A new verdict re-picks the steered answers before the new state serves; static
         # and negative answers stay, and nothing is located again.
         self.state = self._prepare(self._limits(State(self.state.snapshot, health, self.state), self.state))
+
+    def set_spill(self, spill: SpillView) -> None:
+        """New spill shares: re-pick the steered answers (as a health change does)."""
+        st = self.state
+        self.state = self._prepare(self._limits(State(st.snapshot, st.health, st, spill), st))
 
     def _limits(self, st: State, previous: State | None) -> State:
         """Give `st` the rate limiter: the previous one (its buckets) while the settings stay."""
@@ -436,9 +469,19 @@ class Answerer:
             else:
                 rank, scope = ranks.locate(*_address_value(source))
             entry = st.picks.get((key, rank))
-            if entry is None or entry is UNCACHED:
-                return None
-            if not entry.scoped:
+            if type(entry) is not Entry:
+                if type(entry) is not Split:
+                    return None
+                if ecs is not None:
+                    size = 4 if ecs[1] == 1 else 16
+                    value = int.from_bytes(ecs[4:], "big") << ((size + 4 - len(ecs)) << 3)
+                    entry, bits = entry.choose(4 if size == 4 else 6, value, ecs[2])
+                    scope = max(scope, bits)
+                elif source is None:
+                    return None
+                else:
+                    entry = entry.choose(*_address_value(source), None)[0]
+            elif not entry.scoped:
                 scope = 0
         if do and entry.dnssec:  # RFC 4035 §3.1.1: RRSIGs and proofs only when the query sets DO
             entry = entry.signed
@@ -626,15 +669,45 @@ class Answerer:
             _remember(st.static, key, steered)
         rank, scope = where(steered.ranks, query.edns.client_subnet if query.edns else None, source, st.by_resolver)
         picked = st.picks.get((key, rank))
-        entry = picked if type(picked) is Entry else self._pick(st, key, steered, rank, query.question)
-        return entry, scope if entry.scoped else 0
+        if not isinstance(picked, Entry | Split):
+            picked = self._pick(st, key, steered, rank, query.question)
+        if isinstance(picked, Split):
+            subnet = query.edns.client_subnet if query.edns else None
+            if subnet is not None:
+                version, value = _subnet_value(subnet)
+                entry, bits = picked.choose(version, value, subnet.source_prefix)
+                return entry, max(scope, bits)
+            return picked.choose(*_address_value(source), None)[0] if source is not None else picked.stay, 0
+        return picked, scope if picked.scoped else 0
 
-    def _pick(self, st: State, key: bytes, steered: Steered, rank: int, question: bytes) -> Entry:
-        """Decide and encode one ranking's answer; keep it, or mark it drawn per query (weighted)."""
+    def _pick(self, st: State, key: bytes, steered: Steered, rank: int, question: bytes) -> Entry | Split:
+        """Decide and encode one ranking's answer; keep it, or mark it drawn per query (weighted).
+
+        When the first choice spills a share of its clients, keep both answers (a Split).
+        """
         decision = self.decide(st, steered, rank)
         entry = _encode(steered.resolution, decision, question, st.snapshot, online=True)
+        away = self._spilled(st, steered, rank, decision)
+        if away is not None:
+            split = Split(
+                entry,
+                _encode(steered.resolution, away, question, st.snapshot, online=True),
+                st.spill.share(decision.datacenters[0]),
+            )
+            _remember(st.picks, (key, rank), split)
+            return split
         _remember(st.picks, (key, rank), entry if decision.cacheable else UNCACHED)
         return entry
+
+    def _spilled(self, st: State, steered: Steered, rank: int, decision: Decision) -> Decision | None:
+        """The answer for the clients of a ranking spilled from its first choice (None: it spills none)."""
+        spill = st.spill
+        if not spill.shares:
+            return None
+        ranking, datacenters = steered.ranks.rankings[rank], st.snapshot.config.datacenters
+        return spilled(
+            steered.service, datacenters, ranking, st.health, steered.family, decision, spill.shares, spill.full
+        )
 
     def decide(self, st: State, steered: Steered, rank: int) -> Decision:
         """The service's answer for one ranking under the current health view."""
@@ -672,12 +745,16 @@ def where(ranks: RankTable, subnet: ClientSubnet | None, source: str | None, by_
     if subnet is not None:
         if subnet.source_prefix == 0:  # RFC 7871 §7.1.2: an answer that ignores the client
             return ranks.default_rank, 0
-        size = 4 if subnet.family == 1 else 16
-        value = int.from_bytes(subnet.address, "big") << ((size - len(subnet.address)) << 3)
-        return ranks.locate(4 if size == 4 else 6, value)
+        return ranks.locate(*_subnet_value(subnet))
     if not by_resolver or source is None:
         return ranks.default_rank, 0
     return ranks.locate(*_address_value(source))
+
+
+def _subnet_value(subnet: ClientSubnet) -> tuple[int, int]:
+    """(IP version, integer) of an ECS option's address, its missing octets zero."""
+    size = 4 if subnet.family == 1 else 16
+    return (4 if size == 4 else 6), int.from_bytes(subnet.address, "big") << ((size - len(subnet.address)) << 3)
 
 
 _ADDRESSES: dict[str, tuple[int, int]] = {}

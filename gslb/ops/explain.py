@@ -19,7 +19,8 @@ from gslb.dns.zones import ServiceAnswer
 from gslb.geo.places import IPAddress
 from gslb.health.view import HealthView
 from gslb.snapshot import Snapshot
-from gslb.steering.policy import pick
+from gslb.steering.policy import Candidate, Decision, pick, spilled
+from gslb.steering.spill import SpillView, client_hash, client_network
 
 
 def database_record(path: Path, address: IPAddress) -> dict[str, Any] | None:
@@ -54,7 +55,13 @@ def database_record(path: Path, address: IPAddress) -> dict[str, Any] | None:
 
 
 def explain_query(
-    snapshot: Snapshot, name: str, qtype: str, client: str | None, subnet: str | None, health: HealthView | None = None
+    snapshot: Snapshot,
+    name: str,
+    qtype: str,
+    client: str | None,
+    subnet: str | None,
+    health: HealthView | None = None,
+    spill: SpillView | None = None,
 ) -> dict[str, Any]:
     """Everything an operator needs to see why `name` answers what it does for a client.
 
@@ -129,21 +136,81 @@ def explain_query(
     )
     out["kind"] = "service"
     out["service"] = {"name": svc.name, "policy": svc.policy, "answers": svc.answers, "all_down": svc.all_down}
-    out["candidates"] = [
-        {
-            "name": c.name,
-            "up": c.up,
-            "distance_km": None if c.distance_km is None else round(c.distance_km),
-            "rank": c.rank,
-            "weight": c.weight,
-            "note": c.note,
-        }
-        for c in decision.candidates
-    ]
+    out["candidates"] = [_candidate(c) for c in decision.candidates]
     out["answer"] = list(decision.addresses)
     out["rcode"] = "SERVFAIL" if decision.rcode == 2 else "NOERROR"
     out["datacenters"] = list(decision.datacenters)
     out["ttl"] = decision.ttl
     out["ecs_scope"] = scope if decision.location_dependent else 0
     out["why"] = decision.reason
+    if spill is not None:
+        family = 4 if service.qtype == dns.rdatatype.A else 6
+        ranking = ranks.rankings[rank]
+        away = spilled(svc, snapshot.config.datacenters, ranking, health, family, decision, spill.shares, spill.full)
+        if away is not None:
+            _spill(out, spill, decision, away, subnet, client)
     return out
+
+
+def _candidate(c: Candidate) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "up": c.up,
+        "distance_km": None if c.distance_km is None else round(c.distance_km),
+        "rank": c.rank,
+        "weight": c.weight,
+        "note": c.note,
+    }
+
+
+def _spill(
+    out: dict[str, Any],
+    spill: SpillView,
+    decision: Decision,
+    away: Decision,
+    subnet: str | None,
+    client: str | None,
+) -> None:
+    """Say whether this client is among the first choice's spilled ones, as the server decides it."""
+    first = decision.datacenters[0]
+    share = spill.share(first)
+    hashed: tuple[int, int, int | None] | None = None
+    if subnet is not None:
+        network = ipaddress.ip_network(subnet, strict=False)
+        hashed = (network.version, int(network.network_address), network.prefixlen)
+    elif client is not None:
+        address = ipaddress.ip_address(client)
+        hashed = (address.version, int(address), None)
+    if hashed is None:
+        out["spill"] = {"from": first, "share": share, "spilled": False, "why": "no client address: not spilled"}
+        return
+    version, value, prefix = hashed
+    bits, network_value = client_network(version, value, prefix)
+    mark = client_hash(version, network_value, bits)
+    moved = mark < share
+    text = f"{(ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address)(network_value)}/{bits}"
+    because = spill.why.get(first) or "load above target"
+    out["spill"] = {
+        "from": first,
+        "to": list(away.datacenters),
+        "share": share,
+        "client_network": text,
+        "hash": round(mark, 4),
+        "spilled": moved,
+        "why": (
+            f"{first} spills {share:.0%} of its clients ({because}); {text} hashes to {mark:.3f}, "
+            + (
+                f"below {share:.3f}: spilled to {', '.join(away.datacenters)}"
+                if moved
+                else f"not below {share:.3f}: stays"
+            )
+        ),
+    }
+    if subnet is not None:
+        out["ecs_scope"] = max(out["ecs_scope"], bits)  # narrowed to the hashed network
+    if moved:
+        out["answer"] = list(away.addresses)
+        out["datacenters"] = list(away.datacenters)
+        out["ttl"] = away.ttl
+        out["candidates"] = [_candidate(c) for c in away.candidates]
+        out["why"] = away.reason

@@ -131,7 +131,7 @@ class QueryLog:
         client = source.split("%")[0] if source else None
         try:
             result = explain_query(
-                state.snapshot, fields["qname"], fields["qtype"], client, fields["ecs"], health=state.health
+                state.snapshot, fields["qname"], fields["qtype"], client, fields["ecs"], state.health, state.spill
             )
         except (ValueError, dns.exception.DNSException):
             return

@@ -114,6 +114,7 @@ class _Collector(Collector):
         control = self.metrics.control
         yield from _queries(control)
         yield from _health(control, self.metrics)
+        yield from _load(control)
         yield from _cluster(control)
         yield from _process(control)
 
@@ -238,6 +239,30 @@ def _health(control: ControlView, metrics: Metrics) -> Iterator[Metric]:
     for name, histogram in sorted(metrics.probe_latency.items()):
         latency.add_metric([name], _cumulative(PROBE_BOUNDS, histogram.buckets), histogram.sum)
     yield latency
+
+
+def _load(control: ControlView) -> Iterator[Metric]:
+    """Load feedback (gslb.health.load): each data center's load, its target, the share spilled."""
+    load = GaugeMetricFamily(
+        "gslb_datacenter_load",
+        "The load the data center's load source reports (its metric, e.g. requests a second); absent without data.",
+        labels=["datacenter", "metric"],
+    )
+    target = GaugeMetricFamily(
+        "gslb_datacenter_load_target", "The load above which the data center spills clients.", labels=["datacenter"]
+    )
+    ratio = GaugeMetricFamily(
+        "gslb_datacenter_spill_ratio",
+        "Share of the data center's clients sent to their next choice (0 to 1).",
+        labels=["datacenter"],
+    )
+    for name, status in sorted(control.load.status().items()):
+        if status["load"] is not None:
+            load.add_metric([name, status["metric"]], status["load"])
+        if status["target"] is not None:
+            target.add_metric([name], status["target"])
+        ratio.add_metric([name], status["share"])
+    yield from (load, target, ratio)
 
 
 def _cluster(control: ControlView) -> Iterator[Metric]:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from gslb.dns.server import ListenAddress
     from gslb.health.view import HealthView, ProbeStats
     from gslb.snapshot import Snapshot
+    from gslb.steering.spill import SpillView
 
 
 class ProbesView(Protocol):
@@ -53,6 +54,15 @@ class ClusterView(Protocol):
     def datacenter(self, name: str) -> dict[str, Any]: ...
 
 
+class LoadView(Protocol):
+    """The load sources, read only (gslb.health.load.LoadPoller fits)."""
+
+    @property
+    def view(self) -> SpillView: ...
+
+    def status(self) -> dict[str, dict[str, Any]]: ...
+
+
 class Settings(Protocol):
     """The options the surface shows (gslb.app.Options fits)."""
 
@@ -80,6 +90,9 @@ class ControlView(Protocol):
 
     @property
     def cluster(self) -> ClusterView | None: ...
+
+    @property
+    def load(self) -> LoadView: ...
 
     @property
     def metrics(self) -> Exposition: ...

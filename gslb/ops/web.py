@@ -35,7 +35,7 @@ from gslb.health.view import HealthView
 from gslb.ops.explain import explain_query
 from gslb.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gslb.ops.view import ControlCommands, ControlView
-from gslb.steering.policy import choose
+from gslb.steering.policy import choose, rank
 
 if TYPE_CHECKING:
     from gslb.snapshot import Snapshot
@@ -283,6 +283,7 @@ class WebServer:
                 client,
                 subnet,
                 health=self.control.monitor.view,
+                spill=self.control.load.view,
             )
         except (ValueError, dns.exception.DNSException) as exc:
             raise HttpError(400, str(exc) or type(exc).__name__) from exc
@@ -376,6 +377,7 @@ class WebServer:
         answer_rates = rates["answers"]
         targets = {target.name: target for target in monitor.targets}
         cluster = control.cluster
+        loads = _loads(control.load.status(), snapshot, view)
         datacenters = []
         for name, dc in snapshot.config.datacenters.items():
             status = view.status(name)
@@ -402,6 +404,7 @@ class WebServer:
                     "continent": dc.continent,
                     "vips": [{"address": str(vip), "drained": not view.is_up(str(vip))} for vip in dc.vips],
                     "answers_per_second": round(sum(rate for (_, d), rate in answer_rates.items() if d == name), 2),
+                    "load": loads.get(name),  # the load source's report and the share spilled; None: no source
                     **(cluster.datacenter(name) if cluster is not None and target is not None else {}),
                 }
             )
@@ -505,6 +508,25 @@ class WebServer:
             out[service.name] = sent
         self._map_key, self._map = key, out
         return out
+
+
+def _loads(loads: dict[str, dict[str, Any]], snapshot: Snapshot, view: HealthView) -> dict[str, dict[str, Any]]:
+    """The load sources' status, each with where its spilled clients go: for the clients near it,
+    the next healthy choice of each of its services (at its max passed over, as answers do)."""
+    config = snapshot.config
+    for name, status in loads.items():
+        dc = config.datacenters.get(name)
+        to: set[str] = set()
+        if status["share"] > 0 and dc is not None:
+            near = Location(latitude=dc.latitude, longitude=dc.longitude, country=dc.country, continent=dc.continent)
+            for service in config.services.values():
+                if name in service.datacenters and service.policy != "weighted":
+                    order = rank(service, config.datacenters, near)
+                    rest = [m for m in (*order.primary, *order.rest) if m != name and view.is_up(m)]
+                    free = [m for m in rest if not loads.get(m, {}).get("full")]
+                    to.update((free or rest)[:1])
+        status["to"] = sorted(to)
+    return loads
 
 
 def _shared(shared: bool | None) -> dict[str, bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Final, Protocol
@@ -23,6 +23,7 @@ __all__ = [
     "choose",
     "pick",
     "rank",
+    "spilled",
 ]
 
 SERVFAIL: Final = 2
@@ -67,7 +68,7 @@ class Explanation:
 
     __slots__ = (
         "_distances", "_value", "all_down", "chosen", "datacenters", "family", "fell_through",
-        "health", "location", "ranked", "rule", "service", "up",
+        "health", "location", "ranked", "rule", "service", "spilled", "up",
     )  # fmt: skip
 
     def __init__(
@@ -83,6 +84,7 @@ class Explanation:
         all_down: bool,
         rule: GeoRule | None = None,
         fell_through: bool = False,
+        spilled: tuple[str, ...] = (),
     ) -> None:
         self.service = service
         self.datacenters = datacenters
@@ -96,6 +98,7 @@ class Explanation:
         self.all_down = all_down
         self.rule = rule
         self.fell_through = fell_through
+        self.spilled = spilled  # passed over for load (gslb.steering.spill), not for health
         self._value: tuple[str, tuple[Candidate, ...]] | None = None
 
     @property
@@ -172,6 +175,8 @@ class Explanation:
             text = "weighted draw: " + ", ".join(f"{n} (weight {weights[n].weight:g} of {total:g})" for n in chosen)
         if downs:
             text += "; " + downs
+        if self.spilled:
+            text += "; spilled past " + ", ".join(self.spilled) + " (load above target)"
         if self.all_down:
             text = "all down, answering as if up (all_down = open): " + text
         missing = self._missing()
@@ -193,6 +198,8 @@ class Explanation:
                 note = f"chosen, no {family} VIP" if name in missing else "chosen"
             elif not self.up[name]:
                 note = f"down: {self._down(name)}"
+            elif name in self.spilled:
+                note = "spilled: load above target"
             elif rank is None and self.service.policy == "geo":
                 note = "not in the order"
             else:
@@ -343,6 +350,36 @@ def choose(
     return pick(service, datacenters, rank(service, datacenters, location), health, family, location, rng)
 
 
+def spilled(
+    service: Service,
+    datacenters: Mapping[str, DataCenter],
+    ranking: Ranking,
+    health: HealthSource,
+    family: int,
+    decision: Decision,
+    shares: Mapping[str, float],
+    full: Collection[str] = (),
+    location: Location | None = None,
+) -> Decision | None:
+    """The answer for the clients of `ranking` spilled from its first choice, or None if it spills none.
+
+    `decision` is `pick`'s answer for the ranking; `shares` the share each data center spills,
+    `full` those at their max (gslb.steering.spill). Spilled clients get the next choice past
+    the first and past any data center at its max; past the first only when every other is at
+    its max; not at all when no other member is up. A weighted draw never spills.
+    """
+    if not shares or not decision.cacheable or not decision.datacenters or decision.all_down:
+        return None
+    first = decision.datacenters[0]
+    if shares.get(first, 0.0) <= 0:
+        return None
+    for avoid in ({first, *full}, {first}):
+        other = pick(service, datacenters, ranking, health, family, location, avoid=avoid)
+        if other.datacenters and other.datacenters[0] != first:
+            return other
+    return None
+
+
 def pick(
     service: Service,
     datacenters: Mapping[str, DataCenter],
@@ -351,6 +388,7 @@ def pick(
     family: int,
     location: Location | None = None,
     rng: random.Random | None = None,
+    avoid: Collection[str] = (),
 ) -> Decision:
     """Apply health to a ranking: the answer for every client the ranking stands for.
 
@@ -377,6 +415,10 @@ def pick(
     ``location_dependent`` is False when no other client could get another answer now: one
     healthy member, failover, weighted, a geo map without rules, every all-down mode but open.
     ``location`` only feeds the explanation.
+
+    ``avoid``: data centers these clients are spilled away from (their load is above target,
+    gslb.steering.spill), passed over like down ones unless no other member is up; they do
+    not shorten the TTL.
     """
     where = location if location is not None else _NOWHERE
     members = service.datacenters
@@ -412,6 +454,12 @@ def pick(
     # With every member down ("open"), apply the policy as if all were up.
     alive = dict.fromkeys(members, True) if all_down else up
     n_alive = len(members) if all_down else n_up
+    spilled: tuple[str, ...] = ()
+    if avoid:
+        rest = {name: ok and name not in avoid for name, ok in alive.items()}
+        if any(rest.values()):
+            spilled = tuple(name for name in members if name in avoid and alive[name])
+            alive = rest
     policy = service.policy
     answers = service.answers
     fell_through = False
@@ -451,6 +499,6 @@ def pick(
         addresses = tuple(a for name in chosen for a in datacenters[name].addresses(family))
     explanation = Explanation(
         service, datacenters, where, health, family, up, ranked, chosen, all_down, ranking.rule,
-        fell_through,
+        fell_through, spilled,
     )  # fmt: skip
     return Decision(addresses, 0, ttl, tuple(chosen), varies, cacheable, all_down, explanation)
