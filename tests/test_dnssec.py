@@ -586,7 +586,7 @@ def test_white_lies_cover_the_name_and_nothing_that_exists(snapshot: Snapshot) -
         name = dns.name.from_text(text)
         if wire_of(name) in zone.existing:
             continue
-        owner, nsec = dnssec._cover(zone, name)
+        owner, nsec = dnssec._cover(zone, name, {})
         after = nsec[0].next
         assert owner < name < after, (owner, name, after)
         assert not [e for e in existing if owner < e < after], (owner, after)

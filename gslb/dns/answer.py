@@ -607,7 +607,7 @@ class Answerer:
             self.counters.refused += 1
             return _header_reply(query, REFUSED, aa=False, cookie=cookie), None, REFUSED
         entry, scope = self._resolve(st, query, source)
-        if entry.dnssec and edns is not None and edns.dnssec_ok:
+        if entry.dnssec and _dnssec_ok(query):
             entry = entry.signed or self._signed(st, query)
         cookies = st.cookies
         tc_size = cookies.tc_size if cookies is not None and not valid else 0
@@ -655,7 +655,8 @@ class Answerer:
             resolution = st.snapshot.zones.lookup(qname, query.qtype)
             answer = resolution.service
             if answer is None:
-                entry = _encode(resolution, None, query.question, st.snapshot)
+                # With DO, its proof is signed now (a denial's, for the name): once, not in _signed again.
+                entry = _encode(resolution, None, query.question, st.snapshot, online=_dnssec_ok(query))
                 _remember(st.static, key, entry)
                 qtype = key[-4:-2]
                 if resolution.rcode == REFUSED:
@@ -778,6 +779,10 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
     if len(cache) > CACHE_LIMIT:
         cache.clear()
     cache[key] = value
+
+
+def _dnssec_ok(query: Query) -> bool:
+    return query.edns is not None and query.edns.dnssec_ok
 
 
 def _question_key(query: Query) -> bytes:

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import dns.dnssec
 import dns.name
@@ -41,6 +41,7 @@ TYPE_RRSIG, TYPE_NSEC, TYPE_DNSKEY = 46, 47, 48
 DNSKEY_TTL = 3600
 ONLINE_LIMIT = 100_000  # signatures made on first use that a zone keeps; cleared whole when full
 _PROOF_TYPES = (TYPE_RRSIG, TYPE_NSEC)  # every NSEC here is signed, so its bitmap names both
+_WINDOWS: dict[frozenset[int], Any] = {}  # an NSEC type bitmap's windows, by the types: a few kinds in all
 
 
 class Settings(Protocol):
@@ -94,6 +95,12 @@ class ZoneSigner:
         self.expiration = expiration
         self.presigned: dict[tuple[bytes, int, int, frozenset[bytes]], Rdataset] = {}
         self.online: dict[tuple[bytes, int, int, frozenset[bytes]], Rdataset] = {}  # on first use, bounded
+        # The zone's own RRsets signed ahead, by identity: found without encoding them for the key
+        # (each entry keeps its RRset, so an id is never another's).
+        self.by_identity: dict[tuple[int, Name], tuple[Rdataset, Rdataset]] = {}
+        self.online_identity: dict[tuple[int, Name], tuple[Rdataset, Rdataset]] = {}  # with `online`
+        # White-lie NSECs made, by the name whose subtree they cover (bounded as `online` is).
+        self.covers: dict[bytes, tuple[Name, Rdataset]] = {}
 
     @property
     def tags(self) -> tuple[int, ...]:
@@ -104,6 +111,9 @@ class ZoneSigner:
 
         `owner` is the name signed: for an answer synthesized from a wildcard, the wildcard.
         """
+        known = self.by_identity.get((id(rdataset), owner)) or self.online_identity.get((id(rdataset), owner))
+        if known is not None and known[0] is rdataset:
+            return known[1]
         key = (wire_of(owner), rdataset.rdtype, rdataset.ttl, frozenset(_wire(rdata) for rdata in rdataset))
         found = self.presigned.get(key) or self.online.get(key)
         if found is not None:
@@ -113,10 +123,13 @@ class ZoneSigner:
         made = self._sign(owner, rdataset)
         if ahead:
             self.presigned[key] = made
+            self.by_identity[(id(rdataset), owner)] = (rdataset, made)
         else:
             if len(self.online) >= ONLINE_LIMIT:
                 self.online.clear()
+                self.online_identity.clear()
             self.online[key] = made
+            self.online_identity[(id(rdataset), owner)] = (rdataset, made)
         return made
 
     def _sign(self, owner: Name, rdataset: Rdataset) -> Rdataset:
@@ -322,7 +335,7 @@ def signed_sections(
             return None
         signed_answer.append((owner, rrsig))
         if source is not owner:  # synthesized from a wildcard: prove no closer name (RFC 4035 §3.1.3.3)
-            proofs.append((zone, *_cover(zone, owner)))
+            proofs.append((zone, *_cover(zone, owner, signer.covers)))
     for owner, rdataset in authority:
         signed_authority.append((owner, rdataset))
         zone = resolution.zone if rdataset.rdtype == TYPE_NS else zones.find_zone(owner)
@@ -346,8 +359,9 @@ def signed_sections(
         if answer and answer[-1][1].rdtype == TYPE_CNAME and answer[-1][1].rdtype != qtype:
             final = answer[-1][1][0].target
         zone = zones.find_zone(final)
-        if signing.signer(zone) is not None and zone is not None:
-            proofs.extend((zone, *proof) for proof in _denial(zone, zones, final, qtype, resolution.rcode))
+        signer = signing.signer(zone)
+        if signer is not None and zone is not None:
+            proofs.extend((zone, *proof) for proof in _denial(signer, zones, final, qtype, resolution.rcode))
     seen: set[tuple[bytes, int]] = set()
     for zone, owner, rdataset in proofs:
         key = (wire_of(owner), rdataset.rdtype)
@@ -379,14 +393,15 @@ def _encloser(zone: Zone, wire: bytes) -> bytes:
     return wire
 
 
-def _denial(zone: Zone, zones: ZoneSet, name: Name, qtype: int, rcode: int) -> list[tuple[Name, Rdataset]]:
+def _denial(signer: ZoneSigner, zones: ZoneSet, name: Name, qtype: int, rcode: int) -> list[tuple[Name, Rdataset]]:
     """The NSEC records proving `name` has no `qtype` (NODATA) or does not exist (NXDOMAIN)."""
+    zone, covers = signer.zone, signer.covers
     wire = wire_of(name)
     if rcode == NXDOMAIN:
         # RFC 4035 §3.1.3.2: no such name, and no wildcard at the closest encloser that could make it.
         encloser = _encloser(zone, wire)
         wildcard = Name((b"*", *_labels(encloser)))
-        return [_cover(zone, name), _cover(zone, wildcard)]
+        return [_cover(zone, name, covers), _cover(zone, wildcard, covers)]
     if wire in zone.existing:  # named in lower case: a cached answer must not keep the asker's case
         types = zone.nodes.get(wire, {})
         return [_nodata_nsec(zone, Name(_labels(wire)), types, qtype if name in zones.services else None)]
@@ -394,7 +409,7 @@ def _denial(zone: Zone, zones: ZoneSet, name: Name, qtype: int, rcode: int) -> l
     encloser = _encloser(zone, wire)
     source = WILDCARD_WIRE + encloser
     wildcard = zone.names.get(source, Name((b"*", *_labels(encloser))))
-    return [_cover(zone, name), _nodata_nsec(zone, wildcard, zone.nodes.get(source, {}), None)]
+    return [_cover(zone, name, covers), _nodata_nsec(zone, wildcard, zone.nodes.get(source, {}), None)]
 
 
 def _labels(wire: bytes) -> tuple[bytes, ...]:
@@ -406,9 +421,13 @@ def _labels(wire: bytes) -> tuple[bytes, ...]:
 
 
 def _nsec(zone: Zone, next_name: Name, types: Iterable[int]) -> Rdataset:
-    bitmap = dns.rdtypes.util.Bitmap.from_rdtypes(sorted({dns.rdatatype.RdataType(t) for t in (*types, *_PROOF_TYPES)}))
+    present = frozenset((*types, *_PROOF_TYPES))
+    windows = _WINDOWS.get(present)
+    if windows is None:
+        rdtypes = sorted(dns.rdatatype.RdataType(t) for t in present)
+        windows = _WINDOWS[present] = dns.rdtypes.util.Bitmap.from_rdtypes(rdtypes).windows
     rdata = dns.rdtypes.ANY.NSEC.NSEC(  # type: ignore[no-untyped-call]
-        dns.rdataclass.IN, dns.rdatatype.NSEC, next_name, bitmap.windows
+        dns.rdataclass.IN, dns.rdatatype.NSEC, next_name, windows
     )
     # RFC 9077: an NSEC's TTL is the lesser of the SOA's TTL and its MINIMUM, as for the negative answer.
     rdataset = dns.rdataset.Rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC)
@@ -431,21 +450,30 @@ def _nodata_nsec(
     return name, _nsec(zone, Name((b"\x00", *name.labels)), present)
 
 
-def _cover(zone: Zone, name: Name) -> tuple[Name, Rdataset]:
+def _cover(zone: Zone, name: Name, covers: dict[bytes, tuple[Name, Rdataset]]) -> tuple[Name, Rdataset]:
     """An NSEC covering `name` and all below it, and nothing that exists (RFC 4470 §3).
 
     Its range is from just before the closest encloser's child on the way to `name` to just
     after that child's subtree, so a validator finds the true closest encloser from it
-    (the longest name both ends share with `name`).
+    (the longest name both ends share with `name`). Kept in `covers`, by that child.
     """
-    encloser = _encloser(zone, wire_of(name))
+    wire = wire_of(name)
+    encloser = _encloser(zone, wire)
+    while wire[wire[0] + 1 :] != encloser:
+        wire = wire[wire[0] + 1 :]
+    found = covers.get(wire)
+    if found is not None:
+        return found
     parent = _labels(encloser)
     child = name.labels[-len(parent) - 1].lower()
     limit = min(63, 254 - len(encloser))  # the longest label here that keeps the name in 255 octets
     owner = Name(parent) if child == b"\x00" else Name((_before(child, limit), *parent))
     next_name = Name((_after(child, limit), *parent))
     types = zone.nodes.get(encloser, {}) if owner == Name(parent) else {}
-    return owner, _nsec(zone, next_name, types)
+    if len(covers) >= ONLINE_LIMIT:
+        covers.clear()
+    made = covers[wire] = (owner, _nsec(zone, next_name, types))
+    return made
 
 
 def _after(label: bytes, size: int) -> bytes:
