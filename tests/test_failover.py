@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import shutil
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import dns.message
 import pytest
 
 from tests.conftest import EXAMPLE_ZONES, Server, need
-from tests.secondtier import DATACENTERS, PORT, Backend, Balancer, SecondTierError, free_addresses
+from tests.secondtier import DATACENTERS, PORT, Backend, Balancer, SecondTierError, free_addresses, running
 
 EUROPE = dns.edns.ECSOption("85.214.0.0", 24)  # a German resolver network (embedded geodb)
 
@@ -27,19 +26,8 @@ EUROPE = dns.edns.ECSOption("85.214.0.0", 24)  # a German resolver network (embe
 def balancers(tmp_path: Path) -> Iterator[dict[str, Balancer]]:
     """nginx for us, eu and ap on loopback addresses and a port chosen for this run."""
     need("nginx")
-    addresses, port = free_addresses(len(DATACENTERS))
-    token = secrets.token_hex(8)
-    started = {
-        name: Balancer(name, tmp_path / "nginx", vip=vip, port=port, token=token)
-        for name, vip in zip(DATACENTERS, addresses, strict=True)
-    }
-    try:
-        for balancer in started.values():
-            balancer.start()
+    with running(tmp_path / "nginx") as started:
         yield started
-    finally:
-        for balancer in started.values():
-            balancer.close()
 
 
 @pytest.fixture
