@@ -219,7 +219,8 @@ class Controller:
     The share that would bring a data center to its goal is estimated from its load and the
     share its clients actually held over the measurement window (an answer changes only once
     a resolver's cached one expires); each change goes GAIN of the way there, at most
-    MAX_STEP, and only when the load is off the goal by more than DEADBAND. While a data
+    MAX_STEP, and only when the load is off the goal by more than DEADBAND; past its max while
+    another data center has room, the share goes at once to what brings it under. While a data
     center is down its share is kept (its load says nothing then), so it gets back only the
     clients it had. No data lowers the share to 0 at the damped rate, never at once: a stats
     page that fails beside a saturated balancer must not send every spilled client back in
@@ -311,11 +312,16 @@ class Controller:
             after = want
         else:
             after = share + max(-MAX_STEP, min(MAX_STEP, GAIN * (want - share)))
+        most = loads[name][2]
+        capped = load > most and goal < most  # past its max while another has room: no damping
+        if capped:
+            after = max(after, 1 - most / demand)
         after = round(after, 4)
         if after == share:
             return None
         above = "above" if load > goal else "below"
-        return Change(name, share, after, load, goal, f"load {load:.1f} {above} its goal {goal:.1f}")
+        why = f"load {load:.1f} {above} its goal {goal:.1f}" + (f", past its max {most:g}" if capped else "")
+        return Change(name, share, after, load, goal, why)
 
     def _full(self, up: set[str]) -> frozenset[str]:
         full = set()
