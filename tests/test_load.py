@@ -698,17 +698,28 @@ def _answers(port: int) -> bool:
         return False
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.chromium
+@pytest.mark.timeout(90)
 def test_one_process_spills_too(start_server: type[Server], tmp_path: Path) -> None:
-    """--workers 0: the answerer in the supervisor's own process takes the shares."""
+    """--workers 0: the answerer in the supervisor's own process takes the shares; the status
+    page, in a real browser, shows the load against its target and where the share goes."""
+    from tests.test_ops import chromium
+
     addresses, port = free_addresses(3)
     vips = dict(zip(DATACENTERS, addresses, strict=True))
     sites = {name: Backend('{"current": 200, "target": 100}', vip, port) for name, vip in vips.items()}
     try:
         url = f"http://{vips['eu']}:{port}/load"
         zones = write_zones(tmp_path / "zones", vips, port, {"eu": url}, "json")
-        server = start_server("--zones", str(zones), "--state-file", str(tmp_path / "state.json"), "--workers", "0")
+        server = start_server(
+            "--zones", str(zones), "--state-file", str(tmp_path / "state.json"), "--workers", "0",
+            "--http", "127.0.0.1:0",
+        )  # fmt: skip
+        web = re.search(r"http on (127\.0\.0\.1:\d+)", server.wait_log(r"http on 127\.0\.0\.1:\d+"))
+        assert web
         server.wait_log(r"spill eu: share 0% -> 25% of its clients .*\(load 200\.0 current.*past its max 150\)")
+        dom = chromium(f"http://{web.group(1)}/", tmp_path / "profile")
+        assert re.search(r'data-dc="eu".*?load: <b>200 / 100</b> current · spilling 25 % to us', dom, re.S), dom
 
         def answers() -> set[str]:
             return {
