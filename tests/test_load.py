@@ -733,3 +733,25 @@ def test_one_process_spills_too(start_server: type[Server], tmp_path: Path) -> N
     finally:
         for site in sites.values():
             site.close()
+
+
+def test_reload_keeps_shares_of_sources_that_stay(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A reload: the sources still named keep their state and share; one taken away spills nothing."""
+    url = "http://127.0.2.1:8081/stub_status"
+    config = build(
+        Sources(write_zones(tmp_path / "a", dict(DATACENTERS), 8080, {"eu": url, "us": url}, eu=80, us=80))
+    ).config
+    views: list[SpillView] = []
+    poller = LoadPoller(config, is_up=lambda name: True, on_change=views.append)
+    for name in ("eu", "us"):
+        poller._observe(name, Sample(118.0, 0, 2), 2.0)
+    assert poller.view.share("eu") == poller.view.share("us") == MAX_STEP
+    eu = poller.sources["eu"]
+    again = build(Sources(write_zones(tmp_path / "b", dict(DATACENTERS), 8080, {"eu": url}, eu=80))).config
+    with caplog.at_level("INFO", logger="gslb.load"):
+        poller.update(again)
+    assert poller.sources == {"eu": eu} and views[-1] is poller.view
+    assert poller.view.share("eu") == MAX_STEP and poller.view.share("us") == 0
+    assert any(
+        "spill us: share 20% -> 0%" in r.getMessage() and "no load source" in r.getMessage() for r in caplog.records
+    )
