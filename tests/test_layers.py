@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ops.metrics",),
     ("ops.logs", "ops.explain"),
     ("ops.view",),  # what the surface reads of a running server, and its admin commands (protocols)
+    ("ops.http11",),  # one request read with h11 under limits, one response encoded
     # cluster/: several instances, observations and votes through etcd
     ("cluster.member",),  # the session: lease, records written and watched
     ("cluster.votes", "cluster.etcd"),  # the records and the vote; the etcd client

@@ -110,9 +110,7 @@ class ControlView(Protocol):
     def started(self) -> float: ...  # time.time() at start
 
     @property
-    def bound(
-        self,
-    ) -> Sequence[ListenAddress]: ...  # the DNS listen addresses, as bound
+    def bound(self) -> Sequence[ListenAddress]: ...  # the DNS listen addresses, as bound
 
     def counters(self) -> Counters: ...
 
