@@ -2,7 +2,7 @@
 
 (The session with etcd that carries the records is gslb.cluster.member.)
 
-Each instance keeps probing on its own and folds its probes as before (gslb.health.monitor). Here
+Each instance keeps probing on its own and folds its probes as before (gslb.health). Here
 its own verdict of each data center, an *observation*, is written to etcd under a lease it
 keeps alive, at ``/gslb/<cluster>/observers/<instance>`` (one JSON record per instance);
 every instance watches everyone's records and decides each data center by a vote of the

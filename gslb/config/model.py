@@ -91,7 +91,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """How to judge one target (a [checks] table); the prober in gslb.health.monitor runs it."""
+    """How to judge one target (a [checks] table); the prober in gslb.health.probe runs it."""
 
     kind: str = "http"  # "http" | "https" | "tcp"
     port: int = 80

@@ -35,7 +35,7 @@ _NOWHERE: Final = Location()
 
 
 class HealthSource(Protocol):
-    """What choose() needs of a health view (gslb.health.monitor.HealthView fits).
+    """What choose() needs of a health view (gslb.health.view.HealthView fits).
 
     ``is_up`` is asked of data center names and of VIPs (as text): a VIP an operator
     drained is down. A view may also have ``drains``: False promises that nothing is

@@ -724,8 +724,8 @@ def verdict_changes(log: str) -> dict[str, int]:
     """Data center -> how many DOWN and UP verdicts a gslb log has."""
     out: dict[str, int] = {}
     for line in log.splitlines():
-        if "gslb.health.monitor:" in line and (" DOWN: " in line or " UP: " in line):
-            dc = line.split("gslb.health.monitor:", 1)[1].split()[0]
+        if "gslb.health:" in line and (" DOWN: " in line or " UP: " in line):
+            dc = line.split("gslb.health:", 1)[1].split()[0]
             out[dc] = out.get(dc, 0) + 1
     return out
 
