@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gslb.dns import dnssec, keys
+from gslb.dns import denial, keys
 from gslb.dns.answer import Answerer
 from gslb.dns.zones import wire_of
 from gslb.health.view import HealthView, Status
@@ -593,7 +593,7 @@ def test_mutated_signed_queries(snapshot: Snapshot, seed: bytes, flips: list[tup
 
 def test_white_lies_cover_the_name_and_nothing_that_exists(snapshot: Snapshot) -> None:
     zone = snapshot.zones.zones[ZONE]
-    existing = [dns.name.Name(dnssec._labels(wire)) for wire in zone.existing]
+    existing = [dns.name.Name(denial.labels(wire)) for wire in zone.existing]
     rng = random.Random(4470)
     names = ["nope.example.com.", "a.b.nope.example.com.", "x.wild.example.com.", "zz.deep.example.com."]
     names += [r"\000.example.com.", "a.example.com.", "[.example.com.", "\\255.example.com.", "*.example.com."]
@@ -604,7 +604,7 @@ def test_white_lies_cover_the_name_and_nothing_that_exists(snapshot: Snapshot) -
         name = dns.name.from_text(text)
         if wire_of(name) in zone.existing:
             continue
-        owner, nsec = dnssec._cover(zone, name, {})
+        owner, nsec = denial.cover(zone, name, {})
         after = nsec[0].next
         assert owner < name < after, (owner, name, after)
         assert not [e for e in existing if owner < e < after], (owner, after)

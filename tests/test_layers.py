@@ -40,7 +40,8 @@ LAYERS: list[tuple[str, ...]] = [
     # dns/: the DNS core; I/O only frames packets, the answerer is bytes -> bytes
     ("dns.server",),
     ("dns.answer",),
-    ("dns.dnssec",),  # signatures made ahead, minimal NSEC denials
+    ("dns.dnssec",),  # signatures made ahead, signed answers
+    ("dns.denial",),  # minimal NSEC (white lies) for NXDOMAIN and NODATA
     ("dns.cookies", "dns.rrl", "dns.zones", "dns.keys"),  # keys: DNSSEC key files
     ("dns.masterfile",),
     ("dns.mastertext",),  # lines, tokens, entries, $GENERATE templates

@@ -3,9 +3,8 @@
 A zone with keys (gslb.dns.keys) is signed when the snapshot is built: its DNSKEY joins the
 apex; every authoritative RRset (not delegation NS, not glue; DS at a cut when there is one)
 and every address set a service can answer is signed then, so that answers are encoded from
-signatures already made. Denials use online minimal NSEC, the "white lies" of RFC 4470: an
-NSEC whose range holds only the name denied (and names no zone has), so nothing can be
-walked. Those depend on the name asked and are signed on first use and remembered, bounded.
+signatures already made. Denials use online minimal NSEC (gslb.dns.denial: RFC 4470's white
+lies, nothing to walk); those depend on the name asked and are signed on first use and kept, bounded.
 The signatures of a snapshot share one inception and expiration; `resign` makes a new set.
 """
 
@@ -17,7 +16,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import dns.dnssec
 import dns.name
@@ -25,23 +24,20 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
-import dns.rdtypes.ANY.NSEC
-import dns.rdtypes.util
 
+from gslb.dns import denial
 from gslb.dns.keys import ZoneKey
 from gslb.dns.wire import NXDOMAIN, TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_DS, TYPE_NS, TYPE_SOA
-from gslb.dns.zones import WILDCARD_WIRE, Resolution, Section, Zone, ZoneSet, cut_above, wire_of
+from gslb.dns.zones import Resolution, Section, Zone, ZoneSet, cut_above, wire_of
 
 log = logging.getLogger("gslb.dnssec")
 
 Name = dns.name.Name
 Rdataset = dns.rdataset.Rdataset
 
-TYPE_RRSIG, TYPE_NSEC, TYPE_DNSKEY = 46, 47, 48
+TYPE_DNSKEY = 48
 DNSKEY_TTL = 3600
 ONLINE_LIMIT = 100_000  # signatures made on first use that a zone keeps; cleared whole when full
-_PROOF_TYPES = (TYPE_RRSIG, TYPE_NSEC)  # every NSEC here is signed, so its bitmap names both
-_WINDOWS: dict[frozenset[int], Any] = {}  # an NSEC type bitmap's windows, by the types: a few kinds in all
 
 
 class Settings(Protocol):
@@ -100,7 +96,7 @@ class ZoneSigner:
         self.by_identity: dict[tuple[int, Name], tuple[Rdataset, Rdataset]] = {}
         self.online_identity: dict[tuple[int, Name], tuple[Rdataset, Rdataset]] = {}  # with `online`
         # White-lie NSECs made, by the name whose subtree they cover (bounded as `online` is).
-        self.covers: dict[bytes, tuple[Name, Rdataset]] = {}
+        self.covers: denial.Covers = {}
 
     @property
     def tags(self) -> tuple[int, ...]:
@@ -135,12 +131,14 @@ class ZoneSigner:
     def _sign(self, owner: Name, rdataset: Rdataset) -> Rdataset:
         rrsig = dns.rdataset.Rdataset(dns.rdataclass.IN, dns.rdatatype.RRSIG, rdataset.rdtype)
         rrsig.update_ttl(rdataset.ttl)
-        # The zone reader's light record data (gslb.dns.masterfile) as dnspython's, which sign() needs.
-        full = dns.rdataset.Rdataset(dns.rdataclass.IN, rdataset.rdtype, rdataset.covers)
-        full.update_ttl(rdataset.ttl)
-        for rdata in rdataset:
-            wire = _wire(rdata)
-            full.add(dns.rdata.from_wire(dns.rdataclass.IN, rdataset.rdtype, wire, 0, len(wire)))
+        full = rdataset
+        if not all(isinstance(rdata, dns.rdata.Rdata) for rdata in rdataset):
+            # The zone reader's light record data (gslb.dns.masterfile) as dnspython's, which sign() needs.
+            full = dns.rdataset.Rdataset(dns.rdataclass.IN, rdataset.rdtype, rdataset.covers)
+            full.update_ttl(rdataset.ttl)
+            for rdata in rdataset:
+                wire = _wire(rdata)
+                full.add(dns.rdata.from_wire(dns.rdataclass.IN, rdataset.rdtype, wire, 0, len(wire)))
         for key in self.keys:
             made = dns.dnssec.sign(
                 (owner, full),
@@ -258,7 +256,7 @@ def _presign_zone(signer: ZoneSigner) -> None:
                 if TYPE_DS in types:
                     signer.rrsig(name, types[TYPE_DS], ahead=True)
                 else:  # an insecure delegation proves its DS absent (RFC 4035 §3.1.4.1)
-                    owner, nsec = _nodata_nsec(zone, name, types, None)
+                    owner, nsec = denial.nodata_nsec(zone, name, types, None)
                     signer.rrsig(owner, nsec, ahead=True)
             continue
         for rdataset in types.values():
@@ -329,13 +327,13 @@ def signed_sections(
         signer = signing.signer(zone)
         if signer is None or zone is None:
             continue
-        source = _source(zone, owner)
+        source = denial.source(zone, owner)
         rrsig = signer.rrsig(source, rdataset, online)
         if rrsig is None:
             return None
         signed_answer.append((owner, rrsig))
         if source is not owner:  # synthesized from a wildcard: prove no closer name (RFC 4035 §3.1.3.3)
-            proofs.append((zone, *_cover(zone, owner, signer.covers)))
+            proofs.append((zone, *denial.cover(zone, owner, signer.covers)))
     for owner, rdataset in authority:
         signed_authority.append((owner, rdataset))
         zone = resolution.zone if rdataset.rdtype == TYPE_NS else zones.find_zone(owner)
@@ -348,7 +346,7 @@ def signed_sections(
             if ds is not None:
                 proofs.append((zone, owner, ds))
             else:
-                proofs.append((zone, *_nodata_nsec(zone, owner, types, None)))
+                proofs.append((zone, *denial.nodata_nsec(zone, owner, types, None)))
             continue
         rrsig = signer.rrsig(owner, rdataset, online)
         if rrsig is None:
@@ -361,7 +359,8 @@ def signed_sections(
         zone = zones.find_zone(final)
         signer = signing.signer(zone)
         if signer is not None and zone is not None:
-            proofs.extend((zone, *proof) for proof in _denial(signer, zones, final, qtype, resolution.rcode))
+            proved = denial.denial(zone, signer.covers, zones, final, qtype, resolution.rcode)
+            proofs.extend((zone, *proof) for proof in proved)
     seen: set[tuple[bytes, int]] = set()
     for zone, owner, rdataset in proofs:
         key = (wire_of(owner), rdataset.rdtype)
@@ -375,128 +374,3 @@ def signed_sections(
             return None
         signed_authority.extend(((owner, rdataset), (owner, rrsig)))
     return signed_answer, signed_authority
-
-
-def _source(zone: Zone, owner: Name) -> Name:
-    """The name an answer RRset is signed under: its owner, or the wildcard it was synthesized from."""
-    wire = wire_of(owner)
-    if wire in zone.existing:  # a name that exists is never synthesized (RFC 4592 §2.2.3)
-        return owner
-    wildcard = WILDCARD_WIRE + _encloser(zone, wire)
-    return zone.names.get(wildcard, owner)
-
-
-def _encloser(zone: Zone, wire: bytes) -> bytes:
-    """The closest encloser of a name (RFC 4592 §3.3.1): its longest ancestor that exists."""
-    while wire not in zone.existing:
-        wire = wire[wire[0] + 1 :]
-    return wire
-
-
-def _denial(signer: ZoneSigner, zones: ZoneSet, name: Name, qtype: int, rcode: int) -> list[tuple[Name, Rdataset]]:
-    """The NSEC records proving `name` has no `qtype` (NODATA) or does not exist (NXDOMAIN)."""
-    zone, covers = signer.zone, signer.covers
-    wire = wire_of(name)
-    if rcode == NXDOMAIN:
-        # RFC 4035 §3.1.3.2: no such name, and no wildcard at the closest encloser that could make it.
-        encloser = _encloser(zone, wire)
-        wildcard = Name((b"*", *_labels(encloser)))
-        return [_cover(zone, name, covers), _cover(zone, wildcard, covers)]
-    if wire in zone.existing:  # named in lower case: a cached answer must not keep the asker's case
-        types = zone.nodes.get(wire, {})
-        return [_nodata_nsec(zone, Name(_labels(wire)), types, qtype if name in zones.services else None)]
-    # NODATA from a wildcard (RFC 4035 §3.1.3.4): the name does not exist, and the wildcard has no qtype.
-    encloser = _encloser(zone, wire)
-    source = WILDCARD_WIRE + encloser
-    wildcard = zone.names.get(source, Name((b"*", *_labels(encloser))))
-    return [_cover(zone, name, covers), _nodata_nsec(zone, wildcard, zone.nodes.get(source, {}), None)]
-
-
-def _labels(wire: bytes) -> tuple[bytes, ...]:
-    labels = []
-    while wire[0]:
-        labels.append(wire[1 : 1 + wire[0]])
-        wire = wire[wire[0] + 1 :]
-    return (*labels, b"")
-
-
-def _nsec(zone: Zone, next_name: Name, types: Iterable[int]) -> Rdataset:
-    present = frozenset((*types, *_PROOF_TYPES))
-    windows = _WINDOWS.get(present)
-    if windows is None:
-        rdtypes = sorted(dns.rdatatype.RdataType(t) for t in present)
-        windows = _WINDOWS[present] = dns.rdtypes.util.Bitmap.from_rdtypes(rdtypes).windows
-    rdata = dns.rdtypes.ANY.NSEC.NSEC(  # type: ignore[no-untyped-call]
-        dns.rdataclass.IN, dns.rdatatype.NSEC, next_name, windows
-    )
-    # RFC 9077: an NSEC's TTL is the lesser of the SOA's TTL and its MINIMUM, as for the negative answer.
-    rdataset = dns.rdataset.Rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC)
-    rdataset.update_ttl(zone.negative_ttl)
-    rdataset.add(rdata)
-    return rdataset
-
-
-def _nodata_nsec(
-    zone: Zone, name: Name, types: Mapping[int, Rdataset], service_qtype: int | None
-) -> tuple[Name, Rdataset]:
-    """An NSEC at an existing name listing its types; it covers nothing but the name (next: `\\000.name`).
-
-    At a service name the address types it answers are listed too, less the one denied.
-    """
-    present = set(types)
-    if service_qtype is not None:
-        present |= {TYPE_A, TYPE_AAAA}
-        present.discard(service_qtype)
-    return name, _nsec(zone, Name((b"\x00", *name.labels)), present)
-
-
-def _cover(zone: Zone, name: Name, covers: dict[bytes, tuple[Name, Rdataset]]) -> tuple[Name, Rdataset]:
-    """An NSEC covering `name` and all below it, and nothing that exists (RFC 4470 §3).
-
-    Its range is from just before the closest encloser's child on the way to `name` to just
-    after that child's subtree, so a validator finds the true closest encloser from it
-    (the longest name both ends share with `name`). Kept in `covers`, by that child.
-    """
-    wire = wire_of(name)
-    encloser = _encloser(zone, wire)
-    while wire[wire[0] + 1 :] != encloser:
-        wire = wire[wire[0] + 1 :]
-    found = covers.get(wire)
-    if found is not None:
-        return found
-    parent = _labels(encloser)
-    child = name.labels[-len(parent) - 1].lower()
-    limit = min(63, 254 - len(encloser))  # the longest label here that keeps the name in 255 octets
-    owner = Name(parent) if child == b"\x00" else Name((_before(child, limit), *parent))
-    next_name = Name((_after(child, limit), *parent))
-    types = zone.nodes.get(encloser, {}) if owner == Name(parent) else {}
-    if len(covers) >= ONLINE_LIMIT:
-        covers.clear()
-    made = covers[wire] = (owner, _nsec(zone, next_name, types))
-    return made
-
-
-def _after(label: bytes, size: int) -> bytes:
-    """The first label after `label` and every name below it in canonical order."""
-    if len(label) < size:
-        return label + b"\x00"
-    # No room to grow: step the last octet up (past the upper-case letters, which sort as lower case).
-    stem = label.rstrip(b"\xff")
-    if not stem:
-        return label  # 63 octets of 0xFF: nothing follows; the range then ends at the name itself
-    last = stem[-1] + 1
-    if 0x41 <= last <= 0x5A:
-        last = 0x5B
-    return stem[:-1] + bytes((last,))
-
-
-def _before(label: bytes, size: int) -> bytes:
-    """A label just before `label` in canonical order (RFC 4034 §6.1), filled up with 0xFF."""
-    last = label[-1]
-    if last == 0:
-        return label[:-1] or b"\x00"
-    last -= 1
-    if 0x41 <= last <= 0x5A:  # an upper-case letter sorts as lower case: step below them all
-        last = 0x40
-    stem = label[:-1] + bytes((last,))
-    return stem + b"\xff" * max(0, size - len(stem))
