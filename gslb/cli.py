@@ -339,7 +339,8 @@ def _dnssec_lines(snapshot: Snapshot) -> list[str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gslb.app import Options, serve
+    from gslb.app import serve
+    from gslb.control import Options
 
     logs.setup(args.log_level, args.log_format)
     try:

@@ -19,7 +19,8 @@ GSLB = ROOT / "gslb"
 LAYERS: list[tuple[str, ...]] = [
     ("__main__",),
     ("cli",),  # the command; the only module that prints
-    ("app",),  # lifecycle: supervisor, workers, reload, signals
+    ("app",),  # one process, or a supervisor and its workers
+    ("control",),  # what both share: options, sockets, the lifecycle (reload, signals, re-signing)
     ("watch",),  # what changed on disk
     # ops/: the operator's surface
     ("ops.web",),  # status page, JSON API, admin
@@ -150,6 +151,10 @@ def test_only_the_command_imports_the_app() -> None:
         or (isinstance(node, ast.Import) and any(a.name == "gslb.app" for a in node.names))
     )
     assert set(importers) <= {"cli", "__main__"}, importers
+    users = sorted(
+        _name(path) for path in PATHS if "gslb.control" in _imports(path) and _name(path) not in ("app", "cli")
+    )
+    assert users == [], f"only the app and the command build on gslb.control: {users}"
 
 
 def test_packages_import_nothing_themselves() -> None:

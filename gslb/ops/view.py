@@ -1,6 +1,6 @@
 """What the operator's surface reads of a running server, and the commands it may give.
 
-gslb.app's Control satisfies both protocols; metrics and the web endpoint depend on them
+gslb.control's Control satisfies both protocols; metrics and the web endpoint depend on them
 alone, so the operations layer sits below the app that wires it (imports point down).
 """
 
@@ -64,7 +64,7 @@ class LoadView(Protocol):
 
 
 class Settings(Protocol):
-    """The options the surface shows (gslb.app.Options fits)."""
+    """The options the surface shows (gslb.control.Options fits)."""
 
     @property
     def workers(self) -> int: ...  # 0: one process answers itself
