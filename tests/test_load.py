@@ -719,7 +719,8 @@ def test_one_process_spills_too(start_server: type[Server], tmp_path: Path) -> N
         assert web
         server.wait_log(r"spill eu: share 0% -> 25% of its clients .*\(load 200\.0 current.*past its max 150\)")
         dom = chromium(f"http://{web.group(1)}/", tmp_path / "profile")
-        assert re.search(r'data-dc="eu".*?load: <b>200 / 100</b> current · spilling 25 % to us', dom, re.S), dom
+        # (The document says 200 whatever is spilled, so the share keeps rising, an interval at a time.)
+        assert re.search(r'data-dc="eu".*?load: <b>200 / 100</b> current · spilling \d+ % to us', dom, re.S), dom
 
         def answers() -> set[str]:
             return {
