@@ -19,6 +19,7 @@ GSLB = ROOT / "gslb"
 LAYERS: list[tuple[str, ...]] = [
     ("__main__",),
     ("cli",),  # the command; the only module that prints
+    ("report",),  # what it prints, as text: check, explain, status
     ("app",),  # one process, or a supervisor and its workers
     ("control",),  # what both share: options, sockets, the lifecycle (reload, signals, re-signing)
     ("watch",),  # what changed on disk
