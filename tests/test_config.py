@@ -985,6 +985,27 @@ CASES: list[tuple[str, str, str]] = [
         """,
         "dnssec.refresh: must be less than validity (86400 s), got 86400",
     ),
+    (
+        "dnssec-due-at-once",
+        """
+        [dnssec]
+        validity = 86400
+        inception_offset = 43200
+        refresh = 43200  # <-
+        """,
+        "dnssec.refresh: signatures would be due again 0 s after they are made: validity (86400 s) must exceed "
+        "inception_offset (43200 s) + refresh (43200 s) by at least 1 s",
+    ),
+    (
+        "dnssec-offset-too-long",
+        """
+        [dnssec]
+        validity = 86400
+        inception_offset = 50000  # <-
+        """,
+        "dnssec.inception_offset: signatures would be due again -6800 s after they are made: validity (86400 s) "
+        "must exceed inception_offset (50000 s) + refresh (43200 s) by at least 1 s",
+    ),
 ]
 
 

@@ -47,6 +47,8 @@ __all__ = ["empty", "load", "loads"]
 
 _SECRET: Final = re.compile(r"[0-9A-Fa-f]{32}")  # a cookie secret: 16 bytes in hex
 
+MIN_SIGNING_INTERVAL = 1  # second: [dnssec] must leave some time between two signings
+
 
 def empty(path: Path | None = None) -> Config:
     """The configuration used when there is no configuration file: no services at all."""
@@ -469,6 +471,17 @@ class _Loader:
         elif dnssec["refresh"] >= dnssec["validity"]:
             message = f"must be less than validity ({dnssec['validity']} s), got {dnssec['refresh']}"
             self.error(("dnssec", "refresh"), message)
+            return None
+        # Signatures are due again (validity - inception_offset - refresh) after they are made.
+        between = dnssec["validity"] - dnssec["inception_offset"] - dnssec["refresh"]
+        if between < MIN_SIGNING_INTERVAL:
+            key = "refresh" if "refresh" in value else "inception_offset"
+            message = (
+                f"signatures would be due again {between} s after they are made: validity ({dnssec['validity']} s) "
+                f"must exceed inception_offset ({dnssec['inception_offset']} s) + refresh ({dnssec['refresh']} s) "
+                f"by at least {MIN_SIGNING_INTERVAL} s"
+            )
+            self.error(("dnssec", key), message)
             return None
         return DnssecSettings(**dnssec)
 
