@@ -33,7 +33,8 @@ from gslb.control import (
     counts,
     tcp_limits,
 )
-from gslb.dns.answer import Answerer, Counters
+from gslb.dns.answer import Answerer
+from gslb.dns.state import Counters
 from gslb.health.view import HealthView
 from gslb.ops.logs import QueryLog
 from gslb.snapshot import Snapshot

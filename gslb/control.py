@@ -25,7 +25,7 @@ from typing import Any
 
 from gslb.cluster.member import Cluster
 from gslb.cluster.votes import default_instance
-from gslb.dns.answer import Answerer, Counters
+from gslb.dns.answer import Answerer
 from gslb.dns.cookies import shared as shared_cookies
 from gslb.dns.server import (
     TCP_IDLE_TIMEOUT,
@@ -38,6 +38,7 @@ from gslb.dns.server import (
     raise_open_files_limit,
     udp_socket,
 )
+from gslb.dns.state import Counters
 from gslb.health.load import LoadPoller
 from gslb.health.monitor import HealthMonitor
 from gslb.health.view import HealthView

@@ -41,7 +41,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("snapshot",),  # zones + config + compiled tables, built whole
     # dns/: the DNS core; I/O only frames packets, the answerer is bytes -> bytes
     ("dns.server",),
-    ("dns.answer",),
+    ("dns.answer",),  # the answerer: fast path, general path, EDNS, ECS, cookies, RRL
+    ("dns.state",),  # what it holds per snapshot and health view: caches, picks, counters
+    ("dns.replies",),  # replies encoded once: Entry and the encoders
     ("dns.dnssec",),  # signatures made ahead, signed answers
     ("dns.denial",),  # minimal NSEC (white lies) for NXDOMAIN and NODATA
     ("dns.cookies", "dns.rrl", "dns.zones", "dns.keys"),  # keys: DNSSEC key files

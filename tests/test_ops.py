@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gslb.config.load import load
 from gslb.control import _add, counts
-from gslb.dns.answer import LATENCY_BOUNDS, Counters
+from gslb.dns.state import LATENCY_BOUNDS, Counters
 from gslb.geo.places import Location
 from gslb.health.view import HealthView, Status
 from gslb.steering.policy import choose

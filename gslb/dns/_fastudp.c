@@ -37,7 +37,7 @@
 #define WAKE_SECONDS 0.5   /* server.UDP_WAKE: how often a waiting loop checks whether to stop */
 #define REPLY_MAX 1232     /* a reply built here never exceeds the largest UDP limit */
 #define OPT_HEAD 11        /* our OPT RR without options */
-#define SAMPLE_MASK 63     /* gslb.dns.answer.LATENCY_SAMPLE_MASK */
+#define SAMPLE_MASK 63     /* gslb.dns.state.LATENCY_SAMPLE_MASK */
 #define MAX_LABELS 128
 #define RANK_CACHE 8
 #define INFO_CACHE 32     /* entries whose parts one batch keeps at hand */
@@ -53,8 +53,8 @@ static PyObject *s_state, *s_static, *s_negative, *s_refused, *s_index, *s_picks
     *s_ranks6, *s_default_rank, *s_names, *s_cuts, *s_wildcard_parents, *s_origin, *s_observe,
     *s_cookies, *s_rrl, *s_tc_size, *s_cache, *s_clock, *s_secrets, *s_dnssec, *s_signed;
 
-static PyObject *EntryType;    /* gslb.dns.answer.Entry */
-static PyObject *SteeredType;  /* gslb.dns.answer.Steered: a service's question in State.static */
+static PyObject *EntryType;    /* gslb.dns.replies.Entry */
+static PyObject *SteeredType;  /* gslb.dns.state.Steered: a service's question in State.static */
 static PyObject *CookiesModule; /* gslb.dns.cookies: its `clock` (tests pin it) */
 /* gslb.dns.cookies' constants (REMEMBER, LIFETIME, SKEW, ECHO, CACHE_LIMIT, VERSION), read with the types;
  * ck_ok 0: not readable, and a cookie C has not seen goes to Python. */
@@ -90,17 +90,19 @@ static int intern_names(void) {
     return 0;
 }
 
-/* The types the tables hold, from gslb.dns.answer, imported on first use. Anything else in a table
+/* The types the tables hold, from gslb.dns.replies and gslb.dns.state, imported on first use. Anything else in a table
  * (UNCACHED above all) is not one of them, and goes to Python. */
 static int load_types(void) {
     if (EntryType != NULL)
         return 0;
-    PyObject *answer = PyImport_ImportModule("gslb.dns.answer");
-    if (answer == NULL)
+    PyObject *replies = PyImport_ImportModule("gslb.dns.replies");
+    if (replies == NULL)
         return -1;
-    PyObject *entry = PyObject_GetAttrString(answer, "Entry");
-    PyObject *steered = entry ? PyObject_GetAttrString(answer, "Steered") : NULL;
-    Py_DECREF(answer);
+    PyObject *entry = PyObject_GetAttrString(replies, "Entry");
+    Py_DECREF(replies);
+    PyObject *state = entry ? PyImport_ImportModule("gslb.dns.state") : NULL;
+    PyObject *steered = state ? PyObject_GetAttrString(state, "Steered") : NULL;
+    Py_XDECREF(state);
     if (steered == NULL) {
         Py_XDECREF(entry);
         return -1;
@@ -456,7 +458,7 @@ static int has_suffix(PyObject *container, const unsigned char *name, int from, 
     return r;
 }
 
-/* Mirrors gslb.dns.answer._negative: the cached NXDOMAIN/REFUSED for a name never asked before.
+/* Mirrors gslb.dns.state.negative_entry: the cached NXDOMAIN/REFUSED for a name never asked before.
  * `name` is the lower-case wire name (terminating zero included, `len` bytes). Returns a new
  * reference, NULL with no error when there is none, NULL with an error set on failure. */
 static PyObject *negative_entry(Ctx *c, const unsigned char *name, int len, PyObject *qtype) {

@@ -13,7 +13,7 @@ import geoip2.database
 import geoip2.errors
 import geoip2.models
 
-from gslb.dns.answer import where
+from gslb.dns.state import where
 from gslb.dns.wire import ClientSubnet
 from gslb.dns.zones import ServiceAnswer
 from gslb.geo.places import IPAddress

@@ -1,6 +1,6 @@
 """Prometheus metrics on the app's own registry, read from the query counters at scrape time.
 
-The query path only bumps plain counters (gslb.dns.answer.Counters); everything here runs when
+The query path only bumps plain counters (gslb.dns.state.Counters); everything here runs when
 Prometheus scrapes, in the process that serves HTTP, so metrics cost DNS nothing.
 """
 
@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from gslb import __version__
 from gslb.config.model import Target
-from gslb.dns.answer import LATENCY_BOUNDS, LATENCY_SAMPLE_MASK
+from gslb.dns.state import LATENCY_BOUNDS, LATENCY_SAMPLE_MASK
 from gslb.health.probe import ProbeResult
 from gslb.ops.view import ControlView
 from gslb.steering.policy import choose
@@ -57,7 +57,7 @@ def probe_result_label(result: str) -> str:
 
 
 class _Histogram:
-    """Bucket counts by upper bound, a sum and a count (the shape of answer.Counters' latency)."""
+    """Bucket counts by upper bound, a sum and a count (the shape of state.Counters' latency)."""
 
     __slots__ = ("buckets", "count", "sum")
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from gslb.cluster.votes import Record, Vote
     from gslb.config.model import Target
-    from gslb.dns.answer import Counters
     from gslb.dns.server import ListenAddress
+    from gslb.dns.state import Counters
     from gslb.health.view import HealthView, ProbeStats
     from gslb.snapshot import Snapshot
     from gslb.steering.spill import SpillView
