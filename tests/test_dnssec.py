@@ -38,6 +38,8 @@ from tests.conftest import EXAMPLE_ZONES, Server, need
 from tests.probe_targets import Behaviour, HttpTarget
 from tests.secondtier import DATACENTERS, PORT, free_addresses
 from tests.test_fuzz import SEEDS
+from tests.test_ops import scrape
+from tests.test_ops import value as sample
 
 ZONE = dns.name.from_text("example.com.")
 # delv cannot send ECS: it is placed by its source address, which these overrides put on the map.
@@ -195,6 +197,23 @@ def test_check_reports_the_signed_zone(site: Site) -> None:
     assert re.search(r"dnssec: \d+ signatures made ahead in [\d.]+ s, 60 of them service answers", checked.stdout)
     unsigned = _gslb("check", "--zones", str(EXAMPLE_ZONES))
     assert unsigned.returncode == 0 and "dnssec" not in unsigned.stdout
+
+
+def test_metrics_say_when_the_signatures_served_expire(site: Site) -> None:
+    rrsig = _query(site.server.port, "static.example.com.").answer[1][0]
+    metrics = scrape(site.server)
+    zone = {"zone": "example.com."}
+    assert sample(metrics, "gslb_dnssec_signature_expiration_seconds", **zone) == rrsig.expiration
+    assert rrsig.inception < sample(metrics, "gslb_dnssec_resign_due_seconds", **zone) < rrsig.expiration
+    key = {"tag": str(rrsig.key_tag), "algorithm": str(int(rrsig.algorithm))}
+    assert sample(metrics, "gslb_dnssec_key_info", **zone, **key) == 1
+    assert [labels for name, labels in metrics if name == "gslb_dnssec_key_info"] == [
+        frozenset({**zone, **key}.items())
+    ]
+    checked = _gslb("check", "--zones", str(site.zones))
+    ahead = re.search(r"dnssec: (\d+) signatures made ahead", checked.stdout)
+    assert ahead, checked.stdout
+    assert sample(metrics, "gslb_dnssec_signatures_ahead") == int(ahead.group(1))
 
 
 # -- a real validating resolver ---------------------------------------------------------------

@@ -115,6 +115,7 @@ class _Collector(Collector):
         yield from _queries(control)
         yield from _health(control, self.metrics)
         yield from _load(control)
+        yield from _dnssec(control)
         yield from _cluster(control)
         yield from _process(control)
 
@@ -263,6 +264,38 @@ def _load(control: ControlView) -> Iterator[Metric]:
             target.add_metric([name], status["target"])
         ratio.add_metric([name], status["share"])
     yield from (load, target, ratio)
+
+
+def _dnssec(control: ControlView) -> Iterator[Metric]:
+    """Signed zones (gslb.dns.dnssec): when the signatures served expire and are made again, the keys."""
+    signing = control.snapshot.signing
+    if signing is None:
+        return  # no zone has keys
+    expiration = GaugeMetricFamily(
+        "gslb_dnssec_signature_expiration_seconds",
+        "When the signatures served for the zone expire (Unix time); alert well before it.",
+        labels=["zone"],
+    )
+    due = GaugeMetricFamily(
+        "gslb_dnssec_resign_due_seconds",
+        "When the zone's signatures are made again in the background (Unix time).",
+        labels=["zone"],
+    )
+    keys = GaugeMetricFamily(
+        "gslb_dnssec_key_info",
+        "Always 1: each key that signs the zone, by tag and algorithm.",
+        labels=["zone", "tag", "algorithm"],
+    )
+    for signer in sorted(signing.signers.values(), key=lambda signer: signer.zone.origin):
+        zone = signer.zone.origin.to_text()
+        expiration.add_metric([zone], signer.expiration)
+        due.add_metric([zone], signing.due)
+        for key in signer.keys:
+            keys.add_metric([zone, str(key.tag), str(key.algorithm)], 1.0)
+    yield from (expiration, due, keys)
+    yield GaugeMetricFamily(
+        "gslb_dnssec_signatures_ahead", "Signatures made ahead for the snapshot served.", value=signing.presigned
+    )
 
 
 def _cluster(control: ControlView) -> Iterator[Metric]:
