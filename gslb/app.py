@@ -28,7 +28,7 @@ from gslb.control import (
     Listener,
     Listening,
     Options,
-    _add,
+    add_counts,
     bind,
     counts,
     tcp_limits,
@@ -204,7 +204,7 @@ class Supervisor(Control):
         total = counts(self.exited_counters)
         for child in [*self.children, *self.retiring]:
             if child is not None:
-                _add(total, child.counters)
+                add_counts(total, child.counters)
         return Counters(**total)
 
     async def run(self) -> None:
@@ -307,7 +307,7 @@ class Supervisor(Control):
             if message[0] == "counters":
                 child.counters = message[1]
         total = counts(self.exited_counters)
-        _add(total, child.counters)
+        add_counts(total, child.counters)
         self.exited_counters = Counters(**total)
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(child.control.fileno())

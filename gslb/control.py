@@ -386,7 +386,7 @@ def counts(counters: Counters) -> dict[str, Any]:
     return out
 
 
-def _add(total: dict[str, Any], more: dict[str, Any]) -> None:
+def add_counts(total: dict[str, Any], more: dict[str, Any]) -> None:
     """Add one process's counts (as from `counts`) into `total`, key by key."""
     for key, value in more.items():
         if isinstance(value, dict):

@@ -27,7 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gslb.config.load import load
-from gslb.control import _add, counts
+from gslb.control import add_counts, counts
 from gslb.dns.state import LATENCY_BOUNDS, Counters
 from gslb.geo.places import Location
 from gslb.health.view import HealthView, Status
@@ -837,7 +837,7 @@ def test_worker_counts_add_key_by_key_and_bucket_by_bucket() -> None:
     workers[0].ticks, workers[1].ticks = 10, 32
     total = counts(Counters())
     for worker in workers:
-        _add(total, counts(worker))
+        add_counts(total, counts(worker))
     merged = Counters(**total)
     assert len(merged.latency_buckets) == len(LATENCY_BOUNDS) + 1
     assert merged.latency_buckets[0] == 1 and merged.latency_buckets[-1] == 1

@@ -82,7 +82,6 @@ _META_TYPES = range(128, 255)  # RFC 6895 §3.1: QTYPEs only; 255 (ANY) is answe
 
 OPT_PLAIN = opt_record(None)
 OPT_DO = opt_record(Edns(1232, 0, True, None))
-_ECS_HEAD = struct.Struct("!HHIH")
 
 
 class Answerer:
