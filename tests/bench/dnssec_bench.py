@@ -3,7 +3,8 @@
     python tests/bench/dnssec_bench.py [-l SECONDS] [--reps N] [--mixes mix,static,www,nx-repeat]
 
 Two copies of the example zones: as they are (unsigned), and with a key made by `gslb keys
-generate` (signed).  Two gslb servers (the working tree, --workers 1, the compiled loop, probes
+generate` (signed), both locating clients in the real GeoLite2-City (PyPI maxminddb-geolite2;
+--geodb for another database).  Two gslb servers (the working tree, --workers 1, the compiled loop, probes
 off), one for each, both pinned to one core (taskset), blast.c on the other; each mix is sent at
 the sender's maximum rate in short runs that alternate unsigned / signed, so that whatever else
 the machine does falls on both alike.  The table gives medians of qps and of queries per CPU
@@ -97,9 +98,10 @@ def cores() -> tuple[list[str], list[str]]:
 
 
 class Server:
-    def __init__(self, zones: Path, pin: list[str]):
+    def __init__(self, zones: Path, pin: list[str], geodb: Path):
+        serve = ["serve", "--zones", str(zones), "--geodb", str(geodb), "--listen", "127.0.0.1:0", *SERVE]
         self.proc = subprocess.Popen(
-            [*pin, sys.executable, "-m", "gslb", "serve", "--zones", str(zones), "--listen", "127.0.0.1:0", *SERVE],
+            [*pin, sys.executable, "-m", "gslb", *serve],
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
@@ -176,7 +178,11 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=7, help="runs per server and mix (default 7)")
     ap.add_argument("--mixes", default=",".join(MIXES), help=f"comma list from {','.join(MIXES)}")
     ap.add_argument("--queries", type=int, default=300_000, help="queries per mix file (default 300,000)")
+    ap.add_argument("--geodb", type=Path, help="the MMDB both servers read (default: GeoLite2-City)")
     a = ap.parse_args()
+    from tests.bench.stream import geolite2_city
+
+    geodb = a.geodb or geolite2_city()
     mixes = [m for m in a.mixes.split(",") if m]
     work = Path(tempfile.mkdtemp(prefix="gslb-dnssec-bench-"))
     try:
@@ -199,7 +205,8 @@ def main() -> int:
         for mix in mixes:
             files[mix] = work / f"{mix}.bin"
             write_bin(files[mix], queries(mix, a.queries, rng))
-        servers = {label: Server(zones, server_pin) for label, zones in (("unsigned", unsigned), ("signed", signed))}
+        both = (("unsigned", unsigned), ("signed", signed))
+        servers = {label: Server(zones, server_pin, geodb) for label, zones in both}
         qps: dict[tuple[str, str], list[float]] = {}
         per_cpu: dict[tuple[str, str], list[float]] = {}
         try:
